@@ -1,0 +1,15 @@
+"""queuectl: a background job queue for shell commands, kept in a folder (the spool).
+
+    from queuectl import Spool
+    spool = Spool("/tmp/spool")
+    job = spool.enqueue("echo hello", priority=1)
+    spool.get(job["id"])["state"]   # 'pending'
+"""
+from .errors import (DuplicateJob, FieldError, InvalidInput, JobNotFound, QueuectlError,
+                     UnsafeSpool, WrongState)
+from .job import State
+from .spool import Spool
+
+__version__ = "0.1.0"
+__all__ = ["Spool", "State", "QueuectlError", "InvalidInput", "FieldError", "DuplicateJob",
+           "JobNotFound", "WrongState", "UnsafeSpool"]

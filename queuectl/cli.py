@@ -1,0 +1,446 @@
+"""The command line: click lives only here. Each command parses, makes one API call, renders.
+
+Errors become exit codes in one place (main): QueuectlError knows its code, click's usage
+errors are 2, an OSError is one line and 1; never a traceback.
+"""
+import functools
+import json
+import os
+import re
+import sys
+
+import click
+
+from . import render
+from .errors import FieldError, InvalidInput, QueuectlError
+from .paths import default_spool
+
+STATE_CHOICE = click.Choice(["pending", "processing", "failed", "completed", "dead"])
+
+
+def get_spool(ctx):
+    from .spool import Spool
+    return Spool(ctx.obj["spool"])
+
+
+def json_option(func):
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(func)
+
+
+def echo_json(value):
+    click.echo(render.to_json(value))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--spool", type=click.Path(file_okay=False), envvar="QUEUECTL_SPOOL",
+              default=None, help="The spool folder (default: $QUEUECTL_SPOOL or ~/.queuectl/spool).")
+@click.version_option(package_name="queuectl")
+@click.pass_context
+def cli(ctx, spool):
+    """queuectl: a background job queue for shell commands, kept in a folder (the spool).
+
+    \b
+    Example:
+      queuectl enqueue -c 'echo hello'
+      queuectl worker start --burst
+      queuectl list --state completed
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["spool"] = spool or default_spool()
+
+
+# ---------------------------------------------------------------- enqueue
+
+def _parse_items(text, source):
+    """An object, an array of objects, or JSON Lines -> list of items."""
+    stripped = text.strip()
+    if not stripped:
+        raise InvalidInput(f"{source}: no job in it")
+    try:
+        data = json.loads(stripped)
+    except ValueError:
+        data = None
+        items = []
+        for number, line in enumerate(stripped.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except ValueError as exc:
+                raise InvalidInput(f"{source}: line {number}: invalid JSON ({exc.msg})") from None
+        return items
+    except RecursionError:
+        raise InvalidInput(f"{source}: JSON nested too deeply") from None
+    if isinstance(data, list):
+        return data
+    return [data]
+
+
+def _parse_run_at(value):
+    if value is None:
+        return None
+    if re.fullmatch(r"\d+(\.\d+)?", value.strip()):
+        return float(value)
+    return value
+
+
+@cli.command()
+@click.argument("job_json", required=False)
+@click.option("-f", "--file", "file_", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Read jobs from a file (- = stdin): an object, an array, or JSON Lines.")
+@click.option("-c", "--command", help="The shell command (run with /bin/sh -c).")
+@click.option("--id", "job_id", help="The job id (default: generated, sortable by time).")
+@click.option("--priority", type=int, help="0-999, lower runs first (default 10).")
+@click.option("--run-at", help="Earliest start: ISO-8601, Unix seconds, or +30s/+5m/+2h/+1d.")
+@click.option("--max-retries", type=int, help="Retries after the first attempt.")
+@click.option("--timeout", type=float, help="Kill the attempt after this many seconds (0 = none).")
+@json_option
+@click.pass_context
+def enqueue(ctx, job_json, file_, command, job_id, priority, run_at, max_retries, timeout, as_json):
+    """Add jobs; prints each new id. Exits 0 once they are on disk for good.
+
+    \b
+    Examples:
+      queuectl enqueue '{"id":"job1","command":"sleep 2"}'
+      queuectl enqueue -c 'make backup' --priority 1 --run-at +10m
+      queuectl enqueue --file jobs.jsonl
+    """
+    if job_json is not None and file_ is not None:
+        raise click.UsageError("give a JSON argument or --file, not both")
+    if job_json is not None:
+        items = _parse_items(job_json, "JSON argument")
+        if len(items) != 1 or not isinstance(items[0], dict):
+            raise InvalidInput("JSON argument: must be one JSON object (use --file for several)")
+    elif file_ is not None:
+        try:
+            with click.open_file(file_, "r", encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"--file {file_}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+        items = _parse_items(text, f"--file {file_}")
+    else:
+        items = [{}]
+    overrides = {"command": command, "id": job_id, "priority": priority,
+                 "run_at": _parse_run_at(run_at), "max_retries": max_retries, "timeout_seconds": timeout}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "id" in overrides and len(items) > 1:
+        raise InvalidInput("--id: cannot give one id to several jobs")
+    jobs = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            where = f"job {index + 1}" if len(items) > 1 else "job"
+            raise FieldError(where, f"must be a JSON object, got {render_type(item)}")
+        job = dict(item, **overrides)
+        if "cwd" not in job:
+            job["cwd"] = os.getcwd()  # SPEC: the CLI records the caller's directory
+        jobs.append(job)
+    records = get_spool(ctx).enqueue_many(jobs)
+    if as_json:
+        echo_json(records)
+    else:
+        for rec in records:
+            click.echo(rec["id"])
+
+
+def render_type(value):
+    from .job import type_name
+    return type_name(value)
+
+
+# ---------------------------------------------------------------- workers
+
+@cli.group()
+def worker():
+    """Start and stop workers."""
+
+
+@worker.command("start")
+@click.option("--count", "-n", type=click.IntRange(1, 256), help="Worker processes (default: config worker-count).")
+@click.option("--detach", is_flag=True, help="Run in the background and return.")
+@click.option("--burst", is_flag=True, help="Exit once no job is due and none is running.")
+@click.pass_context
+def worker_start(ctx, count, detach, burst):
+    """Start N workers under a supervisor; a line per job event.
+
+    Ctrl+C: running jobs finish, then exit; a second Ctrl+C kills them (back to pending/).
+    """
+    from . import supervisor
+    spool = get_spool(ctx)
+    spool.layout.check_safe()
+    count = count or spool.config()["worker-count"]
+    if detach:
+        pid, live, log_path = supervisor.start_detached(spool, count, burst=burst)
+        click.echo(f"started {len(live)} worker(s) under supervisor pid {pid}; log: {log_path}")
+        return
+    from . import ingest
+    ingest.ingest_all(spool)  # SPEC: every `worker start` takes what waits in incoming/
+    code = supervisor.Supervisor(spool, count, burst=burst, emit=_emit_line).run()
+    ctx.exit(code)
+
+
+@worker.command("run")
+@click.option("--burst", is_flag=True, help="Exit once no job is due now.")
+@click.pass_context
+def worker_run(ctx, burst):
+    """Run one worker in this process (what `worker start` runs N of; fits systemd)."""
+    from .worker import run_worker
+    ctx.exit(run_worker(get_spool(ctx), burst=burst))
+
+
+def _emit_line(line):
+    click.echo(line)
+
+
+@worker.command("stop")
+@click.option("--timeout", type=click.FloatRange(0), help="Give up waiting after S seconds (exit 1).")
+@click.option("--now", is_flag=True, help="Kill running jobs; they go back to pending/ uncounted.")
+@click.option("--no-wait", is_flag=True, help="Ask them to stop and return at once.")
+@click.pass_context
+def worker_stop(ctx, timeout, now, no_wait):
+    """Stop every worker of this spool, on any host; running jobs finish first."""
+    from . import supervisor
+    remaining, asked = supervisor.stop_workers(get_spool(ctx), now=now, wait=not no_wait, timeout=timeout)
+    if not asked:
+        click.echo("no worker running")
+    elif no_wait:
+        click.echo(f"asked {len(asked)} worker(s) to stop")
+    elif remaining:
+        click.echo(f"still finishing after {timeout:g}s: {', '.join(remaining)}", err=True)
+        ctx.exit(1)
+    else:
+        click.echo(f"stopped {len(asked)} worker(s)")
+
+
+# ---------------------------------------------------------------- reading
+
+@cli.command()
+@json_option
+@click.pass_context
+def status(ctx, as_json):
+    """Jobs per state, live workers and what they run, the oldest waiting job."""
+    info = get_spool(ctx).status()
+    echo_json(info) if as_json else click.echo(render.status(info))
+
+
+@cli.command("list")
+@click.option("--state", type=STATE_CHOICE, help="Only this state.")
+@click.option("--limit", type=click.IntRange(0), help="At most N jobs.")
+@json_option
+@click.pass_context
+def list_(ctx, state, limit, as_json):
+    """A table of jobs (pending in claim order)."""
+    records = get_spool(ctx).list(state, limit=limit)
+    echo_json(records) if as_json else click.echo(render.job_table(records))
+
+
+@cli.command()
+@click.argument("job_id")
+@json_option
+@click.pass_context
+def show(ctx, job_id, as_json):
+    """One job's whole record and its log's path."""
+    spool = get_spool(ctx)
+    _check_id(job_id)
+    rec = spool.get(job_id)
+    path = spool.log_path(job_id)
+    echo_json(dict(rec, log_path=path)) if as_json else click.echo(render.record(rec, path))
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="Stream it until the job is completed or dead.")
+@click.pass_context
+def logs(ctx, job_id, follow):
+    """The job's log: the output of every attempt."""
+    from . import logs as logmod
+    spool = get_spool(ctx)
+    _check_id(job_id)
+    spool.get(job_id)
+    out = click.get_binary_stream("stdout")
+    path = spool.log_path(job_id)
+    if not follow:
+        out.write(logmod.read(path))
+        return
+
+    def is_final():
+        found = spool.find(job_id)
+        return found is None or found[0] in ("completed", "dead")
+
+    def write(chunk):
+        out.write(chunk)
+        out.flush()
+    logmod.follow(path, is_final, write)
+
+
+def _check_id(job_id):
+    from .job import check_id
+    check_id(job_id, "ID")
+
+
+# ---------------------------------------------------------------- changing
+
+@cli.group()
+def dlq():
+    """The dead-letter queue: jobs out of retries, or cancelled."""
+
+
+@dlq.command("list")
+@json_option
+@click.pass_context
+def dlq_list(ctx, as_json):
+    """The dead jobs."""
+    records = get_spool(ctx).list("dead")
+    echo_json(records) if as_json else click.echo(render.job_table(records))
+
+
+@dlq.command("retry")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead job.")
+@click.pass_context
+def dlq_retry(ctx, job_ids, all_):
+    """Move dead jobs back to pending/ with attempts 0, due now."""
+    spool = get_spool(ctx)
+    if all_ == bool(job_ids):
+        raise click.UsageError("give job ids or --all (one of them)")
+    for job_id in job_ids:
+        _check_id(job_id)
+        if spool.find(job_id) is None:
+            raise _not_found(job_id)
+    ids = job_ids or [r["id"] for r in spool.list("dead")]
+    for job_id in ids:
+        spool.retry_dead(job_id)
+        click.echo(job_id)
+
+
+def _not_found(job_id):
+    from .errors import JobNotFound
+    return JobNotFound(job_id)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--kill", is_flag=True, help="Also a running job: kill its process group.")
+@click.option("--timeout", type=click.FloatRange(0), default=30, show_default=True,
+              help="With --kill: how long to wait for the job to reach dead/.")
+@click.pass_context
+def cancel(ctx, job_id, kill, timeout):
+    """Send a pending or failed job to dead/ (last_error "cancelled")."""
+    import time
+    from .errors import WrongState
+    spool = get_spool(ctx)
+    _check_id(job_id)
+    found = spool.find(job_id)
+    if found and found[0] == "processing":
+        if not kill:
+            raise WrongState(f"job {job_id!r} is running; use --kill to kill it")
+        spool.request_kill(job_id)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = spool.find(job_id)
+            if found is None or found[0] != "processing":
+                break
+            time.sleep(0.05)
+        if found and found[0] == "dead":
+            click.echo(f"{job_id} killed and cancelled")
+            return
+        raise WrongState(f"job {job_id!r} did not stop within {timeout:g}s (state {found and found[0]})")
+    spool.cancel(job_id)
+    click.echo(f"{job_id} cancelled")
+
+
+def _parse_age(value):
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", value or "")
+    if not m:
+        raise InvalidInput(f"--older-than: not a duration: {value!r} (e.g. 30m, 12h, 7d)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+
+
+@cli.command()
+@click.option("--state", type=click.Choice(["completed", "dead"]), required=True)
+@click.option("--older-than", help="Only jobs finished longer ago than this (30m, 12h, 7d).")
+@click.pass_context
+def purge(ctx, state, older_than):
+    """Delete completed or dead jobs and their logs."""
+    age = _parse_age(older_than) if older_than is not None else None
+    count = get_spool(ctx).purge(state, older_than=age)
+    click.echo(f"purged {count} {state} job(s)")
+
+
+# ---------------------------------------------------------------- config
+
+@cli.group()
+def config():
+    """Settings of this spool (config.json); running workers pick up changes."""
+
+
+@config.command("list")
+@json_option
+@click.pass_context
+def config_list(ctx, as_json):
+    """Every key and its value."""
+    from . import config as configmod
+    values = get_spool(ctx).config()
+    if as_json:
+        echo_json(values)
+    else:
+        click.echo(render.table([[k, v, configmod.KEYS[k][3]] for k, v in values.items()], ("KEY", "VALUE", "")))
+
+
+@config.command("get")
+@click.argument("key")
+@click.pass_context
+def config_get(ctx, key):
+    """Print one value."""
+    from . import config as configmod
+    click.echo(get_spool(ctx).config()[configmod.canonical_key(key)])
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+@click.pass_context
+def config_set(ctx, key, value):
+    """Set a value (checked first)."""
+    from . import config as configmod
+    name = configmod.canonical_key(key)
+    click.echo(f"{name} = {get_spool(ctx).set_config(name, value)}")
+
+
+@config.command("unset")
+@click.argument("key")
+@click.pass_context
+def config_unset(ctx, key):
+    """Back to the default."""
+    from . import config as configmod
+    name = configmod.canonical_key(key)
+    click.echo(f"{name} = {get_spool(ctx).unset_config(name)} (default)")
+
+
+# ---------------------------------------------------------------- entry point
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, prog_name="queuectl", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except QueuectlError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except OSError as exc:
+        click.echo(f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), err=True)
+        return 1
+    return 0
+
+
+def entry():
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The spool's settings: SPOOL/config.json, written atomically under a spool lock.
+
+Workers re-read it when its mtime changes, so `config set` applies without a restart.
+"""
+import json
+import math
+import os
+
+from . import fsutil
+from .errors import FieldError, InvalidInput
+
+# key -> (default, kind, minimum, help)
+KEYS = {
+    "max-retries": (3, int, 0, "retries after the first attempt"),
+    "backoff-base": (2, float, 1, "retry delay is base ** attempts seconds"),
+    "backoff-max": (3600, float, 0, "longest retry delay, seconds"),
+    "backoff-jitter": (0, float, 0, "random extra share of the delay, 0 to 1"),
+    "job-timeout": (0, float, 0, "default timeout_seconds; 0 = none"),
+    "worker-count": (1, int, 1, "workers started by `worker start`"),
+    "log-max-bytes": (10 * 1024 * 1024, int, 0, "cap of a job's log; 0 = no cap"),
+}
+MAXIMUM = {"backoff-jitter": 1, "max-retries": 1_000_000, "worker-count": 256}
+
+
+def canonical_key(key):
+    """'max_retries' and 'max-retries' are the same key; unknown keys raise, naming the choices."""
+    name = str(key).strip().lower().replace("_", "-")
+    if name not in KEYS:
+        raise InvalidInput(f"unknown config key {str(key)[:60]!r} (valid keys: {', '.join(KEYS)})")
+    return name
+
+
+def parse_value(key, value):
+    """Check a value for `key` (text from the CLI or a JSON number); returns int or float."""
+    default, kind, low, _ = KEYS[key]
+    high = MAXIMUM.get(key, 10**12)
+    if isinstance(value, bool):
+        raise FieldError(key, f"must be a number, got {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = int(text) if kind is int else float(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise FieldError(key, f"must be {what} between {low} and {high}, got {value[:40]!r}") from None
+    elif isinstance(value, (int, float)):
+        number = value
+        if kind is int and isinstance(value, float):
+            if not value.is_integer():
+                raise FieldError(key, f"must be an integer, got {value}")
+            number = int(value)
+    else:
+        raise FieldError(key, f"must be a number, got {type(value).__name__}")
+    if isinstance(number, float) and not math.isfinite(number):
+        raise FieldError(key, f"must be a finite number, got {value}")
+    if not low <= number <= high:
+        raise FieldError(key, f"must be between {low} and {high}, got {number}")
+    if kind is float and float(number).is_integer():
+        number = int(number)
+    return number
+
+
+def defaults():
+    return {key: spec[0] for key, spec in KEYS.items()}
+
+
+def read(path):
+    """Settings in effect: defaults overlaid with the valid entries of config.json."""
+    values = defaults()
+    try:
+        stored = fsutil.read_json(path)
+    except FileNotFoundError:
+        return values
+    except (OSError, ValueError):
+        return values  # a damaged file never stops workers; `config list` shows defaults
+    if isinstance(stored, dict):
+        for key, value in stored.items():
+            try:
+                name = canonical_key(key)
+                values[name] = parse_value(name, value)
+            except InvalidInput:
+                continue
+    return values
+
+
+def stored(path):
+    try:
+        data = fsutil.read_json(path)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write(path, tmp_dir, data):
+    tmp = os.path.join(tmp_dir, f".config.{os.getpid()}.tmp")
+    fsutil.write_file(tmp, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
+    os.rename(tmp, path)
+    fsutil.fsync_dir(os.path.dirname(path))

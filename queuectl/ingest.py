@@ -1,0 +1,162 @@
+"""The drop box (SPEC "Dropping files"): files in incoming/ become pending jobs or go to rejected/.
+
+One file at a time: rename incoming/NAME -> tmp/ingest-ID-NAME (the claim: of several workers
+exactly one gets it; ID is the id a job without one will get), look at it without following
+a symlink or blocking on a FIFO, read at most 1 MiB, check it, store the job (spool.py rule
+6), then remove the claimed copy. Whatever is not a valid job is moved to rejected/ beside
+NAME.error; nothing is deleted unread. After a crash, recover() puts claimed copies whose
+job does not exist back into incoming/.
+"""
+import json
+import os
+import stat
+import time
+
+from . import fsutil, timeutil
+from .errors import DuplicateJob, FieldError, InvalidInput, QueuectlError
+from .job import new_id, new_record, validate_input
+from .spool import MAX_DROP_BYTES, unique_name
+
+PREFIX = "ingest-"
+
+
+def candidates(spool):
+    """Names in incoming/ that are offered as jobs (dot-names and non-.json are ignored)."""
+    return sorted(n for n in fsutil.listdir(spool.layout.incoming)
+                  if n.endswith(".json") and not n.startswith("."))
+
+
+def ingest_all(spool, report=None):
+    """Take every file waiting in incoming/. Returns (accepted records, rejected names)."""
+    accepted, rejected = [], []
+    for name in candidates(spool):
+        result = ingest_one(spool, name)
+        if result is None:
+            continue
+        kind, value = result
+        (accepted if kind == "accepted" else rejected).append(value)
+        if report:
+            report(kind, name, value)
+    return accepted, rejected
+
+
+def ingest_one(spool, name):
+    """-> ("accepted", record) | ("rejected", reason) | None when another process took it."""
+    lay = spool.layout
+    job_id = new_id()
+    claimed = os.path.join(lay.tmp, f"{PREFIX}{job_id}-{name}"[:250])
+    try:
+        os.rename(os.path.join(lay.incoming, name), claimed)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise fsutil.translate(exc, f"incoming/{name}") from None
+    try:
+        record = _read_job(spool, claimed, job_id)
+        spool._store_new([record])
+    except (InvalidInput, _NotAJob) as exc:
+        reason = str(exc)
+        spool.move_aside(claimed, name, f"rejected at {timeutil.iso(timeutil.now())}: {reason}")
+        return "rejected", reason
+    except QueuectlError:
+        _put_back(spool, claimed, name)  # e.g. disk full: leave it for a later try
+        raise
+    _unlink(claimed)
+    return "accepted", record
+
+
+class _NotAJob(Exception):
+    pass
+
+
+def _read_job(spool, path, job_id):
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise _NotAJob("a symlink, not a regular file (not followed)")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+        raise _NotAJob(f"{kind}, not a regular file")
+    if st.st_size > MAX_DROP_BYTES:
+        raise _NotAJob(f"too large: {st.st_size} bytes (at most {MAX_DROP_BYTES})")
+    try:
+        fd = fsutil.open_nofollow(path)
+    except OSError as exc:
+        raise _NotAJob(f"cannot open: {exc.strerror}") from None
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            raise _NotAJob("owned by another user")
+        data = fsutil.read_fd(fd, MAX_DROP_BYTES)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_DROP_BYTES:
+        raise _NotAJob(f"too large: over {MAX_DROP_BYTES} bytes")
+    try:
+        item = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _NotAJob("not UTF-8 text") from None
+    except (ValueError, RecursionError) as exc:
+        raise _NotAJob(f"invalid JSON: {str(exc)[:200]}") from None
+    now = timeutil.now()
+    fields = validate_input(item, {"max_retries": spool.config()["max-retries"]}, now=now)
+    if fields["id"] is None:
+        fields["id"] = job_id
+    return new_record(fields, now)
+
+
+def _put_back(spool, claimed, name):
+    try:
+        os.rename(claimed, os.path.join(spool.layout.incoming, unique_name(spool.layout.incoming, name)))
+    except OSError:
+        pass
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def recover(spool, min_age=30):
+    """Claimed copies left in tmp/ by a crashed ingest: gone if their job exists, else back
+    into incoming/ to be taken again. Returns how many were handled."""
+    handled = 0
+    for tmp_name in fsutil.listdir(spool.layout.tmp):
+        if not tmp_name.startswith(PREFIX):
+            continue
+        path = os.path.join(spool.layout.tmp, tmp_name)
+        try:
+            if time.time() - os.lstat(path).st_mtime < min_age:
+                continue
+        except FileNotFoundError:
+            continue
+        rest = tmp_name[len(PREFIX):]
+        parts = rest.split("-", 4)
+        generated = "-".join(parts[:4])
+        original = parts[4] if len(parts) == 5 else rest
+        job_id = generated
+        try:
+            item = fsutil.read_json(path)
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                job_id = item["id"]
+        except (OSError, ValueError):
+            pass
+        try:
+            exists = spool.find(job_id) is not None
+        except FieldError:
+            exists = False
+        if exists and job_id == generated or (exists and _same_job(spool, job_id, path)):
+            _unlink(path)
+        else:
+            _put_back(spool, path, original)
+        handled += 1
+    return handled
+
+
+def _same_job(spool, job_id, path):
+    """A dropped file with its own id whose job exists: the ingest got as far as pending/."""
+    try:
+        item = fsutil.read_json(path)
+        return spool.get(job_id).get("command") == item.get("command")
+    except (OSError, ValueError, QueuectlError, AttributeError):
+        return False

@@ -1,0 +1,207 @@
+"""The job record: states, validation of input, new records. No I/O here.
+
+SPEC "The job record" is the contract; every error names the field it is about.
+"""
+import enum
+import math
+import os
+import re
+import secrets
+import threading
+import time
+
+from . import timeutil
+from .errors import FieldError
+
+
+class State(str, enum.Enum):
+    """A job's state; the value is also the name of the folder it sits in."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    FAILED = "failed"
+    COMPLETED = "completed"
+    DEAD = "dead"
+
+    def __str__(self):
+        return self.value
+
+
+STATES = [s.value for s in State]
+FINAL_STATES = (State.COMPLETED, State.DEAD)
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+INPUT_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "timeout_seconds", "cwd", "env")
+RECORD_FIELDS = (
+    "id", "command", "state", "attempts", "max_retries", "priority", "run_at", "timeout_seconds",
+    "cwd", "env", "created_at", "updated_at", "started_at", "finished_at", "exit_code",
+    "last_error", "worker",
+)
+DEFAULT_PRIORITY = 10
+MAX_RETRIES_LIMIT = 1_000_000
+MAX_COMMAND_BYTES = 256 * 1024
+_ENV_NAME = re.compile(r"[^=\x00]+")
+
+_id_lock = threading.Lock()
+_last_id_us = 0
+
+
+def new_id():
+    """A unique id that sorts by creation time: '20261124-131501-123456-3fa9c'.
+
+    Microseconds are made strictly increasing within a process; the random tail keeps ids of
+    different processes (and hosts) apart.
+    """
+    global _last_id_us
+    with _id_lock:
+        us = max(time.time_ns() // 1000, _last_id_us + 1)
+        _last_id_us = us
+    secs, micro = divmod(us, 1_000_000)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(secs))
+    return f"{stamp}-{micro:06d}-{secrets.token_hex(3)[:5]}"
+
+
+def check_id(value, field="id"):
+    if not isinstance(value, str):
+        raise FieldError(field, f"must be a string, got {type_name(value)}")
+    if not ID_PATTERN.fullmatch(value):
+        raise FieldError(field, f"invalid id {value[:80]!r}: use 1 to 128 of A-Z a-z 0-9 . _ -, "
+                                "starting with a letter or digit")
+    return value
+
+
+def type_name(value):
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null",
+            int: "integer", float: "number"}.get(type(value), type(value).__name__)
+
+
+def _int(field, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FieldError(field, f"must be an integer, got {type_name(value)}")
+    if not low <= value <= high:
+        raise FieldError(field, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _number(field, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FieldError(field, f"must be a number, got {type_name(value)}")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise FieldError(field, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _text(field, value, max_bytes=4096):
+    if not isinstance(value, str):
+        raise FieldError(field, f"must be a string, got {type_name(value)}")
+    if "\x00" in value:
+        raise FieldError(field, "must not contain NUL bytes")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise FieldError(field, "is not valid UTF-8 text") from None
+    if size > max_bytes:
+        raise FieldError(field, f"too long ({size} bytes, at most {max_bytes})")
+    return value
+
+
+def validate_input(data, defaults=None, now=None):
+    """Check a job given by a user (enqueue, dropped file) and return the normalized fields.
+
+    `data` must be a dict with only INPUT_FIELDS. Returns a dict with every input field set
+    (run_at as Unix seconds or None). Raises FieldError naming the field.
+    """
+    defaults = defaults or {}
+    if not isinstance(data, dict):
+        raise FieldError("job", f"must be a JSON object, got {type_name(data)}")
+    for key in data:
+        if key not in INPUT_FIELDS:
+            shown = key if isinstance(key, str) else repr(key)
+            raise FieldError(str(shown)[:80], "unknown field (allowed: " + ", ".join(INPUT_FIELDS) + ")")
+    out = {}
+    job_id = data.get("id")
+    out["id"] = check_id(job_id) if job_id is not None else None
+    if "command" not in data or data["command"] is None:
+        raise FieldError("command", "is required")
+    command = _text("command", data["command"], MAX_COMMAND_BYTES)
+    if not command.strip():
+        raise FieldError("command", "must not be empty")
+    out["command"] = command
+    mr = data.get("max_retries")
+    out["max_retries"] = _int("max_retries", mr, 0, MAX_RETRIES_LIMIT) if mr is not None else defaults.get("max_retries", 3)
+    pr = data.get("priority")
+    out["priority"] = _int("priority", pr, 0, 999) if pr is not None else DEFAULT_PRIORITY
+    try:
+        out["run_at"] = timeutil.parse_when(data.get("run_at"), reference=now)
+    except ValueError as exc:
+        raise FieldError("run_at", str(exc)) from None
+    ts = data.get("timeout_seconds")
+    out["timeout_seconds"] = _number("timeout_seconds", ts, 0, 10**9) if ts is not None else None
+    cwd = data.get("cwd")
+    if cwd is not None:
+        _text("cwd", cwd)
+        if not os.path.isabs(cwd):
+            raise FieldError("cwd", f"must be an absolute path, got {cwd[:80]!r}")
+    out["cwd"] = cwd
+    env = data.get("env")
+    if env is not None:
+        if not isinstance(env, dict):
+            raise FieldError("env", f"must be an object of string to string, got {type_name(env)}")
+        if len(env) > 1000:
+            raise FieldError("env", "too many variables (at most 1000)")
+        for k, v in env.items():
+            if not isinstance(k, str) or not _ENV_NAME.fullmatch(k):
+                raise FieldError("env", f"invalid variable name {str(k)[:40]!r}")
+            _text(f"env.{k[:40]}", v, 64 * 1024)
+    out["env"] = env
+    return out
+
+
+def new_record(fields, now):
+    """A pending record from validated input fields (see validate_input) at wall time `now`."""
+    stamp = timeutil.iso(now)
+    return {
+        "id": fields["id"] or new_id(),
+        "command": fields["command"],
+        "state": State.PENDING.value,
+        "attempts": 0,
+        "max_retries": fields["max_retries"],
+        "priority": fields["priority"],
+        "run_at": timeutil.iso(fields["run_at"]),
+        "timeout_seconds": fields["timeout_seconds"],
+        "cwd": fields["cwd"],
+        "env": fields["env"],
+        "created_at": stamp,
+        "updated_at": stamp,
+        "started_at": None,
+        "finished_at": None,
+        "exit_code": None,
+        "last_error": None,
+        "worker": None,
+    }
+
+
+def check_record(data):
+    """Light check of a record read from a state folder: enough for a worker to run it safely."""
+    if not isinstance(data, dict):
+        raise FieldError("job", "record is not a JSON object")
+    check_id(data.get("id"))
+    _text("command", data.get("command"), MAX_COMMAND_BYTES)
+    for field in ("attempts", "max_retries", "priority"):
+        _int(field, data.get(field), 0, 10**9)
+    for field in ("created_at",):
+        try:
+            timeutil.parse_iso(data.get(field) or "")
+        except (ValueError, TypeError):
+            raise FieldError(field, "missing or not an ISO-8601 time") from None
+    if data.get("run_at") is not None:
+        try:
+            timeutil.parse_iso(data["run_at"])
+        except (ValueError, TypeError):
+            raise FieldError("run_at", "not an ISO-8601 time") from None
+    return data
+
+
+def due_time(record):
+    """When the job may next start: run_at, or for a job without one its creation time."""
+    return timeutil.parse_iso(record.get("run_at") or record["created_at"])

@@ -1,0 +1,56 @@
+"""The only module that takes locks. One lock API for everything: flock(2).
+
+- portalocker: an exclusive, non-blocking flock on the open job file, held by the worker for
+  the whole attempt. The kernel drops it when the process dies, so "lock free" means "owner
+  dead" (SPEC: a lost worker's job is taken back). Every mover of a job file takes it first.
+- filelock: spool-wide critical sections on small lock files (config writes, id reservation
+  clean-up), blocking with a timeout.
+
+filelock's UnixFileLock and portalocker both use flock, never POSIX record locks: mixing the
+two kinds misbehaves on GlusterFS, where a spool may later live.
+"""
+from .errors import Busy, SpoolError
+
+
+def try_lock(fd):
+    """Lock an open job file for this process, or raise Busy if a live process holds it."""
+    import portalocker  # imported on first use: CLI start-up stays light
+    try:
+        portalocker.lock(fd, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+    except portalocker.exceptions.AlreadyLocked:
+        raise Busy("locked by a live process") from None
+    except portalocker.exceptions.LockException as exc:
+        raise Busy(str(exc)) from None
+
+
+def is_locked(fd):
+    """True when another open file description holds the lock (probe, then release)."""
+    try:
+        try_lock(fd)
+    except Busy:
+        return True
+    import portalocker
+    portalocker.unlock(fd)
+    return False
+
+
+def spool_lock(path, timeout=30):
+    """A blocking lock for a spool-wide critical section, used as a context manager."""
+    import filelock
+    lock = filelock.UnixFileLock(path, timeout=timeout, mode=0o600)
+    return _Guard(lock, path, filelock.Timeout)
+
+
+class _Guard:
+    def __init__(self, lock, path, timeout_error):
+        self.lock, self.path, self.timeout_error = lock, path, timeout_error
+
+    def __enter__(self):
+        try:
+            self.lock.acquire()
+        except self.timeout_error:
+            raise SpoolError(f"timed out waiting for the lock {self.path}") from None
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()

@@ -1,0 +1,88 @@
+"""Per-job logs: logs/ID.log, a header line per attempt, capped at log-max-bytes.
+
+The command writes straight into the log (O_APPEND), so the worker never copies output.
+The cap keeps the newest output: when the file outgrows it, its tail is kept behind a line
+saying how many bytes were cut.
+"""
+import os
+import time
+
+from . import fsutil, timeutil
+
+
+def open_for_append(path):
+    """The log opened for appending, never through a symlink; created 0600."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | fsutil.NOFOLLOW | fsutil.CLOEXEC, 0o600)
+
+
+def header(record, worker):
+    total = record["max_retries"] + 1
+    return (f"=== queuectl attempt {record['attempts']}/{total} of job {record['id']} · "
+            f"worker {worker} · {timeutil.iso(timeutil.now())} ===\n$ {record['command']}\n").encode("utf-8", "replace")
+
+
+def append_line(fd, text):
+    os.write(fd, (text.rstrip("\n") + "\n").encode("utf-8", "replace"))
+
+
+def cap(fd, max_bytes):
+    """Keep the newest output when the log is over max_bytes (0 = no cap). Returns bytes cut."""
+    if max_bytes <= 0:
+        return 0
+    size = os.fstat(fd).st_size
+    if size <= max_bytes:
+        return 0
+    keep = max(0, (max_bytes * 3) // 4 - 120)  # room to grow before the next cut
+    cut = size - keep
+    tail = os.pread(fd, keep, cut) if keep else b""
+    nl = tail.find(b"\n")
+    if 0 <= nl < 200:  # start at a line boundary when one is close
+        cut += nl + 1
+        tail = tail[nl + 1:]
+    os.ftruncate(fd, 0)
+    note = f"[queuectl: {cut} bytes of older output cut at {timeutil.iso(timeutil.now())} (log-max-bytes {max_bytes})]\n"
+    os.write(fd, note.encode() + tail)
+    return cut
+
+
+def read(path):
+    """The whole log as bytes; b'' when there is none yet."""
+    try:
+        fd = fsutil.open_nofollow(path)
+    except FileNotFoundError:
+        return b""
+    try:
+        return fsutil.read_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def follow(path, is_final, write, poll=0.2, idle_exit=None):
+    """Stream the log like tail -f until is_final() says the job reached a final state.
+
+    Follows across attempts and across a cut (the file shrinking): it re-reads from the start.
+    """
+    offset = 0
+    inode = None
+    while True:
+        finished = is_final()
+        try:
+            fd = fsutil.open_nofollow(path)
+        except FileNotFoundError:
+            fd = None
+        if fd is not None:
+            try:
+                st = os.fstat(fd)
+                if st.st_ino != inode or st.st_size < offset:
+                    inode, offset = st.st_ino, 0
+                while True:
+                    chunk = os.pread(fd, 1 << 16, offset)
+                    if not chunk:
+                        break
+                    offset += len(chunk)
+                    write(chunk)
+            finally:
+                os.close(fd)
+        if finished:
+            return
+        time.sleep(poll)

@@ -1,0 +1,103 @@
+"""File names of job files: the claim order lives in the name (SPEC: "The spool on disk").
+
+    pending/    PPP_DUE_SEQ_ID.json        010_20261124T130119.123Z_1795957279123456789_backup.json
+    failed/     NEXT_ID.json               20261124T130121.123Z_backup.json
+    processing/ ID_HOST_PID_aN.json        backup_build1_4242_a2.json
+    completed/, dead/  ID.json
+
+PPP is the priority (000-999, lower first), DUE the time the job may start (UTC,
+millisecond, fixed width), SEQ the enqueue time in nanoseconds (19 digits): so plain byte
+order of pending/ is priority, then due time, then enqueue order. All fields before ID are
+fixed-width, so an id containing '_' still parses. The processing name carries the
+attempt's owner and number: it is unique per attempt, which is what makes the final
+rename of an attempt a fence (see spool.py).
+"""
+import re
+import socket
+import time
+
+from .job import ID_PATTERN
+
+SUFFIX = ".json"
+_STAMP_LEN = len("20261124T130119.123Z")
+_PENDING = re.compile(r"(\d{3})_(\d{8}T\d{6}\.\d{3}Z)_(\d{19})_(.+)\.json")
+_FAILED = re.compile(r"(\d{8}T\d{6}\.\d{3}Z)_(.+)\.json")
+_PROCESSING = re.compile(r"(.+)_([A-Za-z0-9.-]+)_(\d+)_a(\d+)\.json")
+
+
+def stamp(ts):
+    """Unix seconds -> fixed-width sortable '20261124T130119.123Z'."""
+    ms = int(round(ts * 1000))
+    secs, ms = divmod(ms, 1000)
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(secs)) + f".{ms:03d}Z"
+
+
+def parse_stamp(text):
+    import calendar
+    secs = calendar.timegm(time.strptime(text[:15], "%Y%m%dT%H%M%S"))
+    return secs + int(text[16:19]) / 1000
+
+
+def pending_name(priority, due, seq, job_id):
+    return f"{priority:03d}_{stamp(due)}_{seq:019d}_{job_id}{SUFFIX}"
+
+
+def parse_pending(name):
+    """-> (priority, due_seconds, seq, id) or None when the name is not ours."""
+    m = _PENDING.fullmatch(name)
+    if not m or not ID_PATTERN.fullmatch(m.group(4)):
+        return None
+    return int(m.group(1)), parse_stamp(m.group(2)), int(m.group(3)), m.group(4)
+
+
+def pending_due(name):
+    """Cheap due time of a pending name (the hot path of the claim loop)."""
+    return parse_stamp(name[4:4 + _STAMP_LEN])
+
+
+def failed_name(next_attempt, job_id):
+    return f"{stamp(next_attempt)}_{job_id}{SUFFIX}"
+
+
+def parse_failed(name):
+    m = _FAILED.fullmatch(name)
+    if not m or not ID_PATTERN.fullmatch(m.group(2)):
+        return None
+    return parse_stamp(m.group(1)), m.group(2)
+
+
+def hostname():
+    """This host's name, reduced to [A-Za-z0-9.-] so it can sit in file names."""
+    return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:64] or "localhost"
+
+
+def processing_name(job_id, host, pid, attempt):
+    return f"{job_id}_{host}_{pid}_a{attempt}{SUFFIX}"
+
+
+def parse_processing(name):
+    """-> (id, host, pid, attempt) or None."""
+    m = _PROCESSING.fullmatch(name)
+    if not m or not ID_PATTERN.fullmatch(m.group(1)):
+        return None
+    return m.group(1), m.group(2), int(m.group(3)), int(m.group(4))
+
+
+def final_name(job_id):
+    return f"{job_id}{SUFFIX}"
+
+
+def id_of(state, name):
+    """The job id in a file name of a state folder, or None when the name is not a job's."""
+    if state == "pending":
+        p = parse_pending(name)
+        return p[3] if p else None
+    if state == "failed":
+        p = parse_failed(name)
+        return p[1] if p else None
+    if state == "processing":
+        p = parse_processing(name)
+        return p[0] if p else None
+    if name.endswith(SUFFIX) and ID_PATTERN.fullmatch(name[:-len(SUFFIX)]):
+        return name[:-len(SUFFIX)]
+    return None

@@ -1,0 +1,130 @@
+"""Live workers and requests to them, as files in SPOOL/workers/ (works across hosts).
+
+    workers/HOST_PID.json          a worker's registration; the worker holds a flock on it
+                                   for life, so "locked" = alive, whatever host it runs on
+    workers/HOST_PID.stop          a stop request: "graceful" or "now" (`worker stop`)
+    workers/HOST_PID.cancel.ID     kill job ID and send it to dead/ (`cancel --kill`)
+
+Requests are files, not signals, because a signal cannot reach another host; the worker
+watches workers/ (inotify hint) and also checks on each tick while a job runs.
+"""
+import json
+import os
+
+from . import fsutil, locks, timeutil
+from .errors import Busy
+
+
+def worker_name(host, pid):
+    return f"{host}_{pid}"
+
+
+def register(layout, host, pid, extra=None):
+    """Create and lock this worker's registration; returns the fd to keep open for life."""
+    info = {"host": host, "pid": pid, "started_at": timeutil.iso(timeutil.now())}
+    info.update(extra or {})
+    tmp = os.path.join(layout.tmp, f"reg-{host}-{pid}.json")
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = fsutil.write_new(tmp, json.dumps(info).encode(), sync=False)
+    locks.try_lock(fd)  # before it is visible, so a visible registration is never unlocked
+    name = worker_name(host, pid)
+    for suffix in (".stop",):
+        _unlink(os.path.join(layout.workers, name + suffix))
+    os.rename(tmp, os.path.join(layout.workers, name + ".json"))
+    return fd
+
+
+def unregister(layout, host, pid, fd):
+    name = worker_name(host, pid)
+    for entry in fsutil.listdir(layout.workers):
+        if entry == name + ".json" or entry.startswith(name + "."):
+            _unlink(os.path.join(layout.workers, entry))
+    os.close(fd)
+
+
+def live_workers(layout, cleanup=False):
+    """Registrations whose lock is held, as dicts {host, pid, started_at, name}.
+
+    With cleanup, files of dead workers are removed."""
+    out = []
+    for entry in sorted(fsutil.listdir(layout.workers)):
+        if not entry.endswith(".json"):
+            continue
+        path = os.path.join(layout.workers, entry)
+        try:
+            fd = fsutil.open_nofollow(path)
+        except OSError:
+            continue
+        try:
+            alive = locks.is_locked(fd)
+            info = json.loads(fsutil.read_fd(fd, 65536)) if alive else None
+        except ValueError:
+            info = None
+        finally:
+            os.close(fd)
+        if alive and isinstance(info, dict):
+            info["name"] = entry[:-5]
+            out.append(info)
+        elif not alive and cleanup:
+            name = entry[:-5]
+            for other in fsutil.listdir(layout.workers):
+                if other == entry or other.startswith(name + "."):
+                    _unlink(os.path.join(layout.workers, other))
+    return out
+
+
+def is_alive(layout, name):
+    try:
+        fd = fsutil.open_nofollow(os.path.join(layout.workers, name + ".json"))
+    except OSError:
+        return False
+    try:
+        return locks.is_locked(fd)
+    finally:
+        os.close(fd)
+
+
+def request_stop(layout, name, mode="graceful"):
+    _write(layout, f"{name}.stop", mode)
+
+
+def stop_requested(layout, name):
+    """None, "graceful" or "now"."""
+    try:
+        text = fsutil.read_fd_path(os.path.join(layout.workers, name + ".stop"), 64).decode().strip()
+    except OSError:
+        return None
+    return "now" if text == "now" else "graceful"
+
+
+def request_cancel(layout, name, job_id):
+    _write(layout, f"{name}.cancel.{job_id}", "cancel")
+
+
+def cancel_requested(layout, name, job_id):
+    return os.path.lexists(os.path.join(layout.workers, f"{name}.cancel.{job_id}"))
+
+
+def clear_cancel(layout, name, job_id):
+    _unlink(os.path.join(layout.workers, f"{name}.cancel.{job_id}"))
+
+
+def _write(layout, entry, text):
+    tmp = os.path.join(layout.tmp, f"req-{os.getpid()}-{entry}")
+    _unlink(tmp)
+    fsutil.write_file(tmp, text.encode())
+    os.rename(tmp, os.path.join(layout.workers, entry))
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+__all__ = ["Busy", "register", "unregister", "live_workers", "request_stop", "stop_requested",
+           "request_cancel", "cancel_requested", "clear_cancel", "is_alive", "worker_name"]

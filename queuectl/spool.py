@@ -1,0 +1,710 @@
+"""The spool and its on-disk protocol. This is the only module that moves job files.
+
+Layout (SPEC "The spool on disk"): incoming/ pending/ processing/ failed/ completed/ dead/
+logs/ rejected/ tmp/, plus ids/ (one empty-ish marker per job id), workers/ (one
+registry file per live worker, locked by it for life, and its stop/cancel requests) and
+config.json. Everything is created 0700. File names: see names.py.
+
+Rules every transition follows
+------------------------------
+1. A job file is immutable. A change of state or content is a *new* file written in tmp/,
+   fsynced, and renamed into place; nothing is rewritten in place.
+2. Whoever moves a job file first opens it (O_NOFOLLOW) and takes an exclusive,
+   non-blocking flock on it (portalocker), then checks that the name still points at the
+   inode it locked. A lock held by someone else means "busy": skip it. A worker holds the
+   lock of its processing/ file for the whole attempt, so on a local filesystem a free
+   lock on a processing/ file means its owner is dead.
+3. A transition is two renames, in this order:
+      a. rename(SRC, DST)        - the state change itself, atomic. It is also the FENCE: it
+                                   fails with ENOENT if someone else moved SRC first (the
+                                   job was taken back, cancelled, claimed by another worker).
+                                   The loser discards its result; it never writes.
+      b. rename(tmp/NEW, DST)    - the new record replaces the old content of DST. The mover
+                                   still holds the lock on DST's old inode, so no one else
+                                   moves DST in between.
+   then fsync(DST folder) and fsync(SRC folder). Between a and b, DST holds the previous
+   record, whose `state` lags behind its folder; readers take the state from the folder,
+   and `Spool.repair_tmp` finishes step b after a crash (the record in tmp/ names its id
+   and state). So at every instant each job is in exactly one state folder.
+4. A claim is the transition pending/NAME -> processing/ID_HOST_PID_aN.json. Before step b
+   the claimer also locks the new file, so the processing/ name is never unlocked while
+   its owner lives. `attempts` is incremented in that record, so it is on disk before the
+   command starts: a job that kills its worker still counts, and a poison pill ends in dead/.
+   The processing name is unique per attempt; the attempt ends with the fenced rename
+   processing/ID_HOST_PID_aN.json -> completed/ | failed/ | dead/ | pending/. If the job was
+   taken back meanwhile, that name no longer exists and the late worker's result is
+   dropped (logged in the job's log), whatever the job's newer state is.
+5. Take-back: any process that locks a processing/ file (the owner is dead) moves it to
+   failed/ or dead/ as a failed attempt, `last_error` "worker lost (host H, pid P)". If the
+   record in it still says pending (the claimer died between 3a and 3b: the command never
+   started), it goes back to pending/ uncounted.
+6. Enqueue: the id is reserved by creating ids/ID with O_EXCL (atomic: of two racing
+   enqueuers exactly one wins; O(1), no scan). The marker holds the name of the
+   enqueuer's lock file, flock-held until its jobs are in pending/, so a marker left by a
+   crashed enqueuer (lock free, no job with that id) is taken over, under a spool lock.
+   Job files are written in tmp/, then (one fsync per job, or one syncfs for a batch)
+   renamed into pending/, then pending/ and ids/ are fsynced; only then does enqueue return.
+7. What a crash leaves: a file in tmp/ (deleted or finished by repair_tmp), a stale id
+   marker (taken over), a processing/ file with a free lock (taken back), an incoming file
+   claimed into tmp/ (put back into incoming/ or, if its job exists, removed).
+"""
+import errno
+import os
+import random
+import secrets
+import time
+
+from . import config as configmod
+from . import fsutil, locks, names, timeutil
+from .errors import (Busy, DuplicateJob, FieldError, InvalidInput, JobNotFound, LostRace,
+                     SpoolError, WrongState)
+from .job import FINAL_STATES, STATES, State, check_record, due_time, new_record, validate_input
+from .paths import Layout, default_spool
+
+MAX_DROP_BYTES = 1024 * 1024
+
+
+class Held:
+    """A job file this process has locked: its folder, name, open fd and record."""
+
+    def __init__(self, state, name, fd, record):
+        self.state, self.name, self.fd, self.record = state, name, fd, record
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class Spool:
+    """A queuectl spool. `Spool(path)` creates the folders on first use (mode 0700)."""
+
+    def __init__(self, path=None, create=True):
+        self.layout = Layout(path or default_spool())
+        self.path = self.layout.root
+        if create:
+            self.layout.create()
+        self._seq = 0
+
+    # ---------------------------------------------------------------- config
+
+    def config(self):
+        return configmod.read(self.layout.config)
+
+    def set_config(self, key, value):
+        name = configmod.canonical_key(key)
+        number = configmod.parse_value(name, value)
+        with locks.spool_lock(self.layout.config_lock):
+            data = configmod.stored(self.layout.config)
+            data[name] = number
+            configmod.write(self.layout.config, self.layout.tmp, data)
+        return number
+
+    def unset_config(self, key):
+        name = configmod.canonical_key(key)
+        with locks.spool_lock(self.layout.config_lock):
+            data = configmod.stored(self.layout.config)
+            data.pop(name, None)
+            data.pop(name.replace("-", "_"), None)
+            configmod.write(self.layout.config, self.layout.tmp, data)
+        return configmod.KEYS[name][0]
+
+    # ---------------------------------------------------------------- enqueue
+
+    def enqueue(self, command=None, **fields):
+        """Add one job; returns its record. Raises FieldError / DuplicateJob (nothing changed)."""
+        if command is not None:
+            fields["command"] = command
+        return self.enqueue_many([fields])[0]
+
+    def enqueue_many(self, items):
+        """Add jobs all or nothing: every item is checked first; returns the records."""
+        if not items:
+            return []
+        now = timeutil.now()
+        defaults = {"max_retries": self.config()["max-retries"]}
+        records, seen = [], set()
+        for index, item in enumerate(items):
+            try:
+                fields = validate_input(item, defaults, now=now)
+            except FieldError as exc:
+                if len(items) > 1:
+                    raise FieldError(f"job {index + 1}: {exc.field}", str(exc).split(": ", 1)[1]) from None
+                raise
+            record = new_record(fields, now)
+            if record["id"] in seen:
+                raise FieldError(f"job {index + 1}: id", f"{record['id']!r} appears twice in the batch")
+            seen.add(record["id"])
+            records.append(record)
+        self._store_new(records)
+        return records
+
+    def _next_seq(self):
+        self._seq = max(self._seq + 1, time.time_ns())
+        return self._seq
+
+    def _store_new(self, records, from_incoming=None):
+        """Write new pending records durably (rule 6). Duplicate id -> DuplicateJob, nothing kept."""
+        lay = self.layout
+        token = f"enq-{os.getpid()}-{secrets.token_hex(4)}"
+        owner_path = os.path.join(lay.tmp, token + ".lock")
+        batch = len(records) > 1
+        staged, reserved = [], []
+        owner_fd = None
+        try:
+            owner_fd = fsutil.write_new(owner_path, b"", sync=False)
+            locks.try_lock(owner_fd)
+            for record in records:
+                tmp = os.path.join(lay.tmp, f"{token}-{len(staged)}.json")
+                fsutil.write_file(tmp, fsutil.dumps(record), sync=not batch)
+                staged.append(tmp)
+            for record in records:
+                self._reserve_id(record["id"], token)
+                reserved.append(record["id"])
+            if batch:
+                _syncfs(lay.tmp)
+            for tmp, record in zip(staged, records):
+                name = names.pending_name(record["priority"], due_time(record), self._next_seq(), record["id"])
+                os.rename(tmp, os.path.join(lay.pending, name))
+            staged = []
+            fsutil.fsync_dir(lay.pending)
+            fsutil.fsync_dir(lay.ids)
+            reserved = []
+        except OSError as exc:
+            raise fsutil.translate(exc, "enqueue failed") from None
+        finally:
+            for tmp in staged:
+                _unlink_quiet(tmp)
+            for job_id in reserved:
+                _unlink_quiet(os.path.join(lay.ids, job_id))
+            if owner_fd is not None:
+                os.close(owner_fd)
+                _unlink_quiet(owner_path)
+
+    def _reserve_id(self, job_id, token):
+        marker = os.path.join(self.layout.ids, job_id)
+        try:
+            fsutil.write_file(marker, token.encode(), sync=False)
+            return
+        except FileExistsError:
+            pass
+        # The id is taken, unless its marker was left by a crash (rule 6).
+        with locks.spool_lock(self.layout.ids_lock):
+            if self._marker_owner_alive(marker):
+                raise DuplicateJob(job_id, "being enqueued")
+            found = self.find(job_id)
+            if found:
+                raise DuplicateJob(job_id, found[0])
+            tmp = os.path.join(self.layout.tmp, f"{token}-marker")
+            fsutil.write_file(tmp, token.encode(), sync=False)
+            os.rename(tmp, marker)
+
+    def _marker_owner_alive(self, marker):
+        try:
+            owner = fsutil.read_fd_path(marker).decode("ascii", "replace").strip()
+        except OSError:
+            return False
+        if not owner.startswith("enq-") or "/" in owner:
+            return False
+        try:
+            fd = fsutil.open_nofollow(os.path.join(self.layout.tmp, owner + ".lock"))
+        except OSError:
+            return False
+        try:
+            return locks.is_locked(fd)
+        finally:
+            os.close(fd)
+
+    # ---------------------------------------------------------------- reads
+
+    def find(self, job_id):
+        """(state, file name) of a job, or None. Final states by name; the others by listing."""
+        lay = self.layout
+        final = names.final_name(job_id)
+        for state in (State.COMPLETED, State.DEAD):
+            if os.path.lexists(os.path.join(lay.state_dir(state), final)):
+                return state.value, final
+        for state in (State.PROCESSING, State.PENDING, State.FAILED):
+            for name in fsutil.listdir(lay.state_dir(state)):
+                if job_id in name and names.id_of(state.value, name) == job_id:
+                    return state.value, name
+        return None
+
+    def get(self, job_id):
+        """The job's record, its `state` taken from its folder. JobNotFound if none."""
+        for _ in range(5):  # a job may move between find and read; look again
+            found = self.find(job_id)
+            if not found:
+                break
+            try:
+                return self._read(found[0], found[1])
+            except FileNotFoundError:
+                continue
+        raise JobNotFound(job_id)
+
+    def _read(self, state, name):
+        record = fsutil.read_json(os.path.join(self.layout.state_dir(state), name))
+        if isinstance(record, dict):
+            record["state"] = state
+        return record
+
+    def names(self, state):
+        """Job file names of one state folder, in claim order for pending/ and failed/."""
+        return sorted(n for n in fsutil.listdir(self.layout.state_dir(state)) if n.endswith(names.SUFFIX) and not n.startswith("."))
+
+    def list(self, state=None, limit=None):
+        """Records of one state (or all), pending in claim order. Unreadable files are skipped."""
+        states = [State(state).value] if state else STATES
+        out = []
+        for st in states:
+            for name in self.names(st):
+                if limit is not None and len(out) >= limit:
+                    return out
+                try:
+                    record = self._read(st, name)
+                except (OSError, ValueError):
+                    continue
+                if isinstance(record, dict):
+                    out.append(record)
+        return out
+
+    def counts(self, now=None):
+        """Jobs per folder; `scheduled` = pending ones not due yet (read from names, no file opened)."""
+        now = timeutil.now() if now is None else now
+        counts = {"incoming": sum(1 for n in fsutil.listdir(self.layout.incoming)
+                                  if n.endswith(".json") and not n.startswith("."))}
+        for st in STATES:
+            counts[st] = len(self.names(st))
+        scheduled = 0
+        for name in self.names("pending"):
+            try:
+                if names.pending_due(name) > now:
+                    scheduled += 1
+            except ValueError:
+                pass
+        counts["scheduled"] = scheduled
+        return counts
+
+    def status(self):
+        """What `status` shows: counts, live workers with their current job, oldest waiting job."""
+        from . import registry
+        running = {}
+        for name in self.names("processing"):
+            parsed = names.parse_processing(name)
+            if parsed:
+                running[registry.worker_name(parsed[1], parsed[2])] = (parsed[0], name)
+        workers = []
+        for w in registry.live_workers(self.layout):
+            job, since = None, None
+            if w["name"] in running:
+                job, name = running[w["name"]]
+                try:
+                    since = self._read("processing", name).get("started_at")
+                except (OSError, ValueError):
+                    pass
+            workers.append({"host": w.get("host"), "pid": w.get("pid"), "job": job, "since": since,
+                            "started_at": w.get("started_at")})
+        return {"spool": self.path, "counts": self.counts(), "workers": workers,
+                "oldest_waiting": self._oldest_waiting()}
+
+    def _oldest_waiting(self):
+        """The waiting job (pending or failed) enqueued first. Pending names carry the enqueue
+        time, so only the first of each priority and the failed/ records are read."""
+        candidates = []
+        pending = self.names("pending")
+        best = min(pending, key=lambda n: n[25:44], default=None)
+        if best:
+            candidates.append(("pending", best))
+        candidates += [("failed", n) for n in self.names("failed")[:1000]]
+        oldest = None
+        for state, name in candidates:
+            try:
+                rec = self._read(state, name)
+                ts = timeutil.parse_iso(rec["created_at"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if oldest is None or ts < oldest[0]:
+                oldest = (ts, {"id": rec["id"], "state": state, "created_at": rec["created_at"],
+                               "age_seconds": round(timeutil.now() - ts, 3)})
+        return oldest[1] if oldest else None
+
+    def log_path(self, job_id):
+        return self.layout.log(job_id)
+
+    # ---------------------------------------------------------------- transitions
+
+    def _lock(self, state, name):
+        """Open and lock a job file (rule 2). Raises LostRace (gone) or Busy (locked)."""
+        path = os.path.join(self.layout.state_dir(state), name)
+        try:
+            fd = fsutil.open_nofollow(path, os.O_RDWR)
+        except FileNotFoundError:
+            raise LostRace(f"{state}/{name} is gone") from None
+        except OSError as exc:
+            raise LostRace(f"{state}/{name}: {exc.strerror}") from None
+        try:
+            locks.try_lock(fd)
+            try:
+                same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                raise LostRace(f"{state}/{name} was replaced")
+            record = fsutil.read_json_fd(fd)
+        except (ValueError, UnicodeDecodeError) as exc:
+            os.close(fd)
+            raise Corrupt(state, name, f"not valid JSON: {exc}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if not isinstance(record, dict):
+            os.close(fd)
+            raise Corrupt(state, name, "not a JSON object")
+        return Held(state, name, fd, record)
+
+    def _move(self, held, dst_state, dst_name, record, keep_lock=False):
+        """Rule 3: fenced rename of a held job file, then its new content. Returns the new Held."""
+        lay = self.layout
+        src = os.path.join(lay.state_dir(held.state), held.name)
+        dst_dir = lay.state_dir(dst_state)
+        dst = os.path.join(dst_dir, dst_name)
+        record = dict(record, state=str(dst_state), updated_at=timeutil.iso(timeutil.now()))
+        tmp = os.path.join(lay.tmp, f"mv-{record['id']}-{os.getpid()}-{secrets.token_hex(3)}.json")
+        new_fd = fsutil.write_new(tmp, fsutil.dumps(record))
+        try:
+            if keep_lock:
+                locks.try_lock(new_fd)
+            if os.path.lexists(dst) and dst != src:
+                raise SpoolError(f"{dst_state}/{dst_name} already exists")
+            try:
+                os.rename(src, dst)          # a: the state change, and the fence
+            except FileNotFoundError:
+                raise LostRace(f"{held.state}/{held.name} was moved by someone else") from None
+            os.rename(tmp, dst)              # b: the new record
+            tmp = None
+            fsutil.fsync_dir(dst_dir)
+            if dst_dir != os.path.dirname(src):
+                fsutil.fsync_dir(os.path.dirname(src))
+        except BaseException:
+            os.close(new_fd)
+            if tmp:
+                _unlink_quiet(tmp)
+            raise
+        held.close()
+        if keep_lock:
+            return Held(str(dst_state), dst_name, new_fd, record)
+        os.close(new_fd)
+        return Held(str(dst_state), dst_name, None, record)
+
+    # -- the worker's side
+
+    def claim(self, name, worker_host, worker_pid):
+        """Claim pending/NAME for this worker (rule 4). Returns the Held processing file.
+
+        Raises LostRace/Busy when another worker was first, Corrupt for a damaged file.
+        """
+        held = self._lock("pending", name)
+        try:
+            check_record(held.record)
+            if os.fstat(held.fd).st_uid != os.geteuid():
+                raise FieldError("file", "owned by another user; not run (SPEC: Safety)")
+        except FieldError as exc:
+            held.close()
+            raise Corrupt("pending", name, str(exc)) from None
+        now = timeutil.now()
+        record = dict(held.record)
+        record.update(attempts=record["attempts"] + 1, started_at=timeutil.iso(now), finished_at=None,
+                      worker=f"{worker_host}:{worker_pid}")
+        dst = names.processing_name(record["id"], worker_host, worker_pid, record["attempts"])
+        try:
+            return self._move(held, State.PROCESSING, dst, record, keep_lock=True)
+        except BaseException:
+            held.close()
+            raise
+
+    def finish(self, held, exit_code=None, error=None, backoff=None):
+        """End an attempt: completed if exit_code == 0 and no error, else failed/dead (SPEC
+        "Running a job"). `backoff` = (base, max, jitter). Raises LostRace when fenced off."""
+        record = dict(held.record)
+        now = timeutil.now()
+        record.update(finished_at=timeutil.iso(now), exit_code=exit_code, worker=record.get("worker"))
+        if exit_code == 0 and error is None:
+            record.update(last_error=None, run_at=None)
+            return self._move(held, State.COMPLETED, names.final_name(record["id"]), record)
+        record["last_error"] = error or f"exit code {exit_code}"
+        return self._fail(held, record, now, backoff)
+
+    def _fail(self, held, record, now, backoff):
+        base, cap, jitter = backoff or self._backoff()
+        if record["attempts"] <= record["max_retries"]:
+            delay = min(base ** record["attempts"], cap)
+            delay += delay * random.uniform(0, jitter) if jitter else 0
+            retry_at = now + delay
+            record["run_at"] = timeutil.iso(retry_at)
+            return self._move(held, State.FAILED, names.failed_name(retry_at, record["id"]), record)
+        record["run_at"] = None
+        return self._move(held, State.DEAD, names.final_name(record["id"]), record)
+
+    def _backoff(self):
+        cfg = self.config()
+        return cfg["backoff-base"], cfg["backoff-max"], cfg["backoff-jitter"]
+
+    def finish_cancelled(self, held):
+        """End a running attempt killed by `cancel --kill`: the job goes to dead/."""
+        record = dict(held.record, exit_code=None, last_error="cancelled", run_at=None,
+                      finished_at=timeutil.iso(timeutil.now()))
+        return self._move(held, State.DEAD, names.final_name(record["id"]), record)
+
+    def request_kill(self, job_id):
+        """cancel --kill of a running job: ask its worker (wherever it runs) to kill it.
+        Returns the worker's name; WrongState if the job is not running."""
+        from . import registry
+        found = self.find(job_id)
+        if not found:
+            raise JobNotFound(job_id)
+        if found[0] != "processing":
+            raise WrongState(f"job {job_id!r} is {found[0]}, not running")
+        parsed = names.parse_processing(found[1])
+        name = registry.worker_name(parsed[1], parsed[2])
+        registry.request_cancel(self.layout, name, job_id)
+        return name
+
+    def requeue(self, held, reason=None):
+        """Put a running job back in pending/ without counting the attempt (stop --now)."""
+        record = dict(held.record)
+        record.update(attempts=max(0, record["attempts"] - 1), worker=None, exit_code=None,
+                      finished_at=timeutil.iso(timeutil.now()))
+        if reason:
+            record["last_error"] = reason
+        return self._move(held, State.PENDING, self._pending_name(record), record)
+
+    def _pending_name(self, record, due=None):
+        due = due_time(record) if due is None else due
+        return names.pending_name(record["priority"], due, self._next_seq(), record["id"])
+
+    def promote(self, name, now=None):
+        """Move a due failed/NAME into pending/ so it competes by priority. LostRace/Busy if not ours."""
+        now = timeutil.now() if now is None else now
+        held = self._lock("failed", name)
+        try:
+            check_record(held.record)
+        except FieldError as exc:
+            held.close()
+            raise Corrupt("failed", name, str(exc)) from None
+        record = dict(held.record)
+        try:
+            return self._move(held, State.PENDING, self._pending_name(record), record)
+        except BaseException:
+            held.close()
+            raise
+
+    def take_back(self, name, reason=None):
+        """Rule 5: take back processing/NAME if its owner is dead (its lock is free).
+
+        Returns the new Held, or raises Busy (owner alive) / LostRace."""
+        held = self._lock("processing", name)
+        parsed = names.parse_processing(name)
+        host, pid = (parsed[1], parsed[2]) if parsed else ("?", "?")
+        record = dict(held.record)
+        try:
+            if record.get("state") == "pending" or "attempts" not in record:
+                # died between the claim's two renames: the command never started
+                record["worker"] = None
+                return self._move(held, State.PENDING, self._pending_name(record), record)
+            now = timeutil.now()
+            record.update(exit_code=None, finished_at=timeutil.iso(now),
+                          last_error=reason or f"worker lost (host {host}, pid {pid})")
+            return self._fail(held, record, now, None)
+        except BaseException:
+            held.close()
+            raise
+
+    def take_back_lost(self, exclude=()):
+        """Take back every processing/ job whose owner is dead. Returns the records taken back."""
+        out = []
+        for name in self.names("processing"):
+            if name in exclude:
+                continue
+            try:
+                out.append(self.take_back(name).record)
+            except (LostRace, Corrupt):
+                continue
+        return out
+
+    # -- user operations
+
+    def _find_held(self, job_id, states):
+        for _ in range(5):
+            found = self.find(job_id)
+            if not found:
+                raise JobNotFound(job_id)
+            if found[0] not in states:
+                return found[0], None
+            try:
+                return found[0], self._lock(*found)
+            except LostRace as exc:
+                if isinstance(exc, Busy):
+                    raise WrongState(f"job {job_id!r} is busy (a worker is moving it); try again") from None
+                continue
+        raise WrongState(f"job {job_id!r} keeps moving; try again")
+
+    def cancel(self, job_id):
+        """A pending or failed job goes to dead/ with last_error 'cancelled'.
+
+        Returns the record; raises WrongState naming the state otherwise."""
+        state, held = self._find_held(job_id, ("pending", "failed"))
+        if held is None:
+            raise WrongState(f"job {job_id!r} is {state}; only pending or failed jobs can be cancelled"
+                             + (" (use --kill for a running one)" if state == "processing" else ""))
+        record = dict(held.record, last_error="cancelled", run_at=None,
+                      finished_at=timeutil.iso(timeutil.now()))
+        try:
+            return self._move(held, State.DEAD, names.final_name(job_id), record).record
+        except BaseException:
+            held.close()
+            raise
+
+    def retry_dead(self, job_id):
+        """dlq retry: dead/ID.json back to pending/ with attempts 0 and run_at now."""
+        state, held = self._find_held(job_id, ("dead",))
+        if held is None:
+            raise WrongState(f"job {job_id!r} is {state}, not dead")
+        now = timeutil.now()
+        record = dict(held.record, attempts=0, run_at=timeutil.iso(now), exit_code=None, worker=None)
+        try:
+            return self._move(held, State.PENDING, self._pending_name(record, now), record).record
+        except BaseException:
+            held.close()
+            raise
+
+    def purge(self, state, older_than=None, now=None):
+        """Delete completed or dead jobs (finished more than `older_than` seconds ago) and their
+        logs. Returns the number deleted. Each file is locked first, so a job being moved is skipped."""
+        if state not in ("completed", "dead"):
+            raise FieldError("state", f"must be completed or dead, got {state!r}")
+        now = timeutil.now() if now is None else now
+        deleted = 0
+        for name in self.names(state):
+            path = os.path.join(self.layout.state_dir(state), name)
+            try:
+                held = self._lock(state, name)
+            except (LostRace, Corrupt):
+                continue
+            try:
+                if older_than is not None:
+                    stamp = held.record.get("finished_at") or held.record.get("updated_at")
+                    try:
+                        when = timeutil.parse_iso(stamp)
+                    except (TypeError, ValueError):
+                        when = os.fstat(held.fd).st_mtime
+                    if now - when < older_than:
+                        continue
+                job_id = held.record.get("id") or names.id_of(state, name)
+                os.unlink(path)
+                if job_id:
+                    _unlink_quiet(self.layout.log(job_id))
+                    _unlink_quiet(os.path.join(self.layout.ids, job_id))
+                deleted += 1
+            finally:
+                held.close()
+        if deleted:
+            fsutil.fsync_dir(self.layout.state_dir(state))
+        return deleted
+
+    # ---------------------------------------------------------------- crash leftovers
+
+    def repair_tmp(self, min_age=3600):
+        """Finish or clear what a crash left in tmp/ (rule 7). Returns the number of files handled.
+
+        mv-*.json: the new record of a transition whose step b did not happen: if the job sits
+        in the folder the record names and that file's own record lags, put the new one in
+        place; otherwise it is obsolete. Other leftovers are deleted once older than min_age
+        (an enqueue in progress keeps its own until it returns)."""
+        handled = 0
+        now = time.time()
+        for name in fsutil.listdir(self.layout.tmp):
+            path = os.path.join(self.layout.tmp, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if name.startswith("mv-") and name.endswith(".json"):
+                if now - st.st_mtime < 5:
+                    continue  # a mover may be between its two renames right now
+                handled += self._finish_move(path)
+            elif name.startswith("ingest-"):
+                continue  # ingest.py owns these
+            elif now - st.st_mtime > min_age:
+                _unlink_quiet(path)
+                handled += 1
+        return handled
+
+    def _finish_move(self, tmp_path):
+        try:
+            new = fsutil.read_json(tmp_path)
+            found = self.find(new["id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            _unlink_quiet(tmp_path)
+            return 1
+        if found and found[0] == new.get("state"):
+            try:
+                held = self._lock(*found)
+            except (LostRace, Corrupt):
+                return 0
+            try:
+                if held.record.get("state") != found[0]:
+                    os.rename(tmp_path, os.path.join(self.layout.state_dir(found[0]), found[1]))
+                    fsutil.fsync_dir(self.layout.state_dir(found[0]))
+                    return 1
+            finally:
+                held.close()
+        _unlink_quiet(tmp_path)
+        return 1
+
+    def move_aside(self, src_path, name, reason):
+        """Put a file that is not a valid job into rejected/ beside NAME.error; never overwrite."""
+        dst_name = unique_name(self.layout.rejected, name)
+        dst = os.path.join(self.layout.rejected, dst_name)
+        fsutil.write_file(os.path.join(self.layout.rejected, dst_name + ".error"),
+                          (reason.rstrip() + "\n").encode("utf-8", "replace"))
+        os.rename(src_path, dst)
+        fsutil.fsync_dir(self.layout.rejected)
+        return dst_name
+
+
+class Corrupt(LostRace):
+    """A job file in a state folder that cannot be read as a record."""
+
+    def __init__(self, state, name, reason):
+        self.state, self.name, self.reason = state, name, reason
+        super().__init__(f"{state}/{name}: {reason}")
+
+
+def unique_name(folder, name):
+    """`name`, or name.1, name.2, ... so that neither it nor its .error exists in `folder`."""
+    candidate, n = name, 0
+    while os.path.lexists(os.path.join(folder, candidate)) or \
+            os.path.lexists(os.path.join(folder, candidate + ".error")):
+        n += 1
+        candidate = f"{name}.{n}"
+    return candidate
+
+
+def _unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _syncfs(path):
+    """One syncfs(2) for the filesystem holding `path`: a batch's files in one flush."""
+    import ctypes
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)

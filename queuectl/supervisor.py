@@ -1,0 +1,144 @@
+"""`worker start`: N worker processes under one supervisor; `worker stop`.
+
+The supervisor starts each worker as its own process (`python -m queuectl worker run`) in
+its own process group, so a terminal's Ctrl+C reaches only the supervisor, which forwards
+it: the first as SIGTERM (graceful: running jobs finish), the second as another SIGTERM
+(the worker's second signal means "now"). It waits on pidfds; when a worker dies by a
+signal or a crash, it takes the lost job back at once (the dead worker's lock is free)
+and starts a replacement, slowing down if workers keep dying.
+"""
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+from . import names, registry
+from .errors import QueuectlError
+
+
+def worker_command(spool_path, burst):
+    cmd = [sys.executable, "-m", "queuectl", "--spool", spool_path, "worker", "run"]
+    return cmd + (["--burst"] if burst else [])
+
+
+class Supervisor:
+    def __init__(self, spool, count, burst=False, emit=None):
+        self.spool, self.count, self.burst = spool, count, burst
+        self.emit = emit or (lambda text: None)
+        self.children = {}  # pid -> (Popen, pidfd)
+        self.signals = 0
+        self._restarts = []
+
+    def _on_signal(self, signum, frame):
+        self.signals += 1
+        for proc, _ in list(self.children.values()):
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def _spawn(self):
+        proc = subprocess.Popen(worker_command(self.spool.path, self.burst), process_group=0,
+                                stdin=subprocess.DEVNULL)
+        self.children[proc.pid] = (proc, os.pidfd_open(proc.pid))
+        return proc
+
+    def run(self):
+        self.spool.layout.check_safe()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGCHLD, lambda *a: None)  # wakes select through the wakeup fd
+        for _ in range(self.count):
+            self._spawn()
+        self.emit(f"{time.strftime('%H:%M:%S')} supervisor {names.hostname()}:{os.getpid()} "
+                  f"started {self.count} worker(s) on {self.spool.path}")
+        worst = 0
+        try:
+            while self.children:
+                fds = [r] + [pidfd for _, pidfd in self.children.values()]
+                try:
+                    select.select(fds, [], [], 5.0)
+                except InterruptedError:
+                    pass
+                try:
+                    while os.read(r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+                for pid, (proc, pidfd) in list(self.children.items()):
+                    code = proc.poll()
+                    if code is None:
+                        continue
+                    os.close(pidfd)
+                    del self.children[pid]
+                    worst = self._on_exit(proc, code) or worst
+        finally:
+            signal.set_wakeup_fd(-1)
+            os.close(r)
+            os.close(w)
+        return worst
+
+    def _on_exit(self, proc, code):
+        """A worker exited. Take its job back if it died; replace it unless we are stopping."""
+        if code == 0 and not self.signals:
+            return 0  # burst done, or `worker stop` asked it to stop
+        if code == 0:
+            return 0
+        died = f"signal {-code}" if code < 0 else f"exit code {code}"
+        for record in self.spool.take_back_lost():
+            self.emit(f"{time.strftime('%H:%M:%S')} supervisor: job {record['id']} taken back: "
+                      f"{record['last_error']} -> {record['state']}")
+        if self.signals or code == 2:
+            return code if code > 0 else 1
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < 60] + [now]
+        if len(self._restarts) > 10 * self.count:
+            self.emit(f"{time.strftime('%H:%M:%S')} supervisor: workers keep dying; not restarting")
+            return 1
+        new = self._spawn()
+        self.emit(f"{time.strftime('%H:%M:%S')} supervisor: worker pid {proc.pid} died ({died}); "
+                  f"started pid {new.pid}")
+        return 0
+
+
+def start_detached(spool, count, burst=False, timeout=15.0):
+    """Run the supervisor in the background (own session, output to workers/HOST.log).
+    Returns (supervisor pid, live worker names) once the workers registered."""
+    log_path = os.path.join(spool.layout.workers, f"supervisor-{names.hostname()}.log")
+    before = {w["name"] for w in registry.live_workers(spool.layout)}
+    cmd = [sys.executable, "-m", "queuectl", "--spool", spool.path, "worker", "start",
+           "--count", str(count)] + (["--burst"] if burst else [])
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        live = [w["name"] for w in registry.live_workers(spool.layout) if w["name"] not in before]
+        if len(live) >= count or burst and proc.poll() is not None:
+            return proc.pid, live, log_path
+        if proc.poll() is not None:
+            raise QueuectlError(f"the workers did not start; see {log_path}")
+        time.sleep(0.05)
+    raise QueuectlError(f"the workers did not register within {timeout:g}s; see {log_path}")
+
+
+def stop_workers(spool, now=False, wait=True, timeout=None):
+    """Ask every live worker of the spool to stop; wait for them. Returns the names still
+    running when `timeout` ran out (empty when all stopped)."""
+    live = [w["name"] for w in registry.live_workers(spool.layout)]
+    for name in live:
+        registry.request_stop(spool.layout, name, "now" if now else "graceful")
+    if not wait:
+        return live, live
+    deadline = None if timeout is None else time.monotonic() + timeout
+    remaining = list(live)
+    while remaining:
+        remaining = [n for n in remaining if registry.is_alive(spool.layout, n)]
+        if not remaining or deadline is not None and time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    return remaining, live

@@ -1,0 +1,95 @@
+"""Wakes an idle worker when something changes in the spool (watchdog lives only here).
+
+A wake-up is only a hint: the worker always re-reads the folders, and rescans them every
+few seconds anyway, because inotify never sees what another host does on a network
+filesystem. Mechanism: watchdog's native observer (inotify on Linux); if it cannot start
+(no inotify, watch limit reached) or QUEUECTL_WAKER=poll, watchdog's polling observer.
+QUEUECTL_WAKER=none relies on the periodic rescan alone.
+"""
+import os
+import threading
+
+
+class Waker:
+    """Collects which watched folders changed and sets `event` (and writes `pipe_w`)."""
+
+    def __init__(self, folders):
+        self.folders = {os.path.realpath(f): os.path.basename(f) for f in folders}
+        self.event = threading.Event()
+        self._dirty = set()
+        self._lock = threading.Lock()
+        self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.observer = None
+        self.mechanism = "none"
+
+    def start(self):
+        choice = os.environ.get("QUEUECTL_WAKER", "auto")
+        if choice == "none":
+            return self
+        from watchdog.events import FileSystemEventHandler
+
+        waker = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event):
+                if event.event_type in ("opened", "closed_no_write"):
+                    return
+                for path in (event.src_path, getattr(event, "dest_path", "")):
+                    if path:
+                        waker.note(os.path.dirname(os.fsdecode(path)))
+
+        for kind in (["native", "poll"] if choice == "auto" else [choice]):
+            try:
+                observer = self._observer(kind)
+                for folder in self.folders:
+                    observer.schedule(Handler(), folder, recursive=False)
+                observer.daemon = True
+                observer.start()
+            except (OSError, RuntimeError):
+                continue
+            self.observer, self.mechanism = observer, kind
+            break
+        return self
+
+    @staticmethod
+    def _observer(kind):
+        if kind == "poll":
+            from watchdog.observers.polling import PollingObserver
+            return PollingObserver(timeout=1.0)
+        from watchdog.observers import Observer
+        return Observer()
+
+    def note(self, folder):
+        name = self.folders.get(folder)
+        if name is None:
+            return
+        with self._lock:
+            self._dirty.add(name)
+        self.poke()
+
+    def poke(self):
+        self.event.set()
+        try:
+            os.write(self.pipe_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def take(self):
+        """The names of the folders that changed since the last call."""
+        with self._lock:
+            self.event.clear()  # before the swap: a note() after it sets the event again
+            dirty, self._dirty = self._dirty, set()
+        return dirty
+
+    def wait(self, timeout):
+        return self.event.wait(timeout)
+
+    def stop(self):
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=2)
+        for fd in (self.pipe_r, self.pipe_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

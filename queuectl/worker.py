@@ -1,0 +1,293 @@
+"""One worker process: take dropped files, promote due retries, claim the next due job, run it.
+
+Idle, it sleeps until the earliest due time found in pending/ and failed/, a filesystem
+event (waker.py), a signal, or the periodic rescan (RESCAN seconds: the safety net for
+missed events and for other hosts' changes on a network filesystem), whichever is first.
+Signals only set flags: the first SIGTERM/SIGINT stops after the running job, the second
+kills it and puts it back in pending/ uncounted (SPEC "worker start").
+"""
+import bisect
+import os
+import signal
+import sys
+import time
+
+from . import ingest, names, registry, runner, timeutil
+from .errors import LostRace, QueuectlError
+from .spool import Corrupt
+from .waker import Waker
+
+RESCAN = float(os.environ.get("QUEUECTL_RESCAN", "2.0"))
+ALL = frozenset({"incoming", "pending", "failed", "workers"})
+
+
+class Worker:
+    def __init__(self, spool, burst=False, emit=None):
+        self.spool = spool
+        self.layout = spool.layout
+        self.burst = burst
+        self.host = names.hostname()
+        self.pid = os.getpid()
+        self.id = f"{self.host}:{self.pid}"
+        self.name = registry.worker_name(self.host, self.pid)
+        self.emit = emit or (lambda text: None)
+        self.stopping = None
+        self._signals = 0
+        self._dirty = set(ALL)
+        self._pending = []
+        self._next_rescan = 0.0
+        self._config = None
+        self._config_mtime = None
+        self._held_name = None
+        self.waker = None
+
+    # ---------------------------------------------------------------- control
+
+    def install_signal_handlers(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        self._signals += 1
+        self.stopping = "graceful" if self._signals == 1 else "now"
+        if self.waker:
+            self.waker.poke()
+
+    def _check_requests(self):
+        self._dirty |= self.waker.take()
+        if "workers" in self._dirty:
+            self._dirty.discard("workers")
+            request = registry.stop_requested(self.layout, self.name)
+            if request and (self.stopping is None or request == "now"):
+                self.stopping = request
+
+    def _interrupt(self):
+        """Called on each tick of a running attempt: None, "now" or "cancel"."""
+        self._check_requests()
+        if self.stopping == "now":
+            return "now"
+        if self._current and registry.cancel_requested(self.layout, self.name, self._current["id"]):
+            return "cancel"
+        return None
+
+    def config(self):
+        try:
+            mtime = os.stat(self.layout.config).st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        if self._config is None or mtime != self._config_mtime:
+            self._config, self._config_mtime = self.spool.config(), mtime
+        return self._config
+
+    # ---------------------------------------------------------------- main loop
+
+    def run(self):
+        self.layout.check_safe()
+        self._reg_fd = registry.register(self.layout, self.host, self.pid)
+        self.waker = Waker([self.layout.incoming, self.layout.pending, self.layout.failed,
+                            self.layout.workers]).start()
+        self._current = None
+        try:
+            self._log(f"worker {self.id} started (wake-ups: {self.waker.mechanism})")
+            self._maintain(startup=True)
+            self._loop()
+        finally:
+            self.waker.stop()
+            registry.unregister(self.layout, self.host, self.pid, self._reg_fd)
+            self._log(f"worker {self.id} stopped")
+        return 0
+
+    def _loop(self):
+        while True:
+            self._check_requests()
+            if self.stopping:
+                return
+            now_m = time.monotonic()
+            if now_m >= self._next_rescan:
+                self._maintain()
+            dirty, self._dirty = self._dirty, set()
+            if "incoming" in dirty:
+                ingest.ingest_all(self.spool, report=self._report_ingest)
+            next_failed = self._promote_due()
+            if "pending" in dirty or not self._pending:
+                self._pending = self.spool.names("pending")
+            name, next_pending = self._pick(timeutil.now())
+            if name:
+                self._attempt(name)
+                continue
+            if self.burst and not ingest.candidates(self.spool):
+                return
+            wake_at = min(next_failed, next_pending)
+            timeout = min(self._next_rescan - time.monotonic(), wake_at - timeutil.now())
+            if timeout > 0:
+                self.waker.wait(timeout)
+
+    def _maintain(self, startup=False):
+        """The periodic rescan: take back lost jobs, finish crashed moves, look at everything."""
+        self._dirty |= ALL
+        self._next_rescan = time.monotonic() + RESCAN
+        if startup:
+            ingest.recover(self.spool)
+            self.spool.repair_tmp()
+            registry.live_workers(self.layout, cleanup=True)
+        exclude = (self._held_name,) if self._held_name else ()
+        for record in self.spool.take_back_lost(exclude=exclude):
+            self._log(f"job {record['id']} taken back: {record['last_error']} -> {record['state']}")
+
+    def _promote_due(self):
+        """Move due retries from failed/ to pending/. Returns the next retry's wall time."""
+        now = timeutil.now()
+        for name in self.spool.names("failed"):
+            parsed = names.parse_failed(name)
+            if parsed is None:
+                continue
+            if parsed[0] > now:
+                return parsed[0]
+            try:
+                self.spool.promote(name, now)
+            except Corrupt as exc:
+                self._set_aside(exc)
+            except LostRace:
+                continue
+        return float("inf")
+
+    def _pick(self, now):
+        """The first due name in claim order, and the earliest due time of those not due."""
+        pending = self._pending
+        next_due = float("inf")
+        i = 0
+        while i < len(pending):
+            name = pending[i]
+            parsed = names.parse_pending(name)
+            if parsed is None:
+                self._reroute(name)
+                pending.pop(i)
+                continue
+            due = parsed[1]
+            if due <= now:
+                pending.pop(i)
+                return name, next_due
+            next_due = min(next_due, due)
+            # the rest of this priority is due later still: skip to the next priority
+            i = bisect.bisect_left(pending, f"{int(name[:3]) + 1:03d}", i + 1)
+        return None, next_due
+
+    def _reroute(self, name):
+        """A file put into pending/ by hand without our name format: check it like a dropped one."""
+        if name.startswith("."):
+            return
+        src = os.path.join(self.layout.pending, name)
+        dst = os.path.join(self.layout.incoming, name)
+        if not os.path.lexists(dst):
+            try:
+                os.rename(src, dst)
+                self._dirty.add("incoming")
+            except OSError:
+                pass
+
+    def _attempt(self, name):
+        try:
+            held = self.spool.claim(name, self.host, self.pid)
+        except Corrupt as exc:
+            self._set_aside(exc)
+            return
+        except LostRace:
+            return
+        record = held.record
+        self._current, self._held_name = record, held.name
+        cfg = self.config()
+        timeout = record.get("timeout_seconds")
+        if timeout is None:
+            timeout = cfg["job-timeout"]
+        total = record["max_retries"] + 1
+        self._log(f"job {record['id']} started (attempt {record['attempts']}/{total}): {record['command']}")
+        try:
+            outcome = runner.run(record, self.spool.log_path(record["id"]), self.spool.path, self.id,
+                                 timeout=timeout or None, log_max_bytes=cfg["log-max-bytes"],
+                                 interrupt=self._interrupt, wakeup_fd=self.waker.pipe_r,
+                                 on_tick=self._tick)
+            self._finish(held, outcome, cfg)
+        finally:
+            held.close()
+            self._current, self._held_name = None, None
+
+    def _finish(self, held, outcome, cfg):
+        job_id = held.record["id"]
+        try:
+            if outcome.interrupted == "now":
+                self.spool.requeue(held)
+                self._log(f"job {job_id} stopped (--now): back in pending, attempt not counted")
+                return
+            if outcome.interrupted == "cancel":
+                new = self.spool.finish_cancelled(held)
+                registry.clear_cancel(self.layout, self.name, job_id)
+            else:
+                new = self.spool.finish(held, outcome.exit_code, outcome.error,
+                                        backoff=(cfg["backoff-base"], cfg["backoff-max"], cfg["backoff-jitter"]))
+        except LostRace:
+            # fenced off: the job was taken back while we ran it; its newer state stands
+            self._note_in_log(job_id, "result discarded: the job was taken back from this worker")
+            self._log(f"job {job_id} finished late; result discarded (the job was taken back)")
+            return
+        rec = new.record
+        if rec["state"] == "completed":
+            self._log(f"job {job_id} completed in {outcome.duration:.2f}s")
+        elif rec["state"] == "failed":
+            self._log(f"job {job_id} failed ({rec['last_error']}); retry at {rec['run_at']}")
+        else:
+            self._log(f"job {job_id} dead ({rec['last_error']}) after {rec['attempts']} attempt(s)")
+
+    def _tick(self):
+        if time.monotonic() >= self._next_rescan:
+            self._next_rescan = time.monotonic() + RESCAN
+            exclude = (self._held_name,) if self._held_name else ()
+            for record in self.spool.take_back_lost(exclude=exclude):
+                self._log(f"job {record['id']} taken back: {record['last_error']} -> {record['state']}")
+
+    def _set_aside(self, exc):
+        src = os.path.join(self.layout.state_dir(exc.state), exc.name)
+        try:
+            dst = self.spool.move_aside(src, exc.name, f"found in {exc.state}/ and set aside: {exc.reason}")
+        except OSError:
+            return
+        self._log(f"{exc.state}/{exc.name} set aside in rejected/{dst}: {exc.reason}")
+
+    def _report_ingest(self, kind, name, value):
+        if kind == "accepted":
+            self._log(f"incoming/{name} -> job {value['id']}")
+        else:
+            self._log(f"incoming/{name} rejected: {value}")
+
+    def _note_in_log(self, job_id, text):
+        from . import logs
+        try:
+            fd = logs.open_for_append(self.spool.log_path(job_id))
+            try:
+                logs.append_line(fd, f"[queuectl: {text}]")
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+    def _log(self, text):
+        self.emit(f"{time.strftime('%H:%M:%S')} {self.id} {text}")
+
+
+def run_worker(spool, burst=False, out=None):
+    """Entry point of a worker process; prints a line per event to `out` (stdout)."""
+    out = out or sys.stdout
+
+    def emit(line):
+        try:
+            out.write(line + "\n")
+            out.flush()
+        except (OSError, ValueError):
+            pass
+
+    worker = Worker(spool, burst=burst, emit=emit)
+    worker.install_signal_handlers()
+    try:
+        return worker.run()
+    except QueuectlError as exc:
+        emit(f"error: {exc}")
+        return exc.exit_code
