@@ -429,7 +429,7 @@ class Spool:
         now = timeutil.now()
         record.update(finished_at=timeutil.iso(now), exit_code=exit_code, worker=record.get("worker"))
         if exit_code == 0 and error is None:
-            record.update(last_error=None, run_at=None)
+            record.update(last_error=None)
             return self._move(held, State.COMPLETED, names.final_name(record["id"]), record)
         record["last_error"] = error or f"exit code {exit_code}"
         return self._fail(held, record, now, backoff)
@@ -442,7 +442,6 @@ class Spool:
             retry_at = now + delay
             record["run_at"] = timeutil.iso(retry_at)
             return self._move(held, State.FAILED, names.failed_name(retry_at, record["id"]), record)
-        record["run_at"] = None
         return self._move(held, State.DEAD, names.final_name(record["id"]), record)
 
     def _backoff(self):
@@ -451,7 +450,7 @@ class Spool:
 
     def finish_cancelled(self, held):
         """End a running attempt killed by `cancel --kill`: the job goes to dead/."""
-        record = dict(held.record, exit_code=None, last_error="cancelled", run_at=None,
+        record = dict(held.record, exit_code=None, last_error="cancelled",
                       finished_at=timeutil.iso(timeutil.now()))
         return self._move(held, State.DEAD, names.final_name(record["id"]), record)
 
@@ -556,7 +555,7 @@ class Spool:
         if held is None:
             raise WrongState(f"job {job_id!r} is {state}; only pending or failed jobs can be cancelled"
                              + (" (use --kill for a running one)" if state == "processing" else ""))
-        record = dict(held.record, last_error="cancelled", run_at=None,
+        record = dict(held.record, last_error="cancelled",
                       finished_at=timeutil.iso(timeutil.now()))
         try:
             return self._move(held, State.DEAD, names.final_name(job_id), record).record

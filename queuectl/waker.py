@@ -26,7 +26,11 @@ class Waker:
         choice = os.environ.get("QUEUECTL_WAKER", "auto")
         if choice == "none":
             return self
+        import logging
         from watchdog.events import FileSystemEventHandler
+
+        # watchdog logs an error when its thread is stopped mid-read; that is our own stop
+        logging.getLogger("watchdog").setLevel(logging.CRITICAL)
 
         waker = self
 
@@ -53,6 +57,7 @@ class Waker:
 
     @staticmethod
     def _observer(kind):
+        _no_move_pairing()
         if kind == "poll":
             from watchdog.observers.polling import PollingObserver
             return PollingObserver(timeout=1.0)
@@ -93,3 +98,21 @@ class Waker:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _no_move_pairing():
+    """Turn off watchdog's pairing of IN_MOVED_FROM with IN_MOVED_TO.
+
+    It holds every unpaired IN_MOVED_FROM for 0.5 s, and events queued behind it wait too:
+    each claim (a move out of pending/ into unwatched processing/) would delay the next
+    wake-up by up to half a second. We only need "this folder changed", never the pair.
+    """
+    try:
+        from watchdog.observers import inotify_move_event_grouper as grouper
+        grouper.InotifyMoveEventGrouper.delay = 0.0
+    except ImportError:  # watchdog < 6 kept the delay on InotifyBuffer
+        try:
+            from watchdog.observers import inotify_buffer
+            inotify_buffer.InotifyBuffer.delay = 0.0
+        except ImportError:
+            pass

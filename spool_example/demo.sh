@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The README's quick start: a real run of queuectl on the example jobs of this folder.
+# Needs `queuectl` on PATH (the README's first command installs it into .venv).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+export QUEUECTL_SPOOL="$here/spool"
+rm -rf "$QUEUECTL_SPOOL"
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+
+# fast retries for the demo: 1s, 1s, ... instead of 2s, 4s, 8s
+step queuectl config set backoff-base 1
+step queuectl enqueue --file "$here/jobs.jsonl"
+# another program drops a job: write it under tmp/, then move it into incoming/
+cp "$here/dropped.json" "$QUEUECTL_SPOOL/tmp/dropped.json"
+step mv "$QUEUECTL_SPOOL/tmp/dropped.json" "$QUEUECTL_SPOOL/incoming/dropped.json"
+step ls "$QUEUECTL_SPOOL/pending"
+step queuectl list
+step queuectl worker start --count 2 --detach
+
+# wait (at most 60 s) until nothing is pending, failed or running any more
+for _ in $(seq 600); do
+  left=$(queuectl status --json | python3 -c 'import json,sys; c=json.load(sys.stdin)["counts"]; print(c["incoming"]+c["pending"]+c["processing"]+c["failed"])')
+  [ "$left" = 0 ] && break
+  sleep 0.1
+done
+step queuectl worker stop
+step queuectl status
+step queuectl list
+step queuectl dlq list
+step queuectl logs flaky
+step queuectl show too-slow
+step cat "$QUEUECTL_SPOOL/workers/supervisor-$(hostname | tr -c 'A-Za-z0-9.\n-' '-').log"
+echo
+echo "The spool is $QUEUECTL_SPOOL: look around with ls and cat."
