@@ -28,6 +28,8 @@ def table(rows, headers):
 
 
 def job_table(records):
+    if not records:
+        return "(no jobs)"
     rows = []
     for r in records:
         tries = f"{r.get('attempts', 0)}/{(r.get('max_retries') or 0) + 1}"

@@ -52,6 +52,7 @@ class Cli:
     def __init__(self, spool_dir):
         self.spool_dir = spool_dir
         self.procs = []
+        self.extra_kills = []  # (pid or pidfile, group): see kill_at_teardown
 
     def __call__(self, *args, input=None, timeout=60, env=None, cwd=None):
         return subprocess.run([sys.executable, "-m", "queuectl", *args], input=input,
@@ -72,10 +73,40 @@ class Cli:
         self.procs.append(proc)
         return proc
 
+    def start_tailed(self, *args, env=None):
+        """`start`, with a Tail (proc.tail) draining and keeping its output."""
+        proc = self.start(*args, env=env)
+        proc.tail = Tail(proc)
+        return proc
+
+    def kill_at_teardown(self, pid_or_pidfile, group=True):
+        """SIGKILL this process (group) first at teardown: a detached supervisor (it would replace
+        the workers being killed), or a job whose pid a file holds (orphaned by a killed worker)."""
+        self.extra_kills.append((pid_or_pidfile, group))
+
+    def _kill_extra(self):
+        for what, group in self.extra_kills:
+            try:
+                if isinstance(what, int):
+                    pid = what
+                else:
+                    with open(what) as fh:
+                        pid = int(fh.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            try:
+                (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
     def live_workers(self):
         return self.json("status")["workers"]
 
     def cleanup(self):
+        self._kill_extra()
         for proc in self.procs:
             if proc.poll() is None:
                 try:
@@ -99,6 +130,7 @@ class Cli:
                     os.kill(int(w["pid"]), signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        self._kill_extra()  # jobs left behind by killed workers
 
 
 @pytest.fixture
@@ -110,3 +142,66 @@ def cli(spool_dir):
 
 def job_files(spool_dir, state):
     return sorted(n for n in os.listdir(os.path.join(spool_dir, state)) if n.endswith(".json"))
+
+
+# ---------------------------------------------------------------- helpers of the end-to-end tests
+
+def spool_snapshot(spool_dir, ignore=(".ids.lock", ".config.lock")):
+    """Every entry under the spool: relative path -> (kind, size, content digest). For
+    "nothing was changed" checks; lock files of spool-wide critical sections are ignored."""
+    import hashlib
+    out = {}
+    for root, dirs, files in os.walk(spool_dir):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, spool_dir)
+            if rel in ignore:
+                continue
+            st = os.lstat(path)
+            if os.path.isdir(path) and not os.path.islink(path):
+                out[rel] = ("dir", 0, "")
+            else:
+                with open(path, "rb") as fh:
+                    digest = hashlib.sha1(fh.read()).hexdigest()
+                out[rel] = ("file", st.st_size, digest)
+    return out
+
+
+def pid_gone(pid):
+    """True when no process `pid` exists any more (a zombie counts as gone: PID 1 may not reap)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+
+
+class Tail:
+    """Reads a started process's output in a thread, so a full pipe never blocks it, and keeps
+    it for assertions. Reads its own dup of the fd: closing proc.stdout does not disturb it."""
+
+    def __init__(self, proc):
+        import threading
+        self.proc = proc
+        self._fd = os.dup(proc.stdout.fileno())
+        self._chunks = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while True:
+                chunk = os.read(self._fd, 65536)
+                if not chunk:
+                    break
+                self._chunks.append(chunk)
+        except OSError:
+            pass
+        finally:
+            os.close(self._fd)
+
+    def text(self):
+        return b"".join(self._chunks).decode("utf-8", "replace")
+
+    def wait_for(self, needle, timeout=10.0):
+        return wait_until(lambda: needle in self.text(), timeout, what=f"{needle!r} in the output")
