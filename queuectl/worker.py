@@ -36,6 +36,7 @@ class Worker:
         self._dirty = set(ALL)
         self._pending = []
         self._next_rescan = 0.0
+        self._next_failed = 0.0
         self._config = None
         self._config_mtime = None
         self._held_name = None
@@ -108,7 +109,9 @@ class Worker:
             dirty, self._dirty = self._dirty, set()
             if "incoming" in dirty:
                 ingest.ingest_all(self.spool, report=self._report_ingest)
-            next_failed = self._promote_due()
+            if "failed" in dirty or timeutil.now() >= self._next_failed:
+                self._next_failed = self._promote_due()
+            next_failed = self._next_failed
             if "pending" in dirty or not self._pending:
                 self._pending = self.spool.names("pending")
             name, next_pending = self._pick(timeutil.now())
