@@ -17,6 +17,8 @@ class Waker:
         self.folders = {os.path.realpath(f): os.path.basename(f) for f in folders}
         self.event = threading.Event()
         self._dirty = set()
+        self._added = {}    # folder name -> names created or moved in since take_names()
+        self._removed = {}  # folder name -> names deleted or moved out
         self._lock = threading.Lock()
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.observer = None
@@ -36,11 +38,15 @@ class Waker:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event):
-                if event.event_type in ("opened", "closed_no_write"):
+                kind = event.event_type
+                if kind in ("opened", "closed_no_write") or event.is_directory and kind == "modified":
                     return
-                for path in (event.src_path, getattr(event, "dest_path", "")):
-                    if path:
-                        waker.note(os.path.dirname(os.fsdecode(path)))
+                src = os.fsdecode(event.src_path)
+                if kind == "moved":
+                    waker.note(src, removed=True)
+                    waker.note(os.fsdecode(event.dest_path), added=True)
+                else:
+                    waker.note(src, added=kind == "created", removed=kind == "deleted")
 
         for kind in (["native", "poll"] if choice == "auto" else [choice]):
             try:
@@ -64,13 +70,23 @@ class Waker:
         from watchdog.observers import Observer
         return Observer()
 
-    def note(self, folder):
+    def note(self, path, added=False, removed=False):
+        folder, entry = os.path.split(path)
         name = self.folders.get(folder)
         if name is None:
             return
         with self._lock:
             self._dirty.add(name)
+            if added:
+                self._added.setdefault(name, []).append(entry)
+            if removed:
+                self._removed.setdefault(name, []).append(entry)
         self.poke()
+
+    def take_names(self, folder):
+        """(added, removed) entry names of `folder` seen since the last call: a hint only."""
+        with self._lock:
+            return self._added.pop(folder, []), self._removed.pop(folder, [])
 
     def poke(self):
         self.event.set()

@@ -112,8 +112,10 @@ class Worker:
             if "failed" in dirty or timeutil.now() >= self._next_failed:
                 self._next_failed = self._promote_due()
             next_failed = self._next_failed
-            if "pending" in dirty or not self._pending:
-                self._pending = self.spool.names("pending")
+            if "rescan" in dirty or not self._pending:
+                self._relist_pending()
+            elif "pending" in dirty:
+                self._apply_pending_changes()
             name, next_pending = self._pick(timeutil.now())
             if name:
                 self._attempt(name)
@@ -125,9 +127,31 @@ class Worker:
             if timeout > 0:
                 self.waker.wait(timeout)
 
+    def _relist_pending(self):
+        self.waker.take_names("pending")  # the listing supersedes what events said so far
+        self._pending = self.spool.names("pending")
+
+    def _apply_pending_changes(self):
+        """Keep the sorted pending/ listing current from the events' names instead of listing
+        the folder again per job (a claim must not cost O(pending)). Misses are caught by the
+        rescan; a stale name only costs a failed open."""
+        added, removed = self.waker.take_names("pending")
+        pending = self._pending
+        for entry in removed:
+            i = bisect.bisect_left(pending, entry)
+            if i < len(pending) and pending[i] == entry:
+                pending.pop(i)
+        for entry in added:
+            if not entry.endswith(names.SUFFIX) or entry.startswith("."):
+                continue
+            i = bisect.bisect_left(pending, entry)
+            if (i == len(pending) or pending[i] != entry) and os.path.lexists(
+                    os.path.join(self.layout.pending, entry)):
+                pending.insert(i, entry)
+
     def _maintain(self, startup=False):
         """The periodic rescan: take back lost jobs, finish crashed moves, look at everything."""
-        self._dirty |= ALL
+        self._dirty |= ALL | {"rescan"}
         self._next_rescan = time.monotonic() + RESCAN
         if startup:
             ingest.recover(self.spool)
