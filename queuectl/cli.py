@@ -356,7 +356,7 @@ def _parse_age(value):
 
 
 @cli.command()
-@click.option("--state", type=click.Choice(["completed", "dead"]), required=True)
+@click.option("--state", type=click.Choice(["completed", "dead"]), required=True, help="Which jobs to delete.")
 @click.option("--older-than", help="Only jobs finished longer ago than this (30m, 12h, 7d).")
 @click.pass_context
 def purge(ctx, state, older_than):
@@ -395,7 +395,7 @@ def config_get(ctx, key):
     click.echo(get_spool(ctx).config()[configmod.canonical_key(key)])
 
 
-@config.command("set")
+@config.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("value")
 @click.pass_context
@@ -420,7 +420,8 @@ def config_unset(ctx, key):
 
 def main(argv=None):
     try:
-        cli.main(args=argv, prog_name="queuectl", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="queuectl", standalone_mode=False)
+        return code if isinstance(code, int) else 0  # ctx.exit(n) comes back as a return value
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.Abort:

@@ -44,7 +44,9 @@ def ingest_one(spool, name):
     """-> ("accepted", record) | ("rejected", reason) | None when another process took it."""
     lay = spool.layout
     job_id = new_id()
-    claimed = os.path.join(lay.tmp, f"{PREFIX}{job_id}-{name}"[:250])
+    claimed = os.path.join(lay.tmp, f"{PREFIX}{job_id}-{name}")  # fits: names are <= 255 bytes
+    if len(os.path.basename(claimed).encode()) > 255:
+        claimed = os.path.join(lay.tmp, f"{PREFIX}{job_id}-long.json")
     try:
         os.rename(os.path.join(lay.incoming, name), claimed)
     except FileNotFoundError:

@@ -5,14 +5,19 @@ The cap keeps the newest output: when the file outgrows it, its tail is kept beh
 saying how many bytes were cut.
 """
 import os
+import re
 import time
 
 from . import fsutil, timeutil
 
 
+_CUT_NOTE = re.compile(rb"\[queuectl: (\d+) bytes of older output cut")
+
+
 def open_for_append(path):
     """The log opened for appending, never through a symlink; created 0600."""
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | fsutil.NOFOLLOW | fsutil.CLOEXEC, 0o600)
+    # read-write: cap() reads the tail back through the same descriptor
+    return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | fsutil.NOFOLLOW | fsutil.CLOEXEC, 0o600)
 
 
 def header(record, worker):
@@ -39,10 +44,15 @@ def cap(fd, max_bytes):
     if 0 <= nl < 200:  # start at a line boundary when one is close
         cut += nl + 1
         tail = tail[nl + 1:]
+    head = os.pread(fd, 200, 0)
+    earlier = _CUT_NOTE.match(head)
+    total = cut
+    if earlier:  # an earlier cut: its note is not output, its count is
+        total += int(earlier.group(1)) - (head.find(b"\n") + 1)
     os.ftruncate(fd, 0)
-    note = f"[queuectl: {cut} bytes of older output cut at {timeutil.iso(timeutil.now())} (log-max-bytes {max_bytes})]\n"
+    note = f"[queuectl: {total} bytes of older output cut at {timeutil.iso(timeutil.now())} (log-max-bytes {max_bytes})]\n"
     os.write(fd, note.encode() + tail)
-    return cut
+    return total
 
 
 def read(path):

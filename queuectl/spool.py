@@ -58,7 +58,7 @@ from . import config as configmod
 from . import fsutil, locks, names, timeutil
 from .errors import (Busy, DuplicateJob, FieldError, InvalidInput, JobNotFound, LostRace,
                      SpoolError, WrongState)
-from .job import FINAL_STATES, STATES, State, check_record, due_time, new_record, validate_input
+from .job import STATES, State, check_id, check_record, due_time, new_record, validate_input
 from .paths import Layout, default_spool
 
 MAX_DROP_BYTES = 1024 * 1024
@@ -182,12 +182,18 @@ class Spool:
                 _unlink_quiet(owner_path)
 
     def _reserve_id(self, job_id, token):
+        """Create ids/ID atomically with its content: link(2) of a complete tmp file fails with
+        EEXIST when the id is taken, and a rival never sees a half-written marker."""
         marker = os.path.join(self.layout.ids, job_id)
+        tmp = os.path.join(self.layout.tmp, f"{token}-id-{secrets.token_hex(3)}")
+        fsutil.write_file(tmp, token.encode(), sync=False)
         try:
-            fsutil.write_file(marker, token.encode(), sync=False)
+            os.link(tmp, marker)
             return
         except FileExistsError:
             pass
+        finally:
+            _unlink_quiet(tmp)
         # The id is taken, unless its marker was left by a crash (rule 6).
         with locks.spool_lock(self.layout.ids_lock):
             if self._marker_owner_alive(marker):
@@ -195,7 +201,6 @@ class Spool:
             found = self.find(job_id)
             if found:
                 raise DuplicateJob(job_id, found[0])
-            tmp = os.path.join(self.layout.tmp, f"{token}-marker")
             fsutil.write_file(tmp, token.encode(), sync=False)
             os.rename(tmp, marker)
 
@@ -219,6 +224,7 @@ class Spool:
 
     def find(self, job_id):
         """(state, file name) of a job, or None. Final states by name; the others by listing."""
+        check_id(job_id)
         lay = self.layout
         final = names.final_name(job_id)
         for state in (State.COMPLETED, State.DEAD):
@@ -243,9 +249,15 @@ class Spool:
         raise JobNotFound(job_id)
 
     def _read(self, state, name):
-        record = fsutil.read_json(os.path.join(self.layout.state_dir(state), name))
-        if isinstance(record, dict):
-            record["state"] = state
+        """A job file's record. Between the two renames of a move (rule 3) the file still
+        holds the previous record: wait a moment for the new one, then label it by folder."""
+        path = os.path.join(self.layout.state_dir(state), name)
+        for _ in range(10):
+            record = fsutil.read_json(path)
+            if not isinstance(record, dict) or record.get("state") == state:
+                return record
+            time.sleep(0.002)
+        record["state"] = state
         return record
 
     def names(self, state):
@@ -329,7 +341,7 @@ class Spool:
         return oldest[1] if oldest else None
 
     def log_path(self, job_id):
-        return self.layout.log(job_id)
+        return self.layout.log(check_id(job_id))
 
     # ---------------------------------------------------------------- transitions
 
@@ -375,6 +387,8 @@ class Spool:
             if keep_lock:
                 locks.try_lock(new_fd)
             if os.path.lexists(dst) and dst != src:
+                if not os.path.lexists(src):
+                    raise LostRace(f"{held.state}/{held.name} was moved by someone else")
                 raise SpoolError(f"{dst_state}/{dst_name} already exists")
             try:
                 os.rename(src, dst)          # a: the state change, and the fence
@@ -429,7 +443,7 @@ class Spool:
         now = timeutil.now()
         record.update(finished_at=timeutil.iso(now), exit_code=exit_code, worker=record.get("worker"))
         if exit_code == 0 and error is None:
-            record.update(last_error=None)
+            record.update(last_error=None, run_at=None)  # SPEC: run_at is the *next* attempt's
             return self._move(held, State.COMPLETED, names.final_name(record["id"]), record)
         record["last_error"] = error or f"exit code {exit_code}"
         return self._fail(held, record, now, backoff)
@@ -442,6 +456,7 @@ class Spool:
             retry_at = now + delay
             record["run_at"] = timeutil.iso(retry_at)
             return self._move(held, State.FAILED, names.failed_name(retry_at, record["id"]), record)
+        record["run_at"] = None
         return self._move(held, State.DEAD, names.final_name(record["id"]), record)
 
     def _backoff(self):
@@ -450,7 +465,7 @@ class Spool:
 
     def finish_cancelled(self, held):
         """End a running attempt killed by `cancel --kill`: the job goes to dead/."""
-        record = dict(held.record, exit_code=None, last_error="cancelled",
+        record = dict(held.record, exit_code=None, last_error="cancelled", run_at=None,
                       finished_at=timeutil.iso(timeutil.now()))
         return self._move(held, State.DEAD, names.final_name(record["id"]), record)
 
@@ -555,7 +570,7 @@ class Spool:
         if held is None:
             raise WrongState(f"job {job_id!r} is {state}; only pending or failed jobs can be cancelled"
                              + (" (use --kill for a running one)" if state == "processing" else ""))
-        record = dict(held.record, last_error="cancelled",
+        record = dict(held.record, last_error="cancelled", run_at=None,
                       finished_at=timeutil.iso(timeutil.now()))
         try:
             return self._move(held, State.DEAD, names.final_name(job_id), record).record
@@ -662,7 +677,10 @@ class Spool:
 
     def move_aside(self, src_path, name, reason):
         """Put a file that is not a valid job into rejected/ beside NAME.error; never overwrite."""
-        dst_name = unique_name(self.layout.rejected, name)
+        short = name if len(name.encode()) <= 200 else name.encode()[:200].decode("utf-8", "ignore")
+        if short != name:
+            reason += f"\n(original name, shortened here: {name})"
+        dst_name = unique_name(self.layout.rejected, short)
         dst = os.path.join(self.layout.rejected, dst_name)
         fsutil.write_file(os.path.join(self.layout.rejected, dst_name + ".error"),
                           (reason.rstrip() + "\n").encode("utf-8", "replace"))

@@ -205,3 +205,57 @@ class Tail:
 
     def wait_for(self, needle, timeout=10.0):
         return wait_until(lambda: needle in self.text(), timeout, what=f"{needle!r} in the output")
+
+
+def tree_snapshot(root, skip_root_dotfiles=True):
+    """{relative path: bytes | 'dir' | 'link->TARGET'} of everything under `root` (symlinks not
+    followed). Root-level dot-files (lock files of the implementation) are left out by default."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in dirnames + filenames:
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if skip_root_dotfiles and rel_dir == "." and name.startswith("."):
+                continue
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                out[rel] = "link->" + os.readlink(path)
+            elif os.path.isdir(path):
+                out[rel] = "dir"
+            elif os.path.isfile(path):
+                with open(path, "rb") as fh:
+                    out[rel] = fh.read()
+            else:
+                out[rel] = "special"
+    return out
+
+
+STATE_FOLDERS = ("pending", "processing", "failed", "completed", "dead")
+
+
+def read_job(spool_dir, job_id):
+    """(folder, record) of a job read straight from the spool, or (None, None). The record is
+    None while a move is between its two renames (its content still says the old state)."""
+    from queuectl import names
+    for state in STATE_FOLDERS:
+        folder = os.path.join(spool_dir, state)
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            if job_id not in name or names.id_of(state, name) != job_id:
+                continue
+            try:
+                with open(os.path.join(folder, name)) as fh:
+                    record = json.load(fh)
+            except (OSError, ValueError):
+                return state, None
+            return state, record if isinstance(record, dict) and record.get("state") == state else None
+    return None, None
+
+
+def wait_job(spool_dir, job_id, states, timeout=10.0, what=None):
+    """Wait until the job sits in one of `states` with its move finished; returns the record."""
+    states = (states,) if isinstance(states, str) else tuple(states)
+
+    def settled():
+        state, record = read_job(spool_dir, job_id)
+        return record if state in states and record else None
+    return wait_until(settled, timeout, what=what or f"job {job_id} in {'/'.join(states)}")

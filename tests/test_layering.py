@@ -1,0 +1,93 @@
+"""Architecture: modules import only downward, and each third-party library stays in its module."""
+import ast
+import os
+
+import pytest
+
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "queuectl")
+
+# lower may not import higher; modules on one level do not import each other
+LAYERS = [
+    ["errors"], ["timeutil"], ["job"], ["names"], ["fsutil"], ["locks"], ["paths"], ["config"],
+    ["registry"], ["spool"], ["ingest", "logs"], ["runner"], ["waker"], ["worker"],
+    ["supervisor"], ["render"], ["cli"],
+]
+LEVEL = {mod: i for i, layer in enumerate(LAYERS) for mod in layer}
+ENTRY_POINTS = {"__init__", "__main__"}  # the package facade and `python -m`, above everything
+
+THIRD_PARTY_HOME = {"click": {"cli"}, "watchdog": {"waker"}, "portalocker": {"locks"},
+                    "filelock": {"locks"}}
+
+
+def modules():
+    return sorted(n[:-3] for n in os.listdir(PACKAGE) if n.endswith(".py"))
+
+
+def imports_of(module):
+    """(internal modules, top-level external packages) imported anywhere in `module`,
+    including imports inside functions."""
+    with open(os.path.join(PACKAGE, module + ".py"), encoding="utf-8") as fh:
+        tree = ast.parse(fh.read(), filename=module + ".py")
+    internal, external = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "queuectl":
+                    if len(parts) > 1:
+                        internal.add(parts[1])
+                else:
+                    external.add(parts[0])
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                parts = (node.module or "").split(".")
+                if parts[0] == "queuectl":
+                    if len(parts) > 1:
+                        internal.add(parts[1])
+                    else:
+                        internal.update(a.name for a in node.names)
+                else:
+                    external.add(parts[0])
+            elif node.level == 1:
+                if node.module:
+                    internal.add(node.module.split(".")[0])
+                else:  # from . import a, b
+                    internal.update(a.name for a in node.names)
+            else:
+                raise AssertionError(f"{module}: relative import beyond the package")
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module" or \
+                isinstance(node, ast.Call) and getattr(node.func, "id", None) == "__import__":
+            raise AssertionError(f"{module}: dynamic import hides the layering")
+    return internal, external
+
+
+def test_every_module_has_a_place_in_the_layers():
+    mods = set(modules())
+    assert mods - ENTRY_POINTS == set(LEVEL), (
+        f"not in LAYERS: {sorted(mods - ENTRY_POINTS - set(LEVEL))}; "
+        f"in LAYERS but gone: {sorted(set(LEVEL) - mods)}")
+
+
+@pytest.mark.parametrize("module", sorted(LEVEL))
+def test_imports_only_point_down(module):
+    internal, _ = imports_of(module)
+    internal.discard(module)
+    unknown = internal - set(LEVEL)
+    assert not unknown, f"{module} imports {sorted(unknown)}, which is not a layered module"
+    upward = sorted(m for m in internal if LEVEL[m] >= LEVEL[module])
+    assert not upward, f"{module} (level {LEVEL[module]}) imports {upward} (same level or higher)"
+
+
+@pytest.mark.parametrize("library, homes", sorted(THIRD_PARTY_HOME.items()))
+def test_third_party_library_stays_in_its_module(library, homes):
+    users = {m for m in modules() if library in imports_of(m)[1]}
+    assert users <= homes, f"{library} imported in {sorted(users - homes)}; only in {sorted(homes)}"
+    assert users, f"{library} is expected in {sorted(homes)}"
+
+
+def test_the_layer_check_sees_function_level_imports():
+    """Guard for the checker itself: spool imports registry inside a function."""
+    internal, _ = imports_of("spool")
+    assert {"registry", "config", "fsutil", "locks", "names", "timeutil", "errors", "job", "paths"} <= internal
+    _, external = imports_of("locks")
+    assert {"portalocker", "filelock"} <= external

@@ -1,0 +1,965 @@
+"""The Spool API and its on-disk protocol (spool.py), in process."""
+import json
+import multiprocessing
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from conftest import job_files, tree_snapshot
+from queuectl import Spool, fsutil, locks, names, registry, timeutil
+from queuectl.errors import (Busy, DuplicateJob, FieldError, InvalidInput, JobNotFound, LostRace,
+                             WrongState)
+from queuectl.job import due_time
+from queuectl.paths import ALL_DIRS
+from queuectl.spool import Held
+
+STATES = ("pending", "processing", "failed", "completed", "dead")
+NO_BACKOFF = (1, 0, 0)  # retry delay 0
+
+
+def read_state_file(spool, state, name):
+    with open(os.path.join(spool.path, state, name), "rb") as fh:
+        return json.loads(fh.read())
+
+
+def where(spool, job_id):
+    found = spool.find(job_id)
+    assert found, f"job {job_id} not found"
+    return found
+
+
+def claim(spool, job_id, host="hostA", pid=1001):
+    state, name = where(spool, job_id)
+    assert state == "pending"
+    return spool.claim(name, host, pid)
+
+
+def to_pending(spool, job_id):
+    """Promote a failed job back to pending (regardless of its retry time)."""
+    state, name = where(spool, job_id)
+    assert state == "failed"
+    spool.promote(name)
+
+
+def state_counts(spool):
+    return {s: len(job_files(spool.path, s)) for s in STATES}
+
+
+def protocol_snapshot(spool):
+    """Everything a user or another worker could see, minus the implementation's root lock files."""
+    return tree_snapshot(spool.path)
+
+
+def iso_ts(text):
+    return timeutil.parse_iso(text)
+
+
+def locked_by_someone(path):
+    fd = fsutil.open_nofollow(path)
+    try:
+        return locks.is_locked(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- layout and enqueue
+
+def test_spool_folders_are_created_0700(spool_dir):
+    old = os.umask(0)
+    try:
+        spool = Spool(spool_dir)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(spool.path).st_mode) == 0o700
+    for name in ("incoming", "pending", "processing", "failed", "completed", "dead", "logs",
+                 "rejected", "tmp") + ALL_DIRS:
+        st = os.lstat(os.path.join(spool.path, name))
+        assert stat.S_ISDIR(st.st_mode), name
+        assert stat.S_IMODE(st.st_mode) == 0o700, name
+
+
+def test_enqueue_creates_a_pending_file_whose_name_and_record_agree(spool):
+    before = time.time()
+    rec = spool.enqueue("echo hi", id="job1", priority=3, max_retries=2, env={"A": "b"}, cwd="/tmp")
+    after = time.time()
+    files = job_files(spool.path, "pending")
+    assert len(files) == 1
+    name = files[0]
+    prio, due, seq, job_id = names.parse_pending(name)
+    on_disk = read_state_file(spool, "pending", name)
+    assert on_disk == rec
+    assert (job_id, prio) == ("job1", 3)
+    assert due == pytest.approx(due_time(on_disk), abs=0.001)
+    assert before - 0.01 <= due <= after + 0.01
+    assert on_disk["state"] == "pending" and on_disk["attempts"] == 0
+    assert on_disk["command"] == "echo hi" and on_disk["max_retries"] == 2
+    assert on_disk["env"] == {"A": "b"} and on_disk["cwd"] == "/tmp"
+    st = os.stat(os.path.join(spool.path, "pending", name))
+    assert stat.S_IMODE(st.st_mode) & 0o077 == 0
+    # nothing staged is left behind
+    assert os.listdir(os.path.join(spool.path, "tmp")) == []
+    assert spool.get("job1") == on_disk
+
+
+def test_enqueue_is_durable_before_it_returns(spool, monkeypatch):
+    """The job file is fsynced and pending/ is fsynced after the rename, before enqueue returns."""
+    events = []
+    real_fsync, real_rename, real_fsync_dir = os.fsync, os.rename, fsutil.fsync_dir
+
+    def spy_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def spy_rename(src, dst, *a, **kw):
+        events.append(("rename", str(dst)))
+        return real_rename(src, dst, *a, **kw)
+
+    def spy_fsync_dir(path):
+        events.append(("fsync_dir", str(path)))
+        return real_fsync_dir(path)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "rename", spy_rename)
+    monkeypatch.setattr(fsutil, "fsync_dir", spy_fsync_dir)
+    spool.enqueue("true", id="durable")
+    pending_dir = os.path.join(spool.path, "pending")
+    renames = [i for i, e in enumerate(events) if e[0] == "rename" and os.path.dirname(e[1]) == pending_dir]
+    assert len(renames) == 1
+    r = renames[0]
+    assert any(e[0] == "fsync" for e in events[:r]), "the job file is fsynced before it is renamed in"
+    assert ("fsync_dir", pending_dir) in events[r:], "pending/ is fsynced after the rename"
+
+
+def test_enqueue_returns_a_generated_id_when_none_given(spool):
+    a = spool.enqueue("true")
+    b = spool.enqueue(command="true")
+    assert a["id"] != b["id"] and a["id"] < b["id"]
+    assert spool.get(a["id"])["state"] == "pending"
+
+
+def test_enqueue_validates_fields(spool):
+    with pytest.raises(FieldError) as info:
+        spool.enqueue("true", priority=1000)
+    assert info.value.field == "priority"
+    with pytest.raises(FieldError) as info:
+        spool.enqueue("true", id="../escape")
+    assert info.value.field == "id"
+    with pytest.raises(FieldError) as info:
+        spool.enqueue("true", bogus=1)
+    assert info.value.field == "bogus"
+    assert state_counts(spool) == dict.fromkeys(STATES, 0)
+    assert not os.path.exists(os.path.join(os.path.dirname(spool.path), "escape"))
+
+
+def test_enqueue_default_max_retries_comes_from_config(spool):
+    spool.set_config("max-retries", "6")
+    assert spool.enqueue("true")["max_retries"] == 6
+    assert spool.enqueue("true", max_retries=0)["max_retries"] == 0
+
+
+def make_job_in_state(spool, job_id, state):
+    """A job in `state`; returns the Held of a processing job (keep it open)."""
+    spool.enqueue("false", id=job_id, max_retries=0 if state == "dead" else 5)
+    if state == "pending":
+        return None
+    held = claim(spool, job_id)
+    if state == "processing":
+        return held
+    if state == "completed":
+        spool.finish(held, 0)
+    else:
+        spool.finish(held, 1, backoff=(2, 3600, 0))
+    assert where(spool, job_id)[0] == state
+    return None
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_duplicate_id_refused_naming_the_state_and_nothing_changes(spool, state):
+    held = make_job_in_state(spool, "dup", state)
+    spool.enqueue("true", id="other")
+    before = protocol_snapshot(spool)
+    counts = state_counts(spool)
+    with pytest.raises(DuplicateJob) as info:
+        spool.enqueue("echo again", id="dup")
+    exc = info.value
+    assert isinstance(exc, InvalidInput) and exc.exit_code == 2
+    assert exc.state == state and state in str(exc) and "dup" in str(exc)
+    assert state_counts(spool) == counts
+    assert protocol_snapshot(spool) == before
+    # a batch containing it is refused whole, too
+    with pytest.raises(DuplicateJob):
+        spool.enqueue_many([{"command": "true", "id": "fresh1"}, {"command": "true", "id": "dup"},
+                            {"command": "true", "id": "fresh2"}])
+    assert protocol_snapshot(spool) == before
+    if held:
+        held.close()
+
+
+def _race_threads(spool_dir, job_id, results):
+    barrier = threading.Barrier(2)
+
+    def go(i):
+        sp = Spool(spool_dir)
+        barrier.wait()
+        try:
+            sp.enqueue(f"echo {i}", id=job_id)
+            results.append("ok")
+        except DuplicateJob:
+            results.append("dup")
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive()
+
+
+RACE_ROUNDS = 200
+
+
+def test_two_threads_enqueue_the_same_id_exactly_one_wins(spool, spool_dir):
+    for n in range(RACE_ROUNDS):
+        results = []
+        _race_threads(spool_dir, f"race-{n}", results)
+        assert sorted(results) == ["dup", "ok"], (n, results)
+    files = job_files(spool_dir, "pending")
+    assert len(files) == RACE_ROUNDS
+    assert sorted(names.parse_pending(f)[3] for f in files) == sorted(f"race-{n}" for n in range(RACE_ROUNDS))
+    assert os.listdir(os.path.join(spool_dir, "tmp")) == []
+
+
+def _race_process(spool_dir, barrier, queue, count):
+    sp = Spool(spool_dir)
+    out = []
+    for n in range(count):
+        barrier.wait(30)
+        try:
+            sp.enqueue(f"echo {os.getpid()}", id=f"prace-{n}")
+            out.append("ok")
+        except DuplicateJob:
+            out.append("dup")
+        except Exception as exc:  # pragma: no cover - reported to the test
+            out.append(f"error: {exc!r}")
+    queue.put((os.getpid(), out))
+
+
+def test_two_processes_enqueue_the_same_id_exactly_one_wins(spool, spool_dir):
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_race_process, args=(spool_dir, barrier, queue, RACE_ROUNDS)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=60)[1] for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    for n in range(RACE_ROUNDS):
+        assert sorted([results[0][n], results[1][n]]) == ["dup", "ok"], (n, results[0][n], results[1][n])
+    files = job_files(spool_dir, "pending")
+    assert sorted(names.parse_pending(f)[3] for f in files) == sorted(f"prace-{n}" for n in range(RACE_ROUNDS))
+
+
+def test_enqueuer_paused_right_after_reserving_the_id_still_wins(spool, spool_dir, monkeypatch):
+    """The first enqueuer has linked ids/ID (complete, naming its live lock) but its job is not
+    in pending/ yet: a rival must see the id as taken ("being enqueued"), not as a crash's."""
+    import queuectl.spool as spoolmod
+    real_link = os.link
+    created, resume = threading.Event(), threading.Event()
+
+    def slow_link(src, dst, *args, **kwargs):
+        real_link(src, dst, *args, **kwargs)
+        if threading.current_thread().name == "first":
+            created.set()
+            resume.wait(10)  # preempted here
+
+    monkeypatch.setattr(spoolmod.os, "link", slow_link)
+    outcome = {}
+
+    def first():
+        try:
+            Spool(spool_dir).enqueue("echo first", id="same")
+            outcome["first"] = "ok"
+        except DuplicateJob:
+            outcome["first"] = "dup"
+
+    t = threading.Thread(target=first, name="first")
+    t.start()
+    assert created.wait(10)
+    try:
+        Spool(spool_dir).enqueue("echo second", id="same")
+        outcome["second"] = "ok"
+    except DuplicateJob as exc:
+        outcome["second"] = "dup"
+        assert "being enqueued" in str(exc)
+    finally:
+        resume.set()
+        t.join(10)
+    assert outcome == {"first": "ok", "second": "dup"}, outcome
+    assert len([n for n in job_files(spool_dir, "pending") if n.endswith("_same.json")]) == 1
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"enq-1-deadbeef", b"enq-../../x", b"\xff\xfe"])
+def test_stale_id_marker_does_not_block_enqueue(spool, content):
+    with open(os.path.join(spool.path, "ids", "ghost"), "wb") as fh:
+        fh.write(content)
+    rec = spool.enqueue("true", id="ghost")
+    assert spool.get("ghost")["id"] == rec["id"] == "ghost"
+    assert len(job_files(spool.path, "pending")) == 1
+
+
+def test_marker_of_a_crashed_enqueuer_whose_lock_file_is_left_is_taken_over(spool):
+    token = "enq-99999-0badc0de"
+    open(os.path.join(spool.path, "tmp", token + ".lock"), "wb").close()  # nobody holds its lock
+    with open(os.path.join(spool.path, "ids", "crashed"), "w") as fh:
+        fh.write(token)
+    spool.enqueue("true", id="crashed")
+    assert where(spool, "crashed")[0] == "pending"
+
+
+def test_marker_of_a_live_enqueuer_blocks(spool):
+    token = "enq-4242-livebeef"
+    fd = fsutil.write_new(os.path.join(spool.path, "tmp", token + ".lock"), b"")
+    locks.try_lock(fd)  # an enqueuer in progress
+    try:
+        with open(os.path.join(spool.path, "ids", "busy"), "w") as fh:
+            fh.write(token)
+        with pytest.raises(DuplicateJob) as info:
+            spool.enqueue("true", id="busy")
+        assert "being enqueued" in str(info.value)
+        assert state_counts(spool)["pending"] == 0
+    finally:
+        os.close(fd)
+    spool.enqueue("true", id="busy")  # its owner is gone now
+    assert where(spool, "busy")[0] == "pending"
+
+
+def test_purged_id_can_be_enqueued_again(spool):
+    spool.enqueue("true", id="again")
+    spool.finish(claim(spool, "again"), 0)
+    assert spool.purge("completed") == 1
+    spool.enqueue("true", id="again")
+    assert where(spool, "again")[0] == "pending"
+
+
+# ---------------------------------------------------------------- batches
+
+def test_enqueue_many_all_or_nothing(spool):
+    spool.enqueue("true", id="existing")
+    before = protocol_snapshot(spool)
+    items = [{"command": "true", "id": f"b{i}"} for i in range(5)]
+    items[2] = {"command": "true", "id": "b2", "priority": "high"}
+    with pytest.raises(FieldError) as info:
+        spool.enqueue_many(items)
+    assert "job 3" in str(info.value) and "priority" in str(info.value)
+    assert info.value.field.startswith("job 3")
+    assert protocol_snapshot(spool) == before
+
+
+@pytest.mark.parametrize("bad", [
+    {"id": "b2"},                           # no command
+    {"command": "true", "id": "../b2"},
+    {"command": "true", "nope": 1},
+    ["not", "an", "object"],
+])
+def test_enqueue_many_bad_item_names_job_3(spool, bad):
+    before = protocol_snapshot(spool)
+    items = [{"command": "true", "id": f"b{i}"} for i in range(5)]
+    items[2] = bad
+    with pytest.raises(InvalidInput) as info:
+        spool.enqueue_many(items)
+    assert "job 3" in str(info.value)
+    assert protocol_snapshot(spool) == before
+
+
+def test_enqueue_many_refuses_an_id_twice_in_the_batch(spool):
+    before = protocol_snapshot(spool)
+    with pytest.raises(FieldError) as info:
+        spool.enqueue_many([{"command": "true", "id": "x"}, {"command": "true", "id": "y"},
+                            {"command": "true", "id": "x"}])
+    assert "job 3" in str(info.value)
+    assert protocol_snapshot(spool) == before
+
+
+def test_enqueue_many_duplicate_of_an_existing_job_changes_nothing(spool):
+    spool.enqueue("true", id="b3")
+    before = protocol_snapshot(spool)
+    items = [{"command": "true", "id": f"b{i}"} for i in range(5)]
+    with pytest.raises(DuplicateJob) as info:
+        spool.enqueue_many(items)
+    assert "b3" in str(info.value)
+    assert protocol_snapshot(spool) == before
+
+
+def test_enqueue_many_success(spool):
+    recs = spool.enqueue_many([{"command": f"echo {i}", "id": f"m{i}"} for i in range(100)])
+    assert [r["id"] for r in recs] == [f"m{i}" for i in range(100)]
+    assert [names.parse_pending(n)[3] for n in spool.names("pending")] == [f"m{i}" for i in range(100)]
+    assert spool.enqueue_many([]) == []
+    assert os.listdir(os.path.join(spool.path, "tmp")) == []
+
+
+# ---------------------------------------------------------------- claim / finish
+
+def test_claim_persists_attempts_before_the_command_starts(spool):
+    spool.enqueue("true", id="c1")
+    held = claim(spool, "c1", "hostA", 1234)
+    try:
+        assert isinstance(held, Held) and held.state == "processing" and held.fd is not None
+        assert held.name == names.processing_name("c1", "hostA", 1234, 1)
+        assert job_files(spool.path, "processing") == [held.name]
+        assert job_files(spool.path, "pending") == []
+        on_disk = read_state_file(spool, "processing", held.name)
+        assert on_disk["attempts"] == 1
+        assert on_disk["state"] == "processing"
+        assert on_disk["worker"] == "hostA:1234"
+        assert on_disk["started_at"] is not None and on_disk["finished_at"] is None
+        assert held.record == on_disk
+        # the processing file is locked while held, so nobody can take it
+        assert locked_by_someone(os.path.join(spool.path, "processing", held.name))
+        with pytest.raises(Busy):
+            spool.take_back(held.name)
+        assert spool.get("c1")["state"] == "processing"
+    finally:
+        held.close()
+
+
+def test_claim_of_a_gone_or_locked_pending_file(spool):
+    spool.enqueue("true", id="c2")
+    name = where(spool, "c2")[1]
+    held = spool.claim(name, "h", 1)
+    with pytest.raises(LostRace):
+        spool.claim(name, "h", 2)  # already moved
+    held.close()
+    spool.enqueue("true", id="c3")
+    name = where(spool, "c3")[1]
+    fd = fsutil.open_nofollow(os.path.join(spool.path, "pending", name))
+    locks.try_lock(fd)  # another claimer in progress
+    try:
+        with pytest.raises(Busy):
+            spool.claim(name, "h", 3)
+    finally:
+        os.close(fd)
+    assert where(spool, "c3") == ("pending", name)
+
+
+def test_finish_success_goes_to_completed(spool):
+    spool.enqueue("true", id="ok1", run_at="+0s")
+    held = claim(spool, "ok1")
+    new = spool.finish(held, 0)
+    assert held.fd is None
+    assert new.state == "completed" and new.name == "ok1.json"
+    rec = read_state_file(spool, "completed", "ok1.json")
+    assert rec["state"] == "completed" and rec["exit_code"] == 0
+    assert rec["last_error"] is None
+    assert rec["attempts"] == 1 and rec["finished_at"] is not None
+    assert state_counts(spool) == {"pending": 0, "processing": 0, "failed": 0, "completed": 1, "dead": 0}
+    assert [n for n in os.listdir(os.path.join(spool.path, "tmp")) if n.startswith("mv-")] == []
+
+
+def test_exponential_backoff_then_dead(spool):
+    spool.enqueue("false", id="bk", max_retries=2)
+    delays = []
+    for attempt in (1, 2, 3):
+        held = claim(spool, "bk", "h", 100 + attempt)
+        assert held.record["attempts"] == attempt
+        t0 = time.time()
+        new = spool.finish(held, 3, backoff=(10, 3600, 0))
+        t1 = time.time()
+        rec = new.record
+        assert rec["attempts"] == attempt and rec["exit_code"] == 3 and rec["last_error"] == "exit code 3"
+        if attempt <= 2:
+            assert new.state == "failed"
+            on_disk = read_state_file(spool, "failed", new.name)
+            assert on_disk == rec
+            run_at = iso_ts(rec["run_at"])
+            d = 10 ** attempt
+            assert t0 + d - 0.002 <= run_at <= t1 + d + 0.002
+            assert names.parse_failed(new.name)[0] == pytest.approx(run_at, abs=0.002)
+            delays.append(d)
+            to_pending(spool, "bk")
+        else:
+            assert new.state == "dead"
+            assert read_state_file(spool, "dead", "bk.json")["last_error"] == "exit code 3"
+    assert delays == [10, 100]
+    assert state_counts(spool)["dead"] == 1 and sum(state_counts(spool).values()) == 1
+
+
+def test_backoff_is_capped_by_backoff_max(spool):
+    spool.enqueue("false", id="cap", max_retries=5)
+    spool.finish(claim(spool, "cap"), 1, backoff=(10, 50, 0))
+    to_pending(spool, "cap")
+    t0 = time.time()
+    new = spool.finish(claim(spool, "cap"), 1, backoff=(10, 50, 0))
+    t1 = time.time()
+    assert t0 + 50 - 0.002 <= iso_ts(new.record["run_at"]) <= t1 + 50 + 0.002
+
+
+def test_backoff_jitter_stays_within_its_share(spool):
+    got = []
+    for i in range(20):
+        spool.enqueue("false", id=f"j{i}", max_retries=3)
+        held = claim(spool, f"j{i}")
+        t0 = time.time()
+        new = spool.finish(held, 1, backoff=(10, 3600, 0.5))
+        t1 = time.time()
+        run_at = iso_ts(new.record["run_at"])
+        assert t0 + 10 - 0.002 <= run_at <= t1 + 15 + 0.002
+        got.append(run_at - t0)
+    assert max(got) - min(got) > 0.01, "jitter adds a random share"
+
+
+def test_finish_uses_config_backoff_when_none_given(spool):
+    spool.set_config("backoff-base", "7")
+    spool.enqueue("false", id="cfg", max_retries=1)
+    t0 = time.time()
+    new = spool.finish(claim(spool, "cfg"), 1)
+    assert t0 + 7 - 0.002 <= iso_ts(new.record["run_at"]) <= time.time() + 7 + 0.002
+
+
+def test_finish_with_error_and_max_retries_zero(spool):
+    spool.enqueue("sleep 9", id="to", max_retries=0)
+    new = spool.finish(claim(spool, "to"), None, "timed out after 5s", backoff=NO_BACKOFF)
+    assert new.state == "dead"
+    rec = spool.get("to")
+    assert rec["state"] == "dead" and rec["exit_code"] is None and rec["last_error"] == "timed out after 5s"
+    assert rec["attempts"] == 1
+
+
+def test_exit_zero_with_an_error_is_a_failure(spool):
+    spool.enqueue("true", id="z", max_retries=1)
+    new = spool.finish(claim(spool, "z"), 0, "killed by signal 9 (SIGKILL)", backoff=NO_BACKOFF)
+    assert new.state == "failed"
+
+
+def test_promote_moves_a_failed_job_back_to_pending(spool):
+    spool.enqueue("false", id="p1", priority=4, max_retries=3)
+    failed = spool.finish(claim(spool, "p1"), 1, backoff=(10, 3600, 0))
+    run_at = iso_ts(failed.record["run_at"])
+    new = spool.promote(failed.name)
+    assert new.state == "pending"
+    assert job_files(spool.path, "failed") == []
+    prio, due, _, job_id = names.parse_pending(new.name)
+    assert (prio, job_id) == (4, "p1")
+    assert due == pytest.approx(run_at, abs=0.002)  # still not due before its retry time
+    rec = read_state_file(spool, "pending", new.name)
+    assert rec["state"] == "pending" and rec["attempts"] == 1 and rec["last_error"] == "exit code 1"
+    with pytest.raises(LostRace):
+        spool.promote(failed.name)
+
+
+def test_requeue_does_not_count_the_attempt(spool):
+    spool.enqueue("sleep 9", id="rq")
+    held = claim(spool, "rq")
+    new = spool.requeue(held)
+    assert new.state == "pending"
+    assert spool.get("rq")["attempts"] == 0
+
+
+# ---------------------------------------------------------------- take-back and fencing
+
+def test_take_back_of_a_dead_owner_counts_a_failed_attempt(spool):
+    spool.enqueue("sleep 60", id="tb", max_retries=1)
+    held = claim(spool, "tb", "hostX", 777)
+    name = held.name
+    held.close()  # the owner dies: its lock is released
+    new = spool.take_back(name)
+    assert new.state == "failed"
+    rec = spool.get("tb")
+    assert rec["state"] == "failed"
+    assert rec["last_error"] == "worker lost (host hostX, pid 777)"
+    assert rec["exit_code"] is None and rec["attempts"] == 1
+    assert job_files(spool.path, "processing") == []
+    # and out of retries: dead
+    to_pending(spool, "tb")
+    held = claim(spool, "tb", "hostY", 778)
+    name = held.name
+    held.close()
+    assert spool.take_back(name).state == "dead"
+    rec = spool.get("tb")
+    assert rec["state"] == "dead" and rec["last_error"] == "worker lost (host hostY, pid 778)"
+    assert rec["attempts"] == 2
+
+
+def test_take_back_of_a_held_file_is_busy(spool):
+    spool.enqueue("sleep 60", id="busy")
+    held = claim(spool, "busy")
+    try:
+        before = protocol_snapshot(spool)
+        with pytest.raises(Busy):
+            spool.take_back(held.name)
+        assert spool.take_back_lost() == []
+        assert protocol_snapshot(spool) == before
+    finally:
+        held.close()
+
+
+def test_take_back_lost_takes_only_free_ones(spool):
+    spool.enqueue("sleep 60", id="alive")
+    spool.enqueue("sleep 60", id="lost", max_retries=0)
+    alive = claim(spool, "alive", "h", 1)
+    lost = claim(spool, "lost", "h", 2)
+    lost.close()
+    taken = spool.take_back_lost()
+    assert [r["id"] for r in taken] == ["lost"]
+    assert where(spool, "lost")[0] == "dead"
+    assert where(spool, "alive")[0] == "processing"
+    alive.close()
+
+
+def test_take_back_of_a_claim_interrupted_between_its_renames_is_uncounted(spool):
+    """Rule 5: a processing/ file still holding the pending record goes back to pending/."""
+    rec = spool.enqueue("true", id="half")
+    name = where(spool, "half")[1]
+    pname = names.processing_name("half", "hostZ", 31337, 1)
+    os.rename(os.path.join(spool.path, "pending", name), os.path.join(spool.path, "processing", pname))
+    new = spool.take_back(pname)
+    assert new.state == "pending"
+    got = spool.get("half")
+    assert got["state"] == "pending" and got["attempts"] == 0 and got["command"] == rec["command"]
+
+
+def test_fencing_a_late_finish_after_take_back_and_reclaim(spool):
+    spool.enqueue("sleep 60", id="fence", max_retries=3)
+    first = claim(spool, "fence", "hostA", 1001)
+    first.close()                                   # worker 1 'dies' (or loses its lock)
+    spool.take_back(first.name)                     # another worker takes it back
+    to_pending(spool, "fence")
+    second = claim(spool, "fence", "hostB", 2002)   # and a second worker runs it
+    try:
+        before = protocol_snapshot(spool)
+        newer = spool.get("fence")
+        assert newer["state"] == "processing" and newer["attempts"] == 2
+        for code, error in ((0, None), (1, None), (None, "timed out after 5s")):
+            with pytest.raises(LostRace):
+                spool.finish(first, code, error, backoff=NO_BACKOFF)
+            assert spool.get("fence") == newer
+            assert protocol_snapshot(spool) == before
+        with pytest.raises(LostRace):
+            spool.requeue(first)
+        assert protocol_snapshot(spool) == before
+        assert not [n for n in os.listdir(os.path.join(spool.path, "tmp")) if n.startswith("mv-")]
+        # the rightful owner still finishes normally
+        assert spool.finish(second, 0).state == "completed"
+    finally:
+        second.close()
+
+
+def test_fencing_a_late_finish_after_take_back_to_failed(spool):
+    spool.enqueue("sleep 60", id="fence2", max_retries=3)
+    first = claim(spool, "fence2")
+    first.close()
+    spool.take_back(first.name)
+    before = protocol_snapshot(spool)
+    with pytest.raises(LostRace):
+        spool.finish(first, 0)
+    assert protocol_snapshot(spool) == before
+    assert spool.get("fence2")["last_error"].startswith("worker lost")
+
+
+@pytest.mark.parametrize("final", ["completed", "dead"])
+def test_fencing_a_late_finish_after_the_job_already_ended(spool, final):
+    """Worker 1 loses its job; worker 2 runs it to completed/ (or dead/). Worker 1 then finishes
+    with the same outcome: the target name exists, but this is still just a lost race."""
+    spool.enqueue("true", id="late", max_retries=1)
+    first = claim(spool, "late", "hostA", 1001)
+    first.close()
+    spool.take_back(first.name)
+    to_pending(spool, "late")
+    second = claim(spool, "late", "hostB", 2002)
+    if final == "completed":
+        spool.finish(second, 0)
+    else:
+        spool.finish(second, 1, backoff=NO_BACKOFF)
+    first.record["max_retries"] = 0  # worker 1's copy: out of retries too, so it also targets dead/
+    before = protocol_snapshot(spool)
+    with pytest.raises(LostRace):
+        spool.finish(first, 0 if final == "completed" else 1, backoff=NO_BACKOFF)
+    assert protocol_snapshot(spool) == before
+
+
+@pytest.mark.parametrize("how", ["completed", "dead", "cancelled"])
+def test_a_finished_job_has_no_next_attempt_time(spool, how):
+    spool.enqueue("true", id="fin", run_at="+0s", max_retries=0 if how == "dead" else 2)
+    if how == "cancelled":
+        spool.finish(claim(spool, "fin"), 1, backoff=(10, 3600, 0))
+        assert spool.get("fin")["run_at"] is not None  # the retry time, while failed
+        spool.cancel("fin")
+    else:
+        spool.finish(claim(spool, "fin"), 0 if how == "completed" else 1, backoff=NO_BACKOFF)
+    rec = spool.get("fin")
+    assert rec["state"] == ("completed" if how == "completed" else "dead")
+    assert rec["run_at"] is None
+
+
+# ---------------------------------------------------------------- user operations
+
+@pytest.mark.parametrize("state", ["pending", "failed"])
+def test_cancel_pending_or_failed_goes_to_dead(spool, state):
+    make_job_in_state(spool, "cx", state)
+    rec = spool.cancel("cx")
+    assert rec["state"] == "dead" and rec["last_error"] == "cancelled"
+    assert spool.get("cx")["state"] == "dead"
+    assert job_files(spool.path, "dead") == ["cx.json"]
+    assert job_files(spool.path, state) == []
+
+
+def test_cancel_of_a_running_job_is_wrong_state(spool):
+    held = make_job_in_state(spool, "run", "processing")
+    try:
+        before = protocol_snapshot(spool)
+        with pytest.raises(WrongState) as info:
+            spool.cancel("run")
+        assert "processing" in str(info.value)
+        assert protocol_snapshot(spool) == before
+    finally:
+        held.close()
+
+
+@pytest.mark.parametrize("state", ["completed", "dead"])
+def test_cancel_of_a_final_job_is_wrong_state(spool, state):
+    make_job_in_state(spool, "fin", state)
+    with pytest.raises(WrongState):
+        spool.cancel("fin")
+    assert where(spool, "fin")[0] == state
+
+
+def test_cancel_unknown_job(spool):
+    with pytest.raises(JobNotFound):
+        spool.cancel("nope")
+
+
+def test_retry_dead_goes_back_to_pending_with_attempts_zero(spool):
+    make_job_in_state(spool, "rd", "dead")
+    assert spool.get("rd")["attempts"] == 1
+    t0 = time.time()
+    rec = spool.retry_dead("rd")
+    assert rec["state"] == "pending" and rec["attempts"] == 0
+    assert t0 - 0.002 <= iso_ts(rec["run_at"]) <= time.time() + 0.002
+    assert where(spool, "rd")[0] == "pending"
+    assert job_files(spool.path, "dead") == []
+    assert names.pending_due(where(spool, "rd")[1]) <= time.time()
+    # and it can run again
+    assert spool.finish(claim(spool, "rd"), 0).state == "completed"
+
+
+def test_retry_dead_of_a_job_that_is_not_dead(spool):
+    spool.enqueue("true", id="np")
+    with pytest.raises(WrongState):
+        spool.retry_dead("np")
+    with pytest.raises(JobNotFound):
+        spool.retry_dead("nope")
+
+
+def _finish_with_time(spool, job_id, finished_at):
+    """A completed job whose finished_at is `finished_at` (rewritten by hand, like an old job)."""
+    spool.enqueue(f"echo {job_id}", id=job_id)
+    spool.finish(claim(spool, job_id), 0)
+    path = os.path.join(spool.path, "completed", f"{job_id}.json")
+    rec = read_state_file(spool, "completed", f"{job_id}.json")
+    rec["finished_at"] = rec["updated_at"] = timeutil.iso(finished_at)
+    with open(path, "w") as fh:
+        json.dump(rec, fh)
+    with open(spool.log_path(job_id), "w") as fh:
+        fh.write("output\n")
+
+
+def test_purge_deletes_only_old_jobs_with_their_logs_and_frees_the_id(spool):
+    now = time.time()
+    _finish_with_time(spool, "old", now - 8 * 86400)
+    _finish_with_time(spool, "new", now - 60)
+    spool.enqueue("true", id="waiting")
+    assert spool.purge("completed", older_than=7 * 86400) == 1
+    assert job_files(spool.path, "completed") == ["new.json"]
+    assert not os.path.exists(spool.log_path("old"))
+    assert os.path.exists(spool.log_path("new"))
+    assert not os.path.exists(os.path.join(spool.path, "ids", "old"))
+    with pytest.raises(JobNotFound):
+        spool.get("old")
+    spool.enqueue("true", id="old")  # the id is free again
+    assert where(spool, "old")[0] == "pending"
+    assert spool.purge("dead") == 0
+    assert spool.purge("completed") == 1
+    assert job_files(spool.path, "completed") == []
+    assert where(spool, "waiting")[0] == "pending"
+
+
+def test_purge_dead_and_a_fixed_now(spool):
+    make_job_in_state(spool, "d1", "dead")
+    assert spool.purge("dead", older_than=3600) == 0
+    assert spool.purge("dead", older_than=3600, now=time.time() + 7200) == 1
+    assert job_files(spool.path, "dead") == []
+
+
+def test_purge_skips_a_locked_file(spool):
+    make_job_in_state(spool, "lk", "completed")
+    fd = fsutil.open_nofollow(os.path.join(spool.path, "completed", "lk.json"))
+    locks.try_lock(fd)
+    try:
+        assert spool.purge("completed") == 0
+    finally:
+        os.close(fd)
+    assert spool.purge("completed") == 1
+
+
+@pytest.mark.parametrize("state", ["pending", "processing", "failed", "bogus"])
+def test_purge_only_final_states(spool, state):
+    with pytest.raises(FieldError):
+        spool.purge(state)
+
+
+# ---------------------------------------------------------------- reads
+
+def test_counts_including_scheduled(spool):
+    assert spool.counts() == {"incoming": 0, "pending": 0, "scheduled": 0, "processing": 0,
+                              "failed": 0, "completed": 0, "dead": 0}
+    spool.enqueue("true", id="now1")
+    spool.enqueue("true", id="later", run_at="+1h")
+    spool.enqueue("true", id="later2", run_at="+1d", priority=0)
+    spool.enqueue("true", id="run")
+    spool.enqueue("false", id="fail", max_retries=2)
+    spool.enqueue("true", id="done")
+    spool.enqueue("false", id="dead", max_retries=0)
+    held = claim(spool, "run")
+    spool.finish(claim(spool, "fail"), 1, backoff=(10, 3600, 0))
+    spool.finish(claim(spool, "done"), 0)
+    spool.finish(claim(spool, "dead"), 1)
+    with open(os.path.join(spool.path, "incoming", "drop.json"), "w") as fh:
+        fh.write('{"command": "true"}')
+    for ignored in (".hidden.json", "notes.txt"):
+        open(os.path.join(spool.path, "incoming", ignored), "w").close()
+    try:
+        assert spool.counts() == {"incoming": 1, "pending": 3, "scheduled": 2, "processing": 1,
+                                  "failed": 1, "completed": 1, "dead": 1}
+        assert spool.counts(now=time.time() + 7200)["scheduled"] == 1
+    finally:
+        held.close()
+
+
+def test_list_of_pending_is_in_claim_order(spool):
+    spool.enqueue("true", id="p10-a")
+    spool.enqueue("true", id="p5-later", priority=5, run_at="+1h")
+    spool.enqueue("true", id="p5-a", priority=5)
+    spool.enqueue("true", id="p10-b")
+    spool.enqueue("true", id="p0", priority=0, run_at="+2h")
+    spool.enqueue("true", id="p5-b", priority=5)
+    spool.enqueue("true", id="p10-early", run_at=time.time() - 3600)
+    expected = ["p0", "p5-a", "p5-b", "p5-later", "p10-early", "p10-a", "p10-b"]
+    assert [r["id"] for r in spool.list("pending")] == expected
+    assert [r["id"] for r in spool.list("pending", limit=3)] == expected[:3]
+    assert all(r["state"] == "pending" for r in spool.list("pending"))
+
+
+def test_list_all_states_and_limit(spool):
+    spool.enqueue("true", id="a")
+    make_job_in_state(spool, "b", "completed")
+    make_job_in_state(spool, "c", "dead")
+    got = {r["id"]: r["state"] for r in spool.list()}
+    assert got == {"a": "pending", "b": "completed", "c": "dead"}
+    assert len(spool.list(limit=2)) == 2
+    assert spool.list("failed") == []
+    with pytest.raises(ValueError):
+        spool.list("bogus")
+
+
+def test_get_unknown_id_raises_job_not_found(spool):
+    with pytest.raises(JobNotFound) as info:
+        spool.get("missing")
+    assert isinstance(info.value, LookupError)
+    assert info.value.job_id == "missing" and "missing" in str(info.value)
+    assert info.value.exit_code == 1
+
+
+def test_get_state_comes_from_the_folder(spool):
+    for state in STATES:
+        held = make_job_in_state(spool, f"s-{state}", state)
+        assert spool.get(f"s-{state}")["state"] == state
+        if held:
+            held.close()
+
+
+def test_get_does_not_confuse_ids_that_contain_each_other(spool):
+    spool.enqueue("echo 1", id="a_b")
+    spool.enqueue("echo 2", id="a")
+    spool.enqueue("echo 3", id="b")
+    assert spool.get("a")["command"] == "echo 2"
+    assert spool.get("a_b")["command"] == "echo 1"
+    held = claim(spool, "a_b", "h", 5)
+    try:
+        assert spool.get("a")["state"] == "pending"
+        assert spool.get("a_b")["state"] == "processing"
+    finally:
+        held.close()
+
+
+def test_get_never_reads_outside_the_spool(spool, tmp_path):
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"id": "outside", "command": "secret"}))
+    with pytest.raises((JobNotFound, InvalidInput)):
+        spool.get("../../outside")
+
+
+def test_status(spool):
+    assert spool.status()["workers"] == []
+    spool.enqueue("true", id="first")
+    spool.enqueue("true", id="second", priority=0)
+    spool.enqueue("true", id="third")
+    layout = spool.layout
+    reg_fd = registry.register(layout, "hostW", 4321)
+    held = claim(spool, "third", "hostW", 4321)
+    try:
+        info = spool.status()
+        assert info["spool"] == spool.path
+        assert info["counts"] == spool.counts()
+        assert info["counts"]["processing"] == 1
+        assert len(info["workers"]) == 1
+        w = info["workers"][0]
+        assert (w["host"], w["pid"], w["job"]) == ("hostW", 4321, "third")
+        assert w["since"] == held.record["started_at"]
+        assert info["oldest_waiting"]["id"] == "first"
+    finally:
+        held.close()
+        registry.unregister(layout, "hostW", 4321, reg_fd)
+    assert spool.status()["workers"] == []
+
+
+# ---------------------------------------------------------------- crash leftovers
+
+def test_repair_tmp_finishes_a_move_interrupted_between_its_two_renames(spool):
+    """Rule 3: a crash after rename (a) leaves the job in its new folder with the old record and
+    the new record in tmp/mv-*; the state is the folder's, and repair_tmp puts the record in place."""
+    spool.enqueue("true", id="half-done")
+    held = claim(spool, "half-done", "h", 9)
+    new = dict(held.record, state="completed", exit_code=0, finished_at=timeutil.iso(time.time()))
+    tmp = os.path.join(spool.path, "tmp", "mv-half-done-9-abcdef.json")
+    with open(tmp, "w") as fh:
+        json.dump(new, fh)
+    os.rename(os.path.join(spool.path, "processing", held.name),
+              os.path.join(spool.path, "completed", "half-done.json"))   # step (a) only
+    held.close()                                                         # and the mover dies
+    assert spool.get("half-done")["state"] == "completed"                # the folder says so
+    assert read_state_file(spool, "completed", "half-done.json")["state"] == "processing"
+    os.utime(tmp, (time.time() - 60,) * 2)
+    assert spool.repair_tmp() == 1
+    assert read_state_file(spool, "completed", "half-done.json") == new
+    assert os.listdir(os.path.join(spool.path, "tmp")) == []
+    assert sum(state_counts(spool).values()) == 1
+
+
+def test_repair_tmp_drops_an_obsolete_record_and_keeps_fresh_ones(spool):
+    spool.enqueue("true", id="moved-on")
+    rec = spool.get("moved-on")
+    stale = os.path.join(spool.path, "tmp", "mv-moved-on-1-aaaaaa.json")
+    with open(stale, "w") as fh:
+        json.dump(dict(rec, state="failed"), fh)  # names a folder the job is not in
+    os.utime(stale, (time.time() - 60,) * 2)
+    fresh = os.path.join(spool.path, "tmp", "mv-moved-on-2-bbbbbb.json")
+    with open(fresh, "w") as fh:
+        json.dump(dict(rec, state="failed"), fh)  # a mover may be between its renames right now
+    before = read_state_file(spool, "pending", where(spool, "moved-on")[1])
+    assert spool.repair_tmp() == 1
+    assert not os.path.exists(stale) and os.path.exists(fresh)
+    assert read_state_file(spool, "pending", where(spool, "moved-on")[1]) == before
