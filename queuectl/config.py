@@ -7,6 +7,7 @@ import math
 import os
 
 from . import fsutil
+from .faults import crashpoint
 from .errors import FieldError, InvalidInput
 
 # key -> (default, kind, minimum, help)
@@ -93,6 +94,12 @@ def stored(path):
 
 def write(path, tmp_dir, data):
     tmp = os.path.join(tmp_dir, f".config.{os.getpid()}.tmp")
+    try:
+        os.unlink(tmp)  # a leftover of a crashed write
+    except FileNotFoundError:
+        pass
     fsutil.write_file(tmp, json.dumps(data, indent=2, sort_keys=True).encode() + b"\n")
+    crashpoint("config.staged")
     os.rename(tmp, path)
+    crashpoint("config.renamed")
     fsutil.fsync_dir(os.path.dirname(path))

@@ -13,6 +13,7 @@ import stat
 import time
 
 from . import fsutil, timeutil
+from .faults import crashpoint
 from .errors import DuplicateJob, FieldError, InvalidInput, QueuectlError
 from .job import new_id, new_record, validate_input
 from .spool import MAX_DROP_BYTES, unique_name
@@ -53,9 +54,11 @@ def ingest_one(spool, name):
         return None
     except OSError as exc:
         raise fsutil.translate(exc, f"incoming/{name}") from None
+    crashpoint("ingest.claimed")
     try:
         record = _read_job(spool, claimed, job_id)
         spool._store_new([record])
+        crashpoint("ingest.stored")
     except (InvalidInput, _NotAJob) as exc:
         reason = str(exc)
         spool.move_aside(claimed, name, f"rejected at {timeutil.iso(timeutil.now())}: {reason}")
@@ -64,6 +67,7 @@ def ingest_one(spool, name):
         _put_back(spool, claimed, name)  # e.g. disk full: leave it for a later try
         raise
     _unlink(claimed)
+    crashpoint("ingest.done")
     return "accepted", record
 
 

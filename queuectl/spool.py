@@ -56,6 +56,7 @@ import time
 
 from . import config as configmod
 from . import fsutil, locks, names, timeutil
+from .faults import crashpoint
 from .errors import (Busy, DuplicateJob, FieldError, InvalidInput, JobNotFound, LostRace,
                      SpoolError, WrongState)
 from .job import STATES, State, check_id, check_record, due_time, new_record, validate_input
@@ -143,7 +144,7 @@ class Spool:
         self._seq = max(self._seq + 1, time.time_ns())
         return self._seq
 
-    def _store_new(self, records, from_incoming=None):
+    def _store_new(self, records):
         """Write new pending records durably (rule 6). Duplicate id -> DuplicateJob, nothing kept."""
         lay = self.layout
         token = f"enq-{os.getpid()}-{secrets.token_hex(4)}"
@@ -154,21 +155,27 @@ class Spool:
         try:
             owner_fd = fsutil.write_new(owner_path, b"", sync=False)
             locks.try_lock(owner_fd)
+            crashpoint("enqueue.locked")
             for record in records:
                 tmp = os.path.join(lay.tmp, f"{token}-{len(staged)}.json")
                 fsutil.write_file(tmp, fsutil.dumps(record), sync=not batch)
                 staged.append(tmp)
+                crashpoint("enqueue.staged")
             for record in records:
                 self._reserve_id(record["id"], token)
                 reserved.append(record["id"])
+                crashpoint("enqueue.reserved")
             if batch:
                 _syncfs(lay.tmp)
+                crashpoint("enqueue.synced")
             for tmp, record in zip(staged, records):
                 name = names.pending_name(record["priority"], due_time(record), self._next_seq(), record["id"])
                 os.rename(tmp, os.path.join(lay.pending, name))
+                crashpoint("enqueue.renamed")
             staged = []
             fsutil.fsync_dir(lay.pending)
             fsutil.fsync_dir(lay.ids)
+            crashpoint("enqueue.fsynced")
             reserved = []
         except OSError as exc:
             raise fsutil.translate(exc, "enqueue failed") from None
@@ -374,7 +381,7 @@ class Spool:
             raise Corrupt(state, name, "not a JSON object")
         return Held(state, name, fd, record)
 
-    def _move(self, held, dst_state, dst_name, record, keep_lock=False):
+    def _move(self, held, dst_state, dst_name, record, kind, keep_lock=False):
         """Rule 3: fenced rename of a held job file, then its new content. Returns the new Held."""
         lay = self.layout
         src = os.path.join(lay.state_dir(held.state), held.name)
@@ -383,6 +390,7 @@ class Spool:
         record = dict(record, state=str(dst_state), updated_at=timeutil.iso(timeutil.now()))
         tmp = os.path.join(lay.tmp, f"mv-{record['id']}-{os.getpid()}-{secrets.token_hex(3)}.json")
         new_fd = fsutil.write_new(tmp, fsutil.dumps(record))
+        crashpoint(f"{kind}.staged")
         try:
             if keep_lock:
                 locks.try_lock(new_fd)
@@ -394,11 +402,14 @@ class Spool:
                 os.rename(src, dst)          # a: the state change, and the fence
             except FileNotFoundError:
                 raise LostRace(f"{held.state}/{held.name} was moved by someone else") from None
+            crashpoint(f"{kind}.moved")
             os.rename(tmp, dst)              # b: the new record
             tmp = None
+            crashpoint(f"{kind}.replaced")
             fsutil.fsync_dir(dst_dir)
             if dst_dir != os.path.dirname(src):
                 fsutil.fsync_dir(os.path.dirname(src))
+            crashpoint(f"{kind}.synced")
         except BaseException:
             os.close(new_fd)
             if tmp:
@@ -431,7 +442,7 @@ class Spool:
                       worker=f"{worker_host}:{worker_pid}")
         dst = names.processing_name(record["id"], worker_host, worker_pid, record["attempts"])
         try:
-            return self._move(held, State.PROCESSING, dst, record, keep_lock=True)
+            return self._move(held, State.PROCESSING, dst, record, kind="claim", keep_lock=True)
         except BaseException:
             held.close()
             raise
@@ -444,20 +455,20 @@ class Spool:
         record.update(finished_at=timeutil.iso(now), exit_code=exit_code, worker=record.get("worker"))
         if exit_code == 0 and error is None:
             record.update(last_error=None, run_at=None)  # SPEC: run_at is the *next* attempt's
-            return self._move(held, State.COMPLETED, names.final_name(record["id"]), record)
+            return self._move(held, State.COMPLETED, names.final_name(record["id"]), record, kind="complete")
         record["last_error"] = error or f"exit code {exit_code}"
         return self._fail(held, record, now, backoff)
 
-    def _fail(self, held, record, now, backoff):
+    def _fail(self, held, record, now, backoff, retry_kind="fail", dead_kind="bury"):
         base, cap, jitter = backoff or self._backoff()
         if record["attempts"] <= record["max_retries"]:
             delay = min(base ** record["attempts"], cap)
             delay += delay * random.uniform(0, jitter) if jitter else 0
             retry_at = now + delay
             record["run_at"] = timeutil.iso(retry_at)
-            return self._move(held, State.FAILED, names.failed_name(retry_at, record["id"]), record)
+            return self._move(held, State.FAILED, names.failed_name(retry_at, record["id"]), record, kind=retry_kind)
         record["run_at"] = None
-        return self._move(held, State.DEAD, names.final_name(record["id"]), record)
+        return self._move(held, State.DEAD, names.final_name(record["id"]), record, kind=dead_kind)
 
     def _backoff(self):
         cfg = self.config()
@@ -467,7 +478,7 @@ class Spool:
         """End a running attempt killed by `cancel --kill`: the job goes to dead/."""
         record = dict(held.record, exit_code=None, last_error="cancelled", run_at=None,
                       finished_at=timeutil.iso(timeutil.now()))
-        return self._move(held, State.DEAD, names.final_name(record["id"]), record)
+        return self._move(held, State.DEAD, names.final_name(record["id"]), record, kind="kill")
 
     def request_kill(self, job_id):
         """cancel --kill of a running job: ask its worker (wherever it runs) to kill it.
@@ -490,7 +501,7 @@ class Spool:
                       finished_at=timeutil.iso(timeutil.now()))
         if reason:
             record["last_error"] = reason
-        return self._move(held, State.PENDING, self._pending_name(record), record)
+        return self._move(held, State.PENDING, self._pending_name(record), record, kind="requeue")
 
     def _pending_name(self, record, due=None):
         due = due_time(record) if due is None else due
@@ -507,7 +518,7 @@ class Spool:
             raise Corrupt("failed", name, str(exc)) from None
         record = dict(held.record)
         try:
-            return self._move(held, State.PENDING, self._pending_name(record), record)
+            return self._move(held, State.PENDING, self._pending_name(record), record, kind="promote")
         except BaseException:
             held.close()
             raise
@@ -524,11 +535,11 @@ class Spool:
             if record.get("state") == "pending" or "attempts" not in record:
                 # died between the claim's two renames: the command never started
                 record["worker"] = None
-                return self._move(held, State.PENDING, self._pending_name(record), record)
+                return self._move(held, State.PENDING, self._pending_name(record), record, kind="unclaim")
             now = timeutil.now()
             record.update(exit_code=None, finished_at=timeutil.iso(now),
                           last_error=reason or f"worker lost (host {host}, pid {pid})")
-            return self._fail(held, record, now, None)
+            return self._fail(held, record, now, None, retry_kind="takeback", dead_kind="takeback-dead")
         except BaseException:
             held.close()
             raise
@@ -573,7 +584,7 @@ class Spool:
         record = dict(held.record, last_error="cancelled", run_at=None,
                       finished_at=timeutil.iso(timeutil.now()))
         try:
-            return self._move(held, State.DEAD, names.final_name(job_id), record).record
+            return self._move(held, State.DEAD, names.final_name(job_id), record, kind="cancel").record
         except BaseException:
             held.close()
             raise
@@ -586,7 +597,7 @@ class Spool:
         now = timeutil.now()
         record = dict(held.record, attempts=0, run_at=timeutil.iso(now), exit_code=None, worker=None)
         try:
-            return self._move(held, State.PENDING, self._pending_name(record, now), record).record
+            return self._move(held, State.PENDING, self._pending_name(record, now), record, kind="dlq-retry").record
         except BaseException:
             held.close()
             raise
@@ -615,9 +626,12 @@ class Spool:
                         continue
                 job_id = held.record.get("id") or names.id_of(state, name)
                 os.unlink(path)
+                crashpoint("purge.unlinked")
                 if job_id:
                     _unlink_quiet(self.layout.log(job_id))
+                    crashpoint("purge.log-unlinked")
                     _unlink_quiet(os.path.join(self.layout.ids, job_id))
+                    crashpoint("purge.id-unlinked")
                 deleted += 1
             finally:
                 held.close()
@@ -684,7 +698,9 @@ class Spool:
         dst = os.path.join(self.layout.rejected, dst_name)
         fsutil.write_file(os.path.join(self.layout.rejected, dst_name + ".error"),
                           (reason.rstrip() + "\n").encode("utf-8", "replace"))
+        crashpoint("reject.explained")
         os.rename(src_path, dst)
+        crashpoint("reject.moved")
         fsutil.fsync_dir(self.layout.rejected)
         return dst_name
 

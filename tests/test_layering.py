@@ -8,7 +8,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # lower may not import higher; modules on one level do not import each other
 LAYERS = [
-    ["errors"], ["timeutil"], ["job"], ["names"], ["fsutil"], ["locks"], ["paths"], ["config"],
+    ["errors", "faults"], ["timeutil"], ["job"], ["names"], ["fsutil"], ["locks"], ["paths"], ["config"],
     ["registry"], ["spool"], ["ingest", "logs"], ["runner"], ["waker"], ["worker"],
     ["supervisor"], ["render"], ["cli"],
 ]
