@@ -3,7 +3,6 @@
 Errors become exit codes in one place (main): QueuectlError knows its code, click's usage
 errors are 2, an OSError is one line and 1; never a traceback.
 """
-import functools
 import json
 import os
 import re
@@ -364,6 +363,31 @@ def purge(ctx, state, older_than):
     age = _parse_age(older_than) if older_than is not None else None
     count = get_spool(ctx).purge(state, older_than=age)
     click.echo(f"purged {count} {state} job(s)")
+
+
+@cli.command()
+@click.option("--repair", is_flag=True, help="Fix what is safe to fix; never deletes a job.")
+@json_option
+@click.pass_context
+def fsck(ctx, repair, as_json):
+    """Check the spool: leftovers of crashes, records that disagree with their folder or
+    name, one id in two folders, orphaned logs, jobs of dead workers, unsafe permissions.
+
+    Exit 0 when nothing is (left) wrong, 1 otherwise. With --repair, doubtful files are
+    moved to rejected/ beside NAME.error, never deleted.
+    """
+    from . import fsck as fsckmod
+    spool = get_spool(ctx)
+    problems = fsckmod.check(spool)
+    if repair:
+        fsckmod.repair(problems)
+    remaining = [p for p in problems if not (p.done and not p.done.startswith("not repaired"))]
+    if as_json:
+        echo_json({"spool": spool.path, "problems": [p.as_dict() for p in problems],
+                   "ok": not remaining})
+    else:
+        click.echo(render.fsck(problems, spool.path, repair))
+    ctx.exit(0 if not remaining else 1)
 
 
 # ---------------------------------------------------------------- config

@@ -14,7 +14,7 @@ import time
 
 from . import fsutil, timeutil
 from .faults import crashpoint
-from .errors import DuplicateJob, FieldError, InvalidInput, QueuectlError
+from .errors import FieldError, InvalidInput, QueuectlError
 from .job import new_id, new_record, validate_input
 from .spool import MAX_DROP_BYTES, unique_name
 
@@ -123,7 +123,10 @@ def _unlink(path):
         pass
 
 
-def recover(spool, min_age=30):
+RECOVER_AGE = 30.0  # an ingest in progress holds its claimed copy for milliseconds, not this long
+
+
+def recover(spool, min_age=RECOVER_AGE):
     """Claimed copies left in tmp/ by a crashed ingest: gone if their job exists, else back
     into incoming/ to be taken again. Returns how many were handled."""
     handled = 0
@@ -136,27 +139,33 @@ def recover(spool, min_age=30):
                 continue
         except FileNotFoundError:
             continue
-        rest = tmp_name[len(PREFIX):]
-        parts = rest.split("-", 4)
-        generated = "-".join(parts[:4])
-        original = parts[4] if len(parts) == 5 else rest
-        job_id = generated
-        try:
-            item = fsutil.read_json(path)
-            if isinstance(item, dict) and isinstance(item.get("id"), str):
-                job_id = item["id"]
-        except (OSError, ValueError):
-            pass
-        try:
-            exists = spool.find(job_id) is not None
-        except FieldError:
-            exists = False
-        if exists and job_id == generated or (exists and _same_job(spool, job_id, path)):
-            _unlink(path)
-        else:
-            _put_back(spool, path, original)
+        recover_one(spool, path)
         handled += 1
     return handled
+
+
+def recover_one(spool, path):
+    """One claimed copy (tmp/ingest-ID-NAME): remove it if its job exists, else put it back."""
+    rest = os.path.basename(path)[len(PREFIX):]
+    parts = rest.split("-", 4)
+    generated = "-".join(parts[:4])
+    original = parts[4] if len(parts) == 5 else rest
+    job_id = generated
+    try:
+        item = fsutil.read_json(path)
+        if isinstance(item, dict) and isinstance(item.get("id"), str):
+            job_id = item["id"]
+    except (OSError, ValueError):
+        pass
+    try:
+        exists = spool.find(job_id) is not None
+    except FieldError:
+        exists = False
+    if exists and (job_id == generated or _same_job(spool, job_id, path)):
+        _unlink(path)
+        return "removed: its job was enqueued"
+    _put_back(spool, path, original)
+    return "put back into incoming/"
 
 
 def _same_job(spool, job_id, path):

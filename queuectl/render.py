@@ -86,3 +86,16 @@ def status(info):
         lines.append(f"oldest waiting: {oldest['id']} ({oldest['state']}, enqueued "
                      f"{age(time.time() - timeutil.parse_iso(oldest['created_at']))} ago)")
     return "\n".join(lines)
+
+
+def fsck(problems, root, repaired):
+    if not problems:
+        return f"{root}: no problems found"
+    rows = []
+    for p in problems:
+        where = p.path[len(root) + 1:] if p.path.startswith(root + "/") else p.path
+        note = p.done if repaired else ("repairable: --repair" if p.repair else "needs a person")
+        rows.append([p.kind, where, p.detail, note or "-"])
+    fixed = sum(1 for p in problems if p.done and not p.done.startswith("not repaired"))
+    tail = f"{len(problems)} problem(s)" + (f", {fixed} repaired" if repaired else "")
+    return table(rows, ("PROBLEM", "PATH", "DETAIL", "REPAIR")) + "\n" + tail

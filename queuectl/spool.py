@@ -48,7 +48,6 @@ Rules every transition follows
    marker (taken over), a processing/ file with a free lock (taken back), an incoming file
    claimed into tmp/ (put back into incoming/ or, if its job exists, removed).
 """
-import errno
 import os
 import random
 import secrets
@@ -57,9 +56,10 @@ import time
 from . import config as configmod
 from . import fsutil, locks, names, timeutil
 from .faults import crashpoint
-from .errors import (Busy, DuplicateJob, FieldError, InvalidInput, JobNotFound, LostRace,
+from .errors import (Busy, DuplicateJob, FieldError, JobNotFound, LostRace,
                      SpoolError, WrongState)
-from .job import STATES, State, check_id, check_record, due_time, new_record, validate_input
+from .job import State, check_record, due_time, new_record, validate_input
+from .inventory import Inventory
 from .paths import Layout, default_spool
 
 MAX_DROP_BYTES = 1024 * 1024
@@ -77,7 +77,7 @@ class Held:
             self.fd = None
 
 
-class Spool:
+class Spool(Inventory):
     """A queuectl spool. `Spool(path)` creates the folders on first use (mode 0700)."""
 
     def __init__(self, path=None, create=True):
@@ -227,129 +227,6 @@ class Spool:
         finally:
             os.close(fd)
 
-    # ---------------------------------------------------------------- reads
-
-    def find(self, job_id):
-        """(state, file name) of a job, or None. Final states by name; the others by listing."""
-        check_id(job_id)
-        lay = self.layout
-        final = names.final_name(job_id)
-        for state in (State.COMPLETED, State.DEAD):
-            if os.path.lexists(os.path.join(lay.state_dir(state), final)):
-                return state.value, final
-        for state in (State.PROCESSING, State.PENDING, State.FAILED):
-            for name in fsutil.listdir(lay.state_dir(state)):
-                if job_id in name and names.id_of(state.value, name) == job_id:
-                    return state.value, name
-        return None
-
-    def get(self, job_id):
-        """The job's record, its `state` taken from its folder. JobNotFound if none."""
-        for _ in range(5):  # a job may move between find and read; look again
-            found = self.find(job_id)
-            if not found:
-                break
-            try:
-                return self._read(found[0], found[1])
-            except FileNotFoundError:
-                continue
-        raise JobNotFound(job_id)
-
-    def _read(self, state, name):
-        """A job file's record. Between the two renames of a move (rule 3) the file still
-        holds the previous record: wait a moment for the new one, then label it by folder."""
-        path = os.path.join(self.layout.state_dir(state), name)
-        for _ in range(10):
-            record = fsutil.read_json(path)
-            if not isinstance(record, dict) or record.get("state") == state:
-                return record
-            time.sleep(0.002)
-        record["state"] = state
-        return record
-
-    def names(self, state):
-        """Job file names of one state folder, in claim order for pending/ and failed/."""
-        return sorted(n for n in fsutil.listdir(self.layout.state_dir(state)) if n.endswith(names.SUFFIX) and not n.startswith("."))
-
-    def list(self, state=None, limit=None):
-        """Records of one state (or all), pending in claim order. Unreadable files are skipped."""
-        states = [State(state).value] if state else STATES
-        out = []
-        for st in states:
-            for name in self.names(st):
-                if limit is not None and len(out) >= limit:
-                    return out
-                try:
-                    record = self._read(st, name)
-                except (OSError, ValueError):
-                    continue
-                if isinstance(record, dict):
-                    out.append(record)
-        return out
-
-    def counts(self, now=None):
-        """Jobs per folder; `scheduled` = pending ones not due yet (read from names, no file opened)."""
-        now = timeutil.now() if now is None else now
-        counts = {"incoming": sum(1 for n in fsutil.listdir(self.layout.incoming)
-                                  if n.endswith(".json") and not n.startswith("."))}
-        for st in STATES:
-            counts[st] = len(self.names(st))
-        scheduled = 0
-        for name in self.names("pending"):
-            try:
-                if names.pending_due(name) > now:
-                    scheduled += 1
-            except ValueError:
-                pass
-        counts["scheduled"] = scheduled
-        return counts
-
-    def status(self):
-        """What `status` shows: counts, live workers with their current job, oldest waiting job."""
-        from . import registry
-        running = {}
-        for name in self.names("processing"):
-            parsed = names.parse_processing(name)
-            if parsed:
-                running[registry.worker_name(parsed[1], parsed[2])] = (parsed[0], name)
-        workers = []
-        for w in registry.live_workers(self.layout):
-            job, since = None, None
-            if w["name"] in running:
-                job, name = running[w["name"]]
-                try:
-                    since = self._read("processing", name).get("started_at")
-                except (OSError, ValueError):
-                    pass
-            workers.append({"host": w.get("host"), "pid": w.get("pid"), "job": job, "since": since,
-                            "started_at": w.get("started_at")})
-        return {"spool": self.path, "counts": self.counts(), "workers": workers,
-                "oldest_waiting": self._oldest_waiting()}
-
-    def _oldest_waiting(self):
-        """The waiting job (pending or failed) enqueued first. Pending names carry the enqueue
-        time, so only the first of each priority and the failed/ records are read."""
-        candidates = []
-        pending = self.names("pending")
-        best = min(pending, key=lambda n: n[25:44], default=None)
-        if best:
-            candidates.append(("pending", best))
-        candidates += [("failed", n) for n in self.names("failed")[:1000]]
-        oldest = None
-        for state, name in candidates:
-            try:
-                rec = self._read(state, name)
-                ts = timeutil.parse_iso(rec["created_at"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if oldest is None or ts < oldest[0]:
-                oldest = (ts, {"id": rec["id"], "state": state, "created_at": rec["created_at"],
-                               "age_seconds": round(timeutil.now() - ts, 3)})
-        return oldest[1] if oldest else None
-
-    def log_path(self, job_id):
-        return self.layout.log(check_id(job_id))
-
     # ---------------------------------------------------------------- transitions
 
     def _lock(self, state, name):
@@ -420,6 +297,15 @@ class Spool:
             return Held(str(dst_state), dst_name, new_fd, record)
         os.close(new_fd)
         return Held(str(dst_state), dst_name, None, record)
+
+    def rewrite(self, held, record):
+        """Replace the record of a held job file where it is (fsck's repair of a lagging
+        state). Same rules: a new file in tmp/, renamed over the name."""
+        folder = self.layout.state_dir(held.state)
+        tmp = os.path.join(self.layout.tmp, f"mv-{record['id']}-{os.getpid()}-{secrets.token_hex(3)}.json")
+        fsutil.write_file(tmp, fsutil.dumps(record))
+        os.rename(tmp, os.path.join(folder, held.name))
+        fsutil.fsync_dir(folder)
 
     # -- the worker's side
 
@@ -638,56 +524,6 @@ class Spool:
         if deleted:
             fsutil.fsync_dir(self.layout.state_dir(state))
         return deleted
-
-    # ---------------------------------------------------------------- crash leftovers
-
-    def repair_tmp(self, min_age=3600):
-        """Finish or clear what a crash left in tmp/ (rule 7). Returns the number of files handled.
-
-        mv-*.json: the new record of a transition whose step b did not happen: if the job sits
-        in the folder the record names and that file's own record lags, put the new one in
-        place; otherwise it is obsolete. Other leftovers are deleted once older than min_age
-        (an enqueue in progress keeps its own until it returns)."""
-        handled = 0
-        now = time.time()
-        for name in fsutil.listdir(self.layout.tmp):
-            path = os.path.join(self.layout.tmp, name)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if name.startswith("mv-") and name.endswith(".json"):
-                if now - st.st_mtime < 5:
-                    continue  # a mover may be between its two renames right now
-                handled += self._finish_move(path)
-            elif name.startswith("ingest-"):
-                continue  # ingest.py owns these
-            elif now - st.st_mtime > min_age:
-                _unlink_quiet(path)
-                handled += 1
-        return handled
-
-    def _finish_move(self, tmp_path):
-        try:
-            new = fsutil.read_json(tmp_path)
-            found = self.find(new["id"])
-        except (OSError, ValueError, KeyError, TypeError):
-            _unlink_quiet(tmp_path)
-            return 1
-        if found and found[0] == new.get("state"):
-            try:
-                held = self._lock(*found)
-            except (LostRace, Corrupt):
-                return 0
-            try:
-                if held.record.get("state") != found[0]:
-                    os.rename(tmp_path, os.path.join(self.layout.state_dir(found[0]), found[1]))
-                    fsutil.fsync_dir(self.layout.state_dir(found[0]))
-                    return 1
-            finally:
-                held.close()
-        _unlink_quiet(tmp_path)
-        return 1
 
     def move_aside(self, src_path, name, reason):
         """Put a file that is not a valid job into rejected/ beside NAME.error; never overwrite."""

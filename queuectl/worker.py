@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 
-from . import ingest, names, registry, runner, timeutil
+from . import fsck, ingest, names, registry, runner, timeutil
 from .errors import LostRace, QueuectlError
 from .spool import Corrupt
 from .waker import Waker
@@ -154,9 +154,8 @@ class Worker:
         self._dirty |= ALL | {"rescan"}
         self._next_rescan = time.monotonic() + RESCAN
         if startup:
-            ingest.recover(self.spool)
-            self.spool.repair_tmp()
-            registry.live_workers(self.layout, cleanup=True)
+            for problem in fsck.recover(self.spool):
+                self._log(f"recovery: {problem.path}: {problem.detail}: {problem.done}")
         exclude = (self._held_name,) if self._held_name else ()
         for record in self.spool.take_back_lost(exclude=exclude):
             self._log(f"job {record['id']} taken back: {record['last_error']} -> {record['state']}")

@@ -9,7 +9,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # lower may not import higher; modules on one level do not import each other
 LAYERS = [
     ["errors", "faults"], ["timeutil"], ["job"], ["names"], ["fsutil"], ["locks"], ["paths"], ["config"],
-    ["registry"], ["spool"], ["ingest", "logs"], ["runner"], ["waker"], ["worker"],
+    ["registry"], ["inventory"], ["spool"], ["ingest", "logs"], ["fsck"], ["runner"], ["waker"], ["worker"],
     ["supervisor"], ["render"], ["cli"],
 ]
 LEVEL = {mod: i for i, layer in enumerate(LAYERS) for mod in layer}

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from conftest import job_files, tree_snapshot
+from queuectl import fsck
 from queuectl import Spool, fsutil, locks, names, registry, timeutil
 from queuectl.errors import (Busy, DuplicateJob, FieldError, InvalidInput, JobNotFound, LostRace,
                              WrongState)
@@ -928,9 +929,9 @@ def test_status(spool):
 
 # ---------------------------------------------------------------- crash leftovers
 
-def test_repair_tmp_finishes_a_move_interrupted_between_its_two_renames(spool):
+def test_recovery_finishes_a_move_interrupted_between_its_two_renames(spool):
     """Rule 3: a crash after rename (a) leaves the job in its new folder with the old record and
-    the new record in tmp/mv-*; the state is the folder's, and repair_tmp puts the record in place."""
+    the new record in tmp/mv-*; the state is the folder's, and recovery puts the record in place."""
     spool.enqueue("true", id="half-done")
     held = claim(spool, "half-done", "h", 9)
     new = dict(held.record, state="completed", exit_code=0, finished_at=timeutil.iso(time.time()))
@@ -943,13 +944,13 @@ def test_repair_tmp_finishes_a_move_interrupted_between_its_two_renames(spool):
     assert spool.get("half-done")["state"] == "completed"                # the folder says so
     assert read_state_file(spool, "completed", "half-done.json")["state"] == "processing"
     os.utime(tmp, (time.time() - 60,) * 2)
-    assert spool.repair_tmp() == 1
+    assert len(fsck.recover(spool)) == 1
     assert read_state_file(spool, "completed", "half-done.json") == new
     assert os.listdir(os.path.join(spool.path, "tmp")) == []
     assert sum(state_counts(spool).values()) == 1
 
 
-def test_repair_tmp_drops_an_obsolete_record_and_keeps_fresh_ones(spool):
+def test_recovery_drops_an_obsolete_record_and_keeps_fresh_ones(spool):
     spool.enqueue("true", id="moved-on")
     rec = spool.get("moved-on")
     stale = os.path.join(spool.path, "tmp", "mv-moved-on-1-aaaaaa.json")
@@ -960,6 +961,6 @@ def test_repair_tmp_drops_an_obsolete_record_and_keeps_fresh_ones(spool):
     with open(fresh, "w") as fh:
         json.dump(dict(rec, state="failed"), fh)  # a mover may be between its renames right now
     before = read_state_file(spool, "pending", where(spool, "moved-on")[1])
-    assert spool.repair_tmp() == 1
+    assert len(fsck.recover(spool)) == 1
     assert not os.path.exists(stale) and os.path.exists(fresh)
     assert read_state_file(spool, "pending", where(spool, "moved-on")[1]) == before

@@ -1,0 +1,331 @@
+"""Check a spool and repair what is safe to repair (`queuectl fsck [--repair]`), and the
+crash recovery every worker runs when it starts.
+
+What it looks for: leftover temporary files, a record whose state disagrees with its
+folder, a name that disagrees with its record, a file that is not a job, one id in two
+folders, a job without its id marker (and markers without a job), logs without a job,
+processing/ files whose owner is dead, registrations of dead workers, unsafe permissions.
+
+Repairs never delete a job: what is doubtful is moved to rejected/ beside NAME.error
+saying why, like a rejected dropped file. Only what carries no job is removed (an applied
+or obsolete copy in tmp/, a stale id marker, a dead worker's registration).
+"""
+import os
+import stat
+import time
+
+from . import fsutil, ingest, locks, names, registry
+from .errors import LostRace, QueuectlError
+from .job import STATES, check_record
+from .paths import ALL_DIRS
+from .spool import Corrupt
+
+MOVE_GRACE = 5.0        # a mover may sit between its two renames this long (seconds)
+STALE_TMP_AGE = 3600.0  # other tmp/ files are somebody's work in progress until then
+
+
+class Problem:
+    def __init__(self, kind, path, detail, repair=None):
+        self.kind, self.path, self.detail = kind, path, detail
+        self.repair = repair      # a callable that fixes it and returns what it did, or None
+        self.done = None
+
+    def as_dict(self):
+        return {"kind": self.kind, "path": self.path, "detail": self.detail,
+                "repairable": self.repair is not None, "repaired": self.done}
+
+
+def check(spool, now=None):
+    """Every problem found, each with its repair (if one is safe)."""
+    now = time.time() if now is None else now
+    problems = []
+    problems += _permissions(spool)
+    problems += _tmp_leftovers(spool, now)
+    seen = {}  # id -> [(state, name)]
+    for state in STATES:
+        problems += _state_folder(spool, state, seen)
+    problems += _duplicates(spool, seen)
+    problems += _id_markers(spool, seen)
+    problems += _orphan_logs(spool, seen)
+    problems += _stale_workers(spool)
+    return problems
+
+
+def repair(problems):
+    """Apply each problem's repair in turn; returns the problems with `done` set."""
+    for problem in problems:
+        if problem.repair is None:
+            continue
+        try:
+            problem.done = problem.repair()
+        except (OSError, LostRace) as exc:
+            problem.done = f"not repaired: {exc}"
+    return problems
+
+
+# ---------------------------------------------------------------- the checks
+
+def _rel(spool, path):
+    return os.path.relpath(path, spool.path)
+
+
+def _permissions(spool):
+    out = []
+    uid = os.geteuid()
+    for name in ("",) + tuple(ALL_DIRS):
+        path = os.path.join(spool.path, name) if name else spool.path
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            out.append(Problem("unsafe", path, "a symlink where a folder should be"))
+        elif st.st_uid != uid:
+            out.append(Problem("unsafe", path, f"owned by uid {st.st_uid}, not {uid}"))
+        elif st.st_mode & 0o022:
+            mode = stat.S_IMODE(st.st_mode)
+
+            def chmod(path=path, mode=mode):
+                os.chmod(path, mode & ~0o022)
+                return f"chmod {mode & ~0o022:04o} (was {mode:04o})"
+            out.append(Problem("unsafe", path, f"writable by group or others (mode {mode:04o})", chmod))
+    return out
+
+
+def _tmp_leftovers(spool, now):
+    out = []
+    tmp_dir = spool.layout.tmp
+    live_tokens = _live_enqueue_tokens(spool)
+    for name in sorted(fsutil.listdir(tmp_dir)):
+        path = os.path.join(tmp_dir, name)
+        try:
+            age = now - os.lstat(path).st_mtime
+        except FileNotFoundError:
+            continue
+        if name.startswith("mv-") and name.endswith(".json"):
+            if age >= MOVE_GRACE:
+                out.append(Problem("tmp-leftover", path, "the new record of an interrupted move",
+                                   lambda path=path: _finish_move(spool, path)))
+        elif name.startswith(ingest.PREFIX):
+            if age >= ingest.RECOVER_AGE:
+                out.append(Problem("tmp-leftover", path, "a dropped file claimed by a crashed ingest",
+                                   lambda path=path: ingest.recover_one(spool, path)))
+        elif name.startswith("enq-"):
+            token = "-".join(name.split("-")[:3]).split(".")[0]  # enq-PID-HEX[...]
+            if token in live_tokens:
+                continue
+            if name.endswith(".json"):
+                out.append(Problem("tmp-leftover", path, "a job of an enqueue that did not finish",
+                                   lambda path=path, name=name: _aside(spool, path, name,
+                                                                       "staged by an enqueue that was interrupted "
+                                                                       "(it did not report success)")))
+            else:
+                out.append(Problem("tmp-leftover", path, "a dead enqueuer's lock file or id marker copy",
+                                   lambda path=path: _remove(path)))
+        elif age >= STALE_TMP_AGE:
+            out.append(Problem("tmp-leftover", path, f"left {int(age)}s ago", lambda path=path: _remove(path)))
+    return out
+
+
+def _live_enqueue_tokens(spool):
+    live = set()
+    for name in fsutil.listdir(spool.layout.tmp):
+        if name.startswith("enq-") and name.endswith(".lock"):
+            try:
+                fd = fsutil.open_nofollow(os.path.join(spool.layout.tmp, name))
+            except OSError:
+                continue
+            try:
+                if locks.is_locked(fd):
+                    live.add(name[:-5])
+            finally:
+                os.close(fd)
+    return live
+
+
+def _state_folder(spool, state, seen):
+    out = []
+    folder = spool.layout.state_dir(state)
+    for name in sorted(fsutil.listdir(folder)):
+        path = os.path.join(folder, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        job_id = names.id_of(state, name)
+        if not stat.S_ISREG(st.st_mode) or job_id is None:
+            what = "not a regular file" if not stat.S_ISREG(st.st_mode) else "a name that is not a job's"
+            out.append(Problem("not-a-job", path, what, lambda path=path, name=name, what=what:
+                               _aside(spool, path, name, f"found in {state}/: {what}")))
+            continue
+        try:
+            record = fsutil.read_json(path)
+            check_record(record)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, QueuectlError) as exc:
+            out.append(Problem("corrupt", path, f"unreadable record: {exc}", lambda path=path, name=name, exc=exc:
+                               _aside(spool, path, name, f"found in {state}/, unreadable: {exc}")))
+            continue
+        if record["id"] != job_id:
+            detail = f"name says {job_id!r}, record says {record['id']!r}"
+            out.append(Problem("name-mismatch", path, detail, lambda path=path, name=name, detail=detail:
+                               _aside(spool, path, name, f"found in {state}/: {detail}")))
+            continue
+        seen.setdefault(job_id, []).append((state, name))
+        if state == "processing":
+            if _unlocked(path):
+                out.append(Problem("orphan-processing", path, "no live worker holds it",
+                                   lambda name=name: _take_back(spool, name)))
+        elif record.get("state") != state:
+            out.append(Problem("state-mismatch", path, f"record says {record.get('state')!r}",
+                               lambda state=state, name=name: _relabel(spool, state, name)))
+    return out
+
+
+def _duplicates(spool, seen):
+    out = []
+    for job_id, places in sorted(seen.items()):
+        if len(places) < 2:
+            continue
+        ranked = sorted(places, key=lambda p: _updated(spool, *p), reverse=True)
+        keep = ranked[0]
+        for state, name in ranked[1:]:
+            path = os.path.join(spool.layout.state_dir(state), name)
+            detail = f"id {job_id!r} is also in {keep[0]}/{keep[1]} (newer)"
+            out.append(Problem("duplicate", path, detail, lambda path=path, name=name, detail=detail, state=state:
+                               _aside(spool, path, name, f"found in {state}/: {detail}")))
+    return out
+
+
+def _id_markers(spool, seen):
+    out = []
+    markers = set(fsutil.listdir(spool.layout.ids))
+    for job_id in sorted(set(seen) - markers):
+        path = os.path.join(spool.layout.ids, job_id)
+        out.append(Problem("missing-id-marker", path, "a job without its id marker (duplicates would pass)",
+                           lambda path=path: _create_marker(path)))
+    for job_id in sorted(markers - set(seen)):
+        path = os.path.join(spool.layout.ids, job_id)
+        if spool._marker_owner_alive(path):
+            continue  # an enqueue in progress
+        out.append(Problem("stale-id-marker", path, "an id marker without a job (harmless)",
+                           lambda path=path: _remove(path)))
+    return out
+
+
+def _orphan_logs(spool, seen):
+    out = []
+    for name in sorted(fsutil.listdir(spool.layout.logs)):
+        if name.endswith(".log") and name[:-4] not in seen:
+            path = os.path.join(spool.layout.logs, name)
+            if os.path.lexists(os.path.join(spool.layout.ids, name[:-4])):
+                continue  # its job is being enqueued or moved right now
+            out.append(Problem("orphan-log", path, "a log without a job", lambda path=path, name=name:
+                               _aside(spool, path, name, "a log whose job no longer exists")))
+    return out
+
+
+def _stale_workers(spool):
+    out = []
+    live = {w["name"] for w in registry.live_workers(spool.layout)}
+    for name in sorted(fsutil.listdir(spool.layout.workers)):
+        if name.endswith(".json"):
+            if name[:-5] not in live:
+                path = os.path.join(spool.layout.workers, name)
+                out.append(Problem("stale-worker", path, "registration of a worker that is gone",
+                                   lambda path=path: _remove(path)))
+    return out
+
+
+# ---------------------------------------------------------------- the repairs
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return "already gone"
+    return "removed"
+
+
+def _aside(spool, path, name, reason):
+    if not os.path.lexists(path):
+        return "already gone"
+    dst = spool.move_aside(path, name, f"moved aside by fsck at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {reason}")
+    return f"moved to rejected/{dst}"
+
+
+def _create_marker(path):
+    fsutil.write_file(path, b"fsck")
+    return "created"
+
+
+def _unlocked(path):
+    try:
+        fd = fsutil.open_nofollow(path)
+    except OSError:
+        return False
+    try:
+        return not locks.is_locked(fd)
+    finally:
+        os.close(fd)
+
+
+def _take_back(spool, name):
+    held = spool.take_back(name)
+    return f"taken back to {held.state}/{held.name}"
+
+
+def _relabel(spool, state, name):
+    """The record lags its folder (a move cut between its renames, no new record in tmp/):
+    the folder is the truth; rewrite the record's state under the job's lock."""
+    try:
+        held = spool._lock(state, name)
+    except Corrupt as exc:
+        return f"not repaired: {exc.reason}"
+    try:
+        if held.record.get("state") == state:
+            return "already consistent"
+        spool.rewrite(held, dict(held.record, state=state))
+    finally:
+        held.close()
+    return f"record state set to {state!r}"
+
+
+def _updated(spool, state, name):
+    try:
+        return fsutil.read_json(os.path.join(spool.layout.state_dir(state), name)).get("updated_at") or ""
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def _finish_move(spool, tmp_path):
+    """tmp/mv-*.json: the new record of a move whose step b did not happen. If the job sits in
+    the folder it names and that file's record lags, put it in place; else it is obsolete."""
+    try:
+        new = fsutil.read_json(tmp_path)
+        found = spool.find(new["id"])
+    except (OSError, ValueError, KeyError, TypeError, QueuectlError):
+        return _remove(tmp_path) + " (unreadable)"
+    if found and found[0] == new.get("state"):
+        try:
+            held = spool._lock(*found)
+        except LostRace:
+            return "busy; left for later"
+        try:
+            if held.record.get("state") != found[0]:
+                os.rename(tmp_path, os.path.join(spool.layout.state_dir(found[0]), found[1]))
+                fsutil.fsync_dir(spool.layout.state_dir(found[0]))
+                return f"new record put in place: {found[0]}/{found[1]}"
+        finally:
+            held.close()
+    return _remove(tmp_path) + " (obsolete: the move it belonged to never happened or was completed)"
+
+
+# ---------------------------------------------------------------- worker start-up
+
+def recover(spool):
+    """What every worker does when it starts: repair what crashes leave behind, quietly.
+    Returns the problems it repaired."""
+    found = _tmp_leftovers(spool, time.time()) + _stale_workers(spool)
+    return repair(found)

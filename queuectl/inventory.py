@@ -1,0 +1,138 @@
+"""Reading the spool: find a job by id, records, listings, counts, status. Nothing here moves
+a file; the Spool class (spool.py) inherits these methods.
+
+Final states are found by name (completed/ID.json, dead/ID.json); pending/, failed/ and
+processing/ names carry more than the id, so those folders are listed. Counts come from
+listings alone, never from opening files.
+"""
+import os
+import time
+
+from . import fsutil, names, timeutil
+from .errors import JobNotFound
+from .job import STATES, State, check_id
+
+
+class Inventory:
+    """Read-only views of a spool; needs `self.layout` and `self.path`."""
+
+    def find(self, job_id):
+        """(state, file name) of a job, or None. Final states by name; the others by listing."""
+        check_id(job_id)
+        lay = self.layout
+        final = names.final_name(job_id)
+        for state in (State.COMPLETED, State.DEAD):
+            if os.path.lexists(os.path.join(lay.state_dir(state), final)):
+                return state.value, final
+        for state in (State.PROCESSING, State.PENDING, State.FAILED):
+            for name in fsutil.listdir(lay.state_dir(state)):
+                if job_id in name and names.id_of(state.value, name) == job_id:
+                    return state.value, name
+        return None
+
+    def get(self, job_id):
+        """The job's record, its `state` taken from its folder. JobNotFound if none."""
+        for _ in range(5):  # a job may move between find and read; look again
+            found = self.find(job_id)
+            if not found:
+                break
+            try:
+                return self._read(found[0], found[1])
+            except FileNotFoundError:
+                continue
+        raise JobNotFound(job_id)
+
+    def _read(self, state, name):
+        """A job file's record. Between the two renames of a move (rule 3) the file still
+        holds the previous record: wait a moment for the new one, then label it by folder."""
+        path = os.path.join(self.layout.state_dir(state), name)
+        for _ in range(10):
+            record = fsutil.read_json(path)
+            if not isinstance(record, dict) or record.get("state") == state:
+                return record
+            time.sleep(0.002)
+        record["state"] = state
+        return record
+
+    def names(self, state):
+        """Job file names of one state folder, in claim order for pending/ and failed/."""
+        return sorted(n for n in fsutil.listdir(self.layout.state_dir(state)) if n.endswith(names.SUFFIX) and not n.startswith("."))
+
+    def list(self, state=None, limit=None):
+        """Records of one state (or all), pending in claim order. Unreadable files are skipped."""
+        states = [State(state).value] if state else STATES
+        out = []
+        for st in states:
+            for name in self.names(st):
+                if limit is not None and len(out) >= limit:
+                    return out
+                try:
+                    record = self._read(st, name)
+                except (OSError, ValueError):
+                    continue
+                if isinstance(record, dict):
+                    out.append(record)
+        return out
+
+    def counts(self, now=None):
+        """Jobs per folder; `scheduled` = pending ones not due yet (read from names, no file opened)."""
+        now = timeutil.now() if now is None else now
+        counts = {"incoming": sum(1 for n in fsutil.listdir(self.layout.incoming)
+                                  if n.endswith(".json") and not n.startswith("."))}
+        for st in STATES:
+            counts[st] = len(self.names(st))
+        scheduled = 0
+        for name in self.names("pending"):
+            try:
+                if names.pending_due(name) > now:
+                    scheduled += 1
+            except ValueError:
+                pass
+        counts["scheduled"] = scheduled
+        return counts
+
+    def status(self):
+        """What `status` shows: counts, live workers with their current job, oldest waiting job."""
+        from . import registry
+        running = {}
+        for name in self.names("processing"):
+            parsed = names.parse_processing(name)
+            if parsed:
+                running[registry.worker_name(parsed[1], parsed[2])] = (parsed[0], name)
+        workers = []
+        for w in registry.live_workers(self.layout):
+            job, since = None, None
+            if w["name"] in running:
+                job, name = running[w["name"]]
+                try:
+                    since = self._read("processing", name).get("started_at")
+                except (OSError, ValueError):
+                    pass
+            workers.append({"host": w.get("host"), "pid": w.get("pid"), "job": job, "since": since,
+                            "started_at": w.get("started_at")})
+        return {"spool": self.path, "counts": self.counts(), "workers": workers,
+                "oldest_waiting": self._oldest_waiting()}
+
+    def _oldest_waiting(self):
+        """The waiting job (pending or failed) enqueued first. Pending names carry the enqueue
+        time, so only the first of each priority and the failed/ records are read."""
+        candidates = []
+        pending = self.names("pending")
+        best = min(pending, key=lambda n: n[25:44], default=None)
+        if best:
+            candidates.append(("pending", best))
+        candidates += [("failed", n) for n in self.names("failed")[:1000]]
+        oldest = None
+        for state, name in candidates:
+            try:
+                rec = self._read(state, name)
+                ts = timeutil.parse_iso(rec["created_at"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if oldest is None or ts < oldest[0]:
+                oldest = (ts, {"id": rec["id"], "state": state, "created_at": rec["created_at"],
+                               "age_seconds": round(timeutil.now() - ts, 3)})
+        return oldest[1] if oldest else None
+
+    def log_path(self, job_id):
+        return self.layout.log(check_id(job_id))
