@@ -23,6 +23,7 @@ class Waker:
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.observer = None
         self.mechanism = "none"
+        self._closed = False
 
     def start(self):
         choice = os.environ.get("QUEUECTL_WAKER", "auto")
@@ -90,6 +91,8 @@ class Waker:
 
     def poke(self):
         self.event.set()
+        if self._closed:
+            return
         try:
             os.write(self.pipe_w, b"x")
         except (BlockingIOError, OSError):
@@ -106,9 +109,14 @@ class Waker:
         return self.event.wait(timeout)
 
     def stop(self):
+        """Stop watching. watchdog's threads notice within their 1 s poll; a worker stops only
+        to exit, so we do not wait for them (they are daemon threads)."""
+        self._closed = True
         if self.observer is not None:
             self.observer.stop()
-            self.observer.join(timeout=2)
+            self.observer.join(timeout=0.05)
+            if self.observer.is_alive():
+                return  # keep the pipe open: a late poke must not hit a reused fd number
         for fd in (self.pipe_r, self.pipe_w):
             try:
                 os.close(fd)
