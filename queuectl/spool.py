@@ -44,7 +44,14 @@ Rules every transition follows
    crashed enqueuer (lock free, no job with that id) is taken over, under a spool lock.
    Job files are written in tmp/, then (one fsync per job, or one syncfs for a batch)
    renamed into pending/, then pending/ and ids/ are fsynced; only then does enqueue return.
-7. What a crash leaves: a file in tmp/ (deleted or finished by repair_tmp), a stale id
+8. Durability. enqueue, cancel, dlq retry, purge and config fsync everything they wrote
+   before returning. A claim fsyncs the new processing/ record and its folder, so
+   `attempts` is on disk before the command starts. The other moves of a worker (finish,
+   retry promotion, take-back) are atomic but not fsynced: they reach the disk with the
+   filesystem's next commit (ext4: within 5 s). A power cut can therefore set a job back
+   by one step - a finished job found in processing/ again is taken back and run again
+   (at-least-once) - but never lose it or put it in two folders.
+9. What a crash leaves: a file in tmp/ (deleted or finished by repair_tmp), a stale id
    marker (taken over), a processing/ file with a free lock (taken back), an incoming file
    claimed into tmp/ (put back into incoming/ or, if its job exists, removed).
 """
@@ -63,6 +70,10 @@ from .inventory import Inventory
 from .paths import Layout, default_spool
 
 MAX_DROP_BYTES = 1024 * 1024
+# rule 8: what a move fsyncs ("all" unless named): see Spool._move
+SYNC_POLICY = {"claim": "claim", "complete": "lazy", "fail": "lazy", "bury": "lazy", "kill": "lazy",
+               "requeue": "lazy", "promote": "lazy", "takeback": "lazy", "takeback-dead": "lazy",
+               "unclaim": "lazy"}
 
 
 class Held:
@@ -259,14 +270,19 @@ class Spool(Inventory):
         return Held(state, name, fd, record)
 
     def _move(self, held, dst_state, dst_name, record, kind, keep_lock=False):
-        """Rule 3: fenced rename of a held job file, then its new content. Returns the new Held."""
+        """Rule 3: fenced rename of a held job file, then its new content. Returns the new Held.
+
+        Durability by kind (rule 8): user commands fsync the file and both folders before
+        returning; a claim fsyncs the new record and its folder (attempts is on disk before
+        the command starts); a worker's other moves are left to the filesystem's next commit."""
+        sync = SYNC_POLICY.get(kind, "all")
         lay = self.layout
         src = os.path.join(lay.state_dir(held.state), held.name)
         dst_dir = lay.state_dir(dst_state)
         dst = os.path.join(dst_dir, dst_name)
         record = dict(record, state=str(dst_state), updated_at=timeutil.iso(timeutil.now()))
         tmp = os.path.join(lay.tmp, f"mv-{record['id']}-{os.getpid()}-{secrets.token_hex(3)}.json")
-        new_fd = fsutil.write_new(tmp, fsutil.dumps(record))
+        new_fd = fsutil.write_new(tmp, fsutil.dumps(record), sync=sync != "lazy")
         crashpoint(f"{kind}.staged")
         try:
             if keep_lock:
@@ -283,8 +299,9 @@ class Spool(Inventory):
             os.rename(tmp, dst)              # b: the new record
             tmp = None
             crashpoint(f"{kind}.replaced")
-            fsutil.fsync_dir(dst_dir)
-            if dst_dir != os.path.dirname(src):
+            if sync != "lazy":
+                fsutil.fsync_dir(dst_dir)
+            if sync == "all" and dst_dir != os.path.dirname(src):
                 fsutil.fsync_dir(os.path.dirname(src))
             crashpoint(f"{kind}.synced")
         except BaseException:
