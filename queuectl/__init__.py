@@ -7,8 +7,18 @@
 """
 from .errors import (DuplicateJob, FieldError, InvalidInput, JobNotFound, QueuectlError,
                      UnsafeSpool, WrongState)
-from .job import State
-from .spool import Spool
+
+
+def __getattr__(name):
+    # Spool and State load on first use, so `queuectl status` does not pay for what it skips
+    if name == "Spool":
+        from .spool import Spool
+        return Spool
+    if name == "State":
+        from .job import State
+        return State
+    raise AttributeError(name)
+
 
 __version__ = "0.1.0"
 __all__ = ["Spool", "State", "QueuectlError", "InvalidInput", "FieldError", "DuplicateJob",

@@ -6,7 +6,6 @@ import enum
 import math
 import os
 import re
-import secrets
 import threading
 import time
 
@@ -58,7 +57,7 @@ def new_id():
         _last_id_us = us
     secs, micro = divmod(us, 1_000_000)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(secs))
-    return f"{stamp}-{micro:06d}-{secrets.token_hex(3)[:5]}"
+    return f"{stamp}-{micro:06d}-{os.urandom(3).hex()[:5]}"
 
 
 def check_id(value, field="id"):

@@ -5,10 +5,16 @@
   dead" (SPEC: a lost worker's job is taken back). Every mover of a job file takes it first.
 - filelock: spool-wide critical sections on small lock files (config writes, id reservation
   clean-up), blocking with a timeout.
+- fcntl.flock directly, for the two things the quick commands do (enqueue holds its
+  owner lock; status probes whether a worker's registration is locked): importing
+  portalocker costs more than all of `enqueue` otherwise does (issue 4: start-up). It is the
+  same flock, so both sides see each other's locks.
 
 filelock's UnixFileLock and portalocker both use flock, never POSIX record locks: mixing the
 two kinds misbehaves on GlusterFS, where a spool may later live.
 """
+import fcntl
+
 from .errors import Busy, SpoolError
 
 
@@ -23,14 +29,21 @@ def try_lock(fd):
         raise Busy(str(exc)) from None
 
 
+def hold(fd):
+    """Take the flock of an open file now, or raise Busy (the quick commands' path)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise Busy("locked by a live process") from None
+
+
 def is_locked(fd):
     """True when another open file description holds the lock (probe, then release)."""
     try:
-        try_lock(fd)
+        hold(fd)
     except Busy:
         return True
-    import portalocker
-    portalocker.unlock(fd)
+    fcntl.flock(fd, fcntl.LOCK_UN)
     return False
 
 

@@ -12,8 +12,8 @@ fixed-width, so an id containing '_' still parses. The processing name carries t
 attempt's owner and number: it is unique per attempt, which is what makes the final
 rename of an attempt a fence (see spool.py).
 """
+import os
 import re
-import socket
 import time
 
 from .job import ID_PATTERN
@@ -68,7 +68,7 @@ def parse_failed(name):
 
 def hostname():
     """This host's name, reduced to [A-Za-z0-9.-] so it can sit in file names."""
-    return re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:64] or "localhost"
+    return re.sub(r"[^A-Za-z0-9.-]", "-", os.uname().nodename)[:64] or "localhost"
 
 
 def processing_name(job_id, host, pid, attempt):

@@ -29,7 +29,7 @@ def register(layout, host, pid, extra=None):
     except FileNotFoundError:
         pass
     fd = fsutil.write_new(tmp, json.dumps(info).encode(), sync=False)
-    locks.try_lock(fd)  # before it is visible, so a visible registration is never unlocked
+    locks.hold(fd)  # before it is visible, so a visible registration is never unlocked
     name = worker_name(host, pid)
     for suffix in (".stop",):
         _unlink(os.path.join(layout.workers, name + suffix))

@@ -56,8 +56,6 @@ Rules every transition follows
    claimed into tmp/ (put back into incoming/ or, if its job exists, removed).
 """
 import os
-import random
-import secrets
 import time
 
 from . import config as configmod
@@ -158,14 +156,14 @@ class Spool(Inventory):
     def _store_new(self, records):
         """Write new pending records durably (rule 6). Duplicate id -> DuplicateJob, nothing kept."""
         lay = self.layout
-        token = f"enq-{os.getpid()}-{secrets.token_hex(4)}"
+        token = f"enq-{os.getpid()}-{os.urandom(4).hex()}"
         owner_path = os.path.join(lay.tmp, token + ".lock")
         batch = len(records) > 1
         staged, reserved = [], []
         owner_fd = None
         try:
             owner_fd = fsutil.write_new(owner_path, b"", sync=False)
-            locks.try_lock(owner_fd)
+            locks.hold(owner_fd)
             crashpoint("enqueue.locked")
             for record in records:
                 tmp = os.path.join(lay.tmp, f"{token}-{len(staged)}.json")
@@ -203,7 +201,7 @@ class Spool(Inventory):
         """Create ids/ID atomically with its content: link(2) of a complete tmp file fails with
         EEXIST when the id is taken, and a rival never sees a half-written marker."""
         marker = os.path.join(self.layout.ids, job_id)
-        tmp = os.path.join(self.layout.tmp, f"{token}-id-{secrets.token_hex(3)}")
+        tmp = os.path.join(self.layout.tmp, f"{token}-id-{os.urandom(3).hex()}")
         fsutil.write_file(tmp, token.encode(), sync=False)
         try:
             os.link(tmp, marker)
@@ -281,7 +279,7 @@ class Spool(Inventory):
         dst_dir = lay.state_dir(dst_state)
         dst = os.path.join(dst_dir, dst_name)
         record = dict(record, state=str(dst_state), updated_at=timeutil.iso(timeutil.now()))
-        tmp = os.path.join(lay.tmp, f"mv-{record['id']}-{os.getpid()}-{secrets.token_hex(3)}.json")
+        tmp = os.path.join(lay.tmp, f"mv-{record['id']}-{os.getpid()}-{os.urandom(3).hex()}.json")
         new_fd = fsutil.write_new(tmp, fsutil.dumps(record), sync=sync != "lazy")
         crashpoint(f"{kind}.staged")
         try:
@@ -319,7 +317,7 @@ class Spool(Inventory):
         """Replace the record of a held job file where it is (fsck's repair of a lagging
         state). Same rules: a new file in tmp/, renamed over the name."""
         folder = self.layout.state_dir(held.state)
-        tmp = os.path.join(self.layout.tmp, f"mv-{record['id']}-{os.getpid()}-{secrets.token_hex(3)}.json")
+        tmp = os.path.join(self.layout.tmp, f"mv-{record['id']}-{os.getpid()}-{os.urandom(3).hex()}.json")
         fsutil.write_file(tmp, fsutil.dumps(record))
         os.rename(tmp, os.path.join(folder, held.name))
         fsutil.fsync_dir(folder)
@@ -366,7 +364,9 @@ class Spool(Inventory):
         base, cap, jitter = backoff or self._backoff()
         if record["attempts"] <= record["max_retries"]:
             delay = min(base ** record["attempts"], cap)
-            delay += delay * random.uniform(0, jitter) if jitter else 0
+            if jitter:
+                import random
+                delay += delay * random.uniform(0, jitter)
             retry_at = now + delay
             record["run_at"] = timeutil.iso(retry_at)
             return self._move(held, State.FAILED, names.failed_name(retry_at, record["id"]), record, kind=retry_kind)
