@@ -301,10 +301,14 @@ def dlq_retry(ctx, job_ids, all_):
     spool = get_spool(ctx)
     if all_ == bool(job_ids):
         raise click.UsageError("give job ids or --all (one of them)")
-    for job_id in job_ids:
+    from .errors import WrongState
+    for job_id in job_ids:  # all or nothing: every id is checked before any moves
         _check_id(job_id)
-        if spool.find(job_id) is None:
+        found = spool.find(job_id)
+        if found is None:
             raise _not_found(job_id)
+        if found[0] != "dead":
+            raise WrongState(f"job {job_id!r} is {found[0]}, not dead; nothing was retried")
     ids = job_ids or [r["id"] for r in spool.list("dead")]
     for job_id in ids:
         spool.retry_dead(job_id)

@@ -43,16 +43,35 @@ class Inventory:
         raise JobNotFound(job_id)
 
     def _read(self, state, name):
-        """A job file's record. Between the two renames of a move (rule 3) the file still
-        holds the previous record: wait a moment for the new one, then label it by folder."""
+        """A job file's record. Between the two renames of a move (spool.py rule 3) the file
+        still holds the previous record while the new one waits in tmp/mv-ID-*.json: wait a
+        moment for it to land, else read it from tmp/; label the record by its folder."""
         path = os.path.join(self.layout.state_dir(state), name)
-        for _ in range(10):
+        for attempt in range(10):
             record = fsutil.read_json(path)
             if not isinstance(record, dict) or record.get("state") == state:
                 return record
+            if attempt == 0:
+                staged = self._staged_record(record.get("id"), state)
+                if staged is not None:
+                    return staged
             time.sleep(0.002)
         record["state"] = state
         return record
+
+    def _staged_record(self, job_id, state):
+        if not isinstance(job_id, str):
+            return None
+        prefix = f"mv-{job_id}-"
+        for entry in fsutil.listdir(self.layout.tmp):
+            if entry.startswith(prefix) and entry.endswith(".json"):
+                try:
+                    staged = fsutil.read_json(os.path.join(self.layout.tmp, entry))
+                except (OSError, ValueError):
+                    continue
+                if isinstance(staged, dict) and staged.get("id") == job_id and staged.get("state") == state:
+                    return staged
+        return None
 
     def names(self, state):
         """Job file names of one state folder, in claim order for pending/ and failed/."""

@@ -315,5 +315,5 @@ def run_worker(spool, burst=False, out=None):
     try:
         return worker.run()
     except QueuectlError as exc:
-        emit(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
