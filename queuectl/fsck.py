@@ -228,7 +228,7 @@ def _orphan_logs(spool, seen):
 
 def _stale_workers(spool):
     out = []
-    live = {w["name"] for w in registry.live_workers(spool.layout)}
+    live = {w["name"] for w in registry.live_workers(spool.layout, supervisors=True)}
     for name in sorted(fsutil.listdir(spool.layout.workers)):
         if name.endswith(".json"):
             if name[:-5] not in live:

@@ -1,7 +1,8 @@
 """Live workers and requests to them, as files in SPOOL/workers/ (works across hosts).
 
-    workers/HOST_PID.json          a worker's registration; the worker holds a flock on it
-                                   for life, so "locked" = alive, whatever host it runs on
+    workers/HOST_PID.json          a worker's (or supervisor's: "role": "supervisor")
+                                   registration; it holds a flock on it for life, so
+                                   "locked" = alive, whatever host it runs on
     workers/HOST_PID.stop          a stop request: "graceful" or "now" (`worker stop`)
     workers/HOST_PID.cancel.ID     kill job ID and send it to dead/ (`cancel --kill`)
 
@@ -45,10 +46,9 @@ def unregister(layout, host, pid, fd):
     os.close(fd)
 
 
-def live_workers(layout, cleanup=False):
-    """Registrations whose lock is held, as dicts {host, pid, started_at, name}.
-
-    With cleanup, files of dead workers are removed."""
+def live_workers(layout, cleanup=False, supervisors=False):
+    """Registrations whose lock is held, as dicts {host, pid, started_at, name}: the workers,
+    and with `supervisors` the supervisors too. With cleanup, files of dead ones are removed."""
     out = []
     for entry in sorted(fsutil.listdir(layout.workers)):
         if not entry.endswith(".json"):
@@ -67,7 +67,8 @@ def live_workers(layout, cleanup=False):
             os.close(fd)
         if alive and isinstance(info, dict):
             info["name"] = entry[:-5]
-            out.append(info)
+            if supervisors or info.get("role") != "supervisor":
+                out.append(info)
         elif not alive and cleanup:
             name = entry[:-5]
             for other in fsutil.listdir(layout.workers):

@@ -45,12 +45,14 @@ Rules every transition follows
    Job files are written in tmp/, then (one fsync per job, or one syncfs for a batch)
    renamed into pending/, then pending/ and ids/ are fsynced; only then does enqueue return.
 8. Durability. enqueue, cancel, dlq retry, purge and config fsync everything they wrote
-   before returning. A claim fsyncs the new processing/ record and its folder, so
-   `attempts` is on disk before the command starts. The other moves of a worker (finish,
-   retry promotion, take-back) are atomic but not fsynced: they reach the disk with the
-   filesystem's next commit (ext4: within 5 s). A power cut can therefore set a job back
-   by one step - a finished job found in processing/ again is taken back and run again
-   (at-least-once) - but never lose it or put it in two folders.
+   before returning. A worker's moves (claim, finish, retry promotion, take-back) are
+   atomic and visible to every process at once - which is what a worker's death needs:
+   the claimed record with `attempts` + 1 is in place before the command starts, so a job
+   that kills its worker still counts the attempt - but they are not fsynced: they reach
+   the disk with the filesystem's next commit (ext4: within 5 s). A power cut can set a
+   job back by one step (a finished job found in processing/ again is taken back and run
+   again: at-least-once), never lose it or put it in two folders. An fsync per move
+   would cost a third of the drain rate (bench/).
 9. What a crash leaves: a file in tmp/ (deleted or finished by repair_tmp), a stale id
    marker (taken over), a processing/ file with a free lock (taken back), an incoming file
    claimed into tmp/ (put back into incoming/ or, if its job exists, removed).
@@ -69,7 +71,7 @@ from .paths import Layout, default_spool
 
 MAX_DROP_BYTES = 1024 * 1024
 # rule 8: what a move fsyncs ("all" unless named): see Spool._move
-SYNC_POLICY = {"claim": "claim", "complete": "lazy", "fail": "lazy", "bury": "lazy", "kill": "lazy",
+SYNC_POLICY = {"claim": "lazy", "complete": "lazy", "fail": "lazy", "bury": "lazy", "kill": "lazy",
                "requeue": "lazy", "promote": "lazy", "takeback": "lazy", "takeback-dead": "lazy",
                "unclaim": "lazy"}
 
@@ -271,8 +273,7 @@ class Spool(Inventory):
         """Rule 3: fenced rename of a held job file, then its new content. Returns the new Held.
 
         Durability by kind (rule 8): user commands fsync the file and both folders before
-        returning; a claim fsyncs the new record and its folder (attempts is on disk before
-        the command starts); a worker's other moves are left to the filesystem's next commit."""
+        returning; a worker's moves are left to the filesystem's next commit."""
         sync = SYNC_POLICY.get(kind, "all")
         lay = self.layout
         src = os.path.join(lay.state_dir(held.state), held.name)

@@ -29,6 +29,7 @@ class Supervisor:
         self.emit = emit or (lambda text: None)
         self.children = {}  # pid -> (Popen, pidfd)
         self.signals = 0
+        self.stop_asked = False
         self._restarts = []
 
     def _on_signal(self, signum, frame):
@@ -38,6 +39,12 @@ class Supervisor:
                 proc.send_signal(signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+    def _stop_requested(self):
+        """`worker stop` asked one of our workers to stop: replace no one."""
+        host = names.hostname()
+        return any(registry.stop_requested(self.spool.layout, registry.worker_name(host, pid))
+                   for pid in self.children)
 
     def _spawn(self):
         proc = subprocess.Popen(worker_command(self.spool.path, self.burst), process_group=0,
@@ -52,6 +59,9 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGCHLD, lambda *a: None)  # wakes select through the wakeup fd
+        host = names.hostname()
+        self.name = registry.worker_name(host, os.getpid())
+        self._reg_fd = registry.register(self.spool.layout, host, os.getpid(), {"role": "supervisor"})
         for _ in range(self.count):
             self._spawn()
         self.emit(f"{time.strftime('%H:%M:%S')} supervisor {names.hostname()}:{os.getpid()} "
@@ -61,9 +71,11 @@ class Supervisor:
             while self.children:
                 fds = [r] + [pidfd for _, pidfd in self.children.values()]
                 try:
-                    select.select(fds, [], [], 5.0)
+                    select.select(fds, [], [], 0.5)  # and look for a stop request
                 except InterruptedError:
                     pass
+                if not self.stop_asked and registry.stop_requested(self.spool.layout, self.name):
+                    self.stop_asked = True  # `worker stop` asked our workers too
                 try:
                     while os.read(r, 512):
                         pass
@@ -80,6 +92,7 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             os.close(r)
             os.close(w)
+            registry.unregister(self.spool.layout, host, os.getpid(), self._reg_fd)
         return worst
 
     def _on_exit(self, proc, code):
@@ -92,7 +105,7 @@ class Supervisor:
         for record in self.spool.take_back_lost():
             self.emit(f"{time.strftime('%H:%M:%S')} supervisor: job {record['id']} taken back: "
                       f"{record['last_error']} -> {record['state']}")
-        if self.signals or code == 2:
+        if self.signals or self.stop_asked or code == 2 or self._stop_requested():
             return code if code > 0 else 1
         now = time.monotonic()
         self._restarts = [t for t in self._restarts if now - t < 60] + [now]
@@ -127,18 +140,29 @@ def start_detached(spool, count, burst=False, timeout=15.0):
 
 
 def stop_workers(spool, now=False, wait=True, timeout=None):
-    """Ask every live worker of the spool to stop; wait for them. Returns the names still
-    running when `timeout` ran out (empty when all stopped)."""
-    live = [w["name"] for w in registry.live_workers(spool.layout)]
-    for name in live:
-        registry.request_stop(spool.layout, name, "now" if now else "graceful")
+    """Ask every live worker and supervisor of the spool to stop; wait until they have exited.
+    Returns (names still running when `timeout` ran out, workers asked). It keeps looking
+    while it waits: a replacement a supervisor started for a worker that had just died
+    registers late, and is asked too (the supervisor, asked first, replaces no one after)."""
+    mode = "now" if now else "graceful"
+    asked = {}  # name -> role
+
+    def ask_new():
+        for w in registry.live_workers(spool.layout, supervisors=True):
+            if w["name"] not in asked:
+                registry.request_stop(spool.layout, w["name"], mode)
+                asked[w["name"]] = w.get("role", "worker")
+
+    def workers():
+        return [n for n, role in asked.items() if role != "supervisor"]
+
+    ask_new()
     if not wait:
-        return live, live
+        return list(asked), workers()
     deadline = None if timeout is None else time.monotonic() + timeout
-    remaining = list(live)
-    while remaining:
-        remaining = [n for n in remaining if registry.is_alive(spool.layout, n)]
+    while True:
+        ask_new()
+        remaining = [n for n in asked if registry.is_alive(spool.layout, n)]
         if not remaining or deadline is not None and time.monotonic() >= deadline:
-            break
+            return remaining, workers()
         time.sleep(0.05)
-    return remaining, live
