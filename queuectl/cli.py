@@ -66,7 +66,9 @@ def _parse_items(text, source):
             try:
                 items.append(json.loads(line))
             except ValueError as exc:
-                raise InvalidInput(f"{source}: line {number}: invalid JSON ({exc.msg})") from None
+                raise InvalidInput(f"{source}: line {number}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
+            except RecursionError:
+                raise InvalidInput(f"{source}: line {number}: JSON nested too deeply") from None
         return items
     except RecursionError:
         raise InvalidInput(f"{source}: JSON nested too deeply") from None

@@ -9,6 +9,7 @@ import os
 from . import fsutil
 from .faults import crashpoint
 from .errors import FieldError, InvalidInput
+from .job import shown
 
 # key -> (default, kind, minimum, help)
 KEYS = {
@@ -43,7 +44,7 @@ def parse_value(key, value):
             number = int(text) if kind is int else float(text)
         except ValueError:
             what = "an integer" if kind is int else "a number"
-            raise FieldError(key, f"must be {what} between {low} and {high}, got {value[:40]!r}") from None
+            raise FieldError(key, f"must be {what} between {low} and {high}, got {shown(value)}") from None
     elif isinstance(value, (int, float)):
         number = value
         if kind is int and isinstance(value, float):
@@ -55,7 +56,7 @@ def parse_value(key, value):
     if isinstance(number, float) and not math.isfinite(number):
         raise FieldError(key, f"must be a finite number, got {value}")
     if not low <= number <= high:
-        raise FieldError(key, f"must be between {low} and {high}, got {number}")
+        raise FieldError(key, f"must be between {low} and {high}, got {shown(number)}")
     if kind is float and float(number).is_integer():
         number = int(number)
     return number

@@ -46,7 +46,7 @@ def ingest_one(spool, name):
     lay = spool.layout
     job_id = new_id()
     claimed = os.path.join(lay.tmp, f"{PREFIX}{job_id}-{name}")  # fits: names are <= 255 bytes
-    if len(os.path.basename(claimed).encode()) > 255:
+    if len(os.fsencode(os.path.basename(claimed))) > 255:
         claimed = os.path.join(lay.tmp, f"{PREFIX}{job_id}-long.json")
     try:
         os.rename(os.path.join(lay.incoming, name), claimed)
@@ -66,6 +66,10 @@ def ingest_one(spool, name):
     except QueuectlError:
         _put_back(spool, claimed, name)  # e.g. disk full: leave it for a later try
         raise
+    except Exception as exc:  # whatever else a hostile file provokes: reject it, never die on it
+        reason = f"could not be read as a job ({type(exc).__name__}: {str(exc)[:200]})"
+        spool.move_aside(claimed, name, f"rejected at {timeutil.iso(timeutil.now())}: {reason}")
+        return "rejected", reason
     _unlink(claimed)
     crashpoint("ingest.done")
     return "accepted", record

@@ -74,19 +74,27 @@ def type_name(value):
             int: "integer", float: "number"}.get(type(value), type(value).__name__)
 
 
+def shown(value):
+    """A value for an error message: short, and safe for ints too long to print."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return "a very large integer"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _int(field, value, low, high):
     if isinstance(value, bool) or not isinstance(value, int):
         raise FieldError(field, f"must be an integer, got {type_name(value)}")
     if not low <= value <= high:
-        raise FieldError(field, f"must be between {low} and {high}, got {value}")
+        raise FieldError(field, f"must be between {low} and {high}, got {shown(value)}")
     return value
 
 
 def _number(field, value, low, high):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FieldError(field, f"must be a number, got {type_name(value)}")
-    if not math.isfinite(value) or not low <= value <= high:
-        raise FieldError(field, f"must be between {low} and {high}, got {value}")
+    if not low <= value <= high or not math.isfinite(value):  # range first: isfinite(10**400) overflows
+        raise FieldError(field, f"must be between {low} and {high}, got {shown(value)}")
     return value
 
 
@@ -115,8 +123,8 @@ def validate_input(data, defaults=None, now=None):
         raise FieldError("job", f"must be a JSON object, got {type_name(data)}")
     for key in data:
         if key not in INPUT_FIELDS:
-            shown = key if isinstance(key, str) else repr(key)
-            raise FieldError(str(shown)[:80], "unknown field (allowed: " + ", ".join(INPUT_FIELDS) + ")")
+            label = key if isinstance(key, str) else repr(key)
+            raise FieldError(str(label)[:80], "unknown field (allowed: " + ", ".join(INPUT_FIELDS) + ")")
     out = {}
     job_id = data.get("id")
     out["id"] = check_id(job_id) if job_id is not None else None
@@ -150,7 +158,8 @@ def validate_input(data, defaults=None, now=None):
             raise FieldError("env", "too many variables (at most 1000)")
         for k, v in env.items():
             if not isinstance(k, str) or not _ENV_NAME.fullmatch(k):
-                raise FieldError("env", f"invalid variable name {str(k)[:40]!r}")
+                raise FieldError("env", f"invalid variable name {shown(k)}")
+            _text("env", k, 4096)  # a name must be UTF-8 too
             _text(f"env.{k[:40]}", v, 64 * 1024)
     out["env"] = env
     return out

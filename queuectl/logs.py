@@ -11,7 +11,7 @@ import time
 from . import fsutil, timeutil
 
 
-_CUT_NOTE = re.compile(rb"\[queuectl: (\d+) bytes of older output cut")
+_CUT_NOTE = re.compile(rb"\[queuectl: (?:at least )?(\d+) bytes of older output cut")
 
 
 def open_for_append(path):
@@ -30,13 +30,20 @@ def append_line(fd, text):
     os.write(fd, (text.rstrip("\n") + "\n").encode("utf-8", "replace"))
 
 
-def cap(fd, max_bytes):
-    """Keep the newest output when the log is over max_bytes (0 = no cap). Returns bytes cut."""
+def cap(fd, max_bytes, cut_so_far=None):
+    """Keep the newest output when the log is over max_bytes (0 = no cap).
+
+    Returns the bytes cut so far in this log: pass it back in on the next call (the runner
+    keeps the running total; None the first time, when an earlier attempt's note is read).
+    The job keeps appending while we cut, so the count is a close lower bound."""
+    if cut_so_far is None:
+        earlier = _CUT_NOTE.search(os.pread(fd, 4096, 0))
+        cut_so_far = int(earlier.group(1)) if earlier else 0
     if max_bytes <= 0:
-        return 0
+        return cut_so_far
     size = os.fstat(fd).st_size
     if size <= max_bytes:
-        return 0
+        return cut_so_far
     keep = max(0, (max_bytes * 3) // 4 - 120)  # room to grow before the next cut
     cut = size - keep
     tail = os.pread(fd, keep, cut) if keep else b""
@@ -45,12 +52,10 @@ def cap(fd, max_bytes):
         cut += nl + 1
         tail = tail[nl + 1:]
     head = os.pread(fd, 200, 0)
-    earlier = _CUT_NOTE.match(head)
-    total = cut
-    if earlier:  # an earlier cut: its note is not output, its count is
-        total += int(earlier.group(1)) - (head.find(b"\n") + 1)
+    note_len = head.find(b"\n") + 1 if _CUT_NOTE.match(head) else 0
+    total = cut_so_far + cut - note_len  # the previous note was ours, not output
     os.ftruncate(fd, 0)
-    note = f"[queuectl: {total} bytes of older output cut at {timeutil.iso(timeutil.now())} (log-max-bytes {max_bytes})]\n"
+    note = f"[queuectl: at least {total} bytes of older output cut at {timeutil.iso(timeutil.now())} (log-max-bytes {max_bytes})]\n"
     os.write(fd, note.encode() + tail)
     return total
 

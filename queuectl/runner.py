@@ -15,6 +15,11 @@ from . import logs
 
 KILL_GRACE = 3.0
 TICK = 0.5  # how often a running attempt checks the log cap and control requests
+FAST_TICK = 0.02  # ... while its log is being cut
+
+
+class LogError(OSError):
+    pass
 
 
 class Outcome:
@@ -40,8 +45,12 @@ def job_env(record, spool_path, base=None):
 
 def run(record, log_path, spool_path, worker_id, timeout=None, log_max_bytes=0,
         interrupt=lambda: None, wakeup_fd=None, on_tick=None):
-    """Run one attempt; returns an Outcome. `interrupt()` returns None, "now" or "cancel"."""
-    log_fd = logs.open_for_append(log_path)
+    """Run one attempt; returns an Outcome. `interrupt()` returns None, "now" or "cancel".
+    Raises LogError when the log cannot be opened (e.g. a planted symlink: never followed)."""
+    try:
+        log_fd = logs.open_for_append(log_path)
+    except OSError as exc:
+        raise LogError(f"cannot open the job's log {log_path}: {exc.strerror}") from None
     started = time.monotonic()
     try:
         os.write(log_fd, logs.header(record, worker_id))
@@ -56,14 +65,15 @@ def run(record, log_path, spool_path, worker_id, timeout=None, log_max_bytes=0,
                 f"cannot start: {exc.strerror}"
             logs.append_line(log_fd, f"[queuectl: {error}]")
             return Outcome(None, error, duration=time.monotonic() - started)
-        outcome = _wait(proc, timeout, log_fd, log_max_bytes, interrupt, wakeup_fd, on_tick, started)
-        logs.cap(log_fd, log_max_bytes)
+        cut = [logs.cap(log_fd, log_max_bytes)]  # the running total of what the cap cut
+        outcome = _wait(proc, timeout, log_fd, log_max_bytes, interrupt, wakeup_fd, on_tick, started, cut)
+        logs.cap(log_fd, log_max_bytes, cut[0])
         return outcome
     finally:
         os.close(log_fd)
 
 
-def _wait(proc, timeout, log_fd, log_max_bytes, interrupt, wakeup_fd, on_tick, started):
+def _wait(proc, timeout, log_fd, log_max_bytes, interrupt, wakeup_fd, on_tick, started, cut):
     pidfd = os.pidfd_open(proc.pid)
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
@@ -71,12 +81,13 @@ def _wait(proc, timeout, log_fd, log_max_bytes, interrupt, wakeup_fd, on_tick, s
         poller.register(wakeup_fd, select.POLLIN)
     deadline = started + timeout if timeout else None
     kill_at = None
+    busy_log = False
     reason = None
     interrupted = None
     try:
         while True:
             now = time.monotonic()
-            wait = TICK
+            wait = TICK if not busy_log else FAST_TICK
             if deadline is not None and reason is None:
                 wait = min(wait, max(0.0, deadline - now))
             if kill_at is not None:
@@ -101,7 +112,9 @@ def _wait(proc, timeout, log_fd, log_max_bytes, interrupt, wakeup_fd, on_tick, s
             if kill_at is not None and now >= kill_at:
                 _signal_group(proc.pid, signal.SIGKILL)
                 kill_at = now + 3600
-            logs.cap(log_fd, log_max_bytes)
+            before = cut[0]
+            cut[0] = logs.cap(log_fd, log_max_bytes, before)
+            busy_log = cut[0] != before  # a job writing fast: look again soon
             if on_tick:
                 on_tick()
         code = proc.wait()

@@ -57,6 +57,7 @@ Rules every transition follows
    marker (taken over), a processing/ file with a free lock (taken back), an incoming file
    claimed into tmp/ (put back into incoming/ or, if its job exists, removed).
 """
+import errno
 import os
 import time
 
@@ -248,8 +249,12 @@ class Spool(Inventory):
         except FileNotFoundError:
             raise LostRace(f"{state}/{name} is gone") from None
         except OSError as exc:
-            raise LostRace(f"{state}/{name}: {exc.strerror}") from None
+            if exc.errno in (errno.ELOOP, errno.EINVAL, errno.EISDIR, errno.ENXIO):
+                raise Corrupt(state, name, "not a regular file (a symlink is never followed)") from None
+            raise fsutil.translate(exc, f"{state}/{name}") from None
         try:
+            if os.fstat(fd).st_uid != os.geteuid():
+                raise Corrupt(state, name, "owned by another user; not run (SPEC: Safety)")
             locks.try_lock(fd)
             try:
                 same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
@@ -456,9 +461,19 @@ class Spool(Inventory):
                 continue
             try:
                 out.append(self.take_back(name).record)
-            except (LostRace, Corrupt):
+            except Corrupt as exc:
+                self.set_aside(exc)
+            except LostRace:
                 continue
         return out
+
+    def set_aside(self, corrupt):
+        """Move a damaged or foreign file found in a state folder to rejected/ (never run it)."""
+        src = os.path.join(self.layout.state_dir(corrupt.state), corrupt.name)
+        try:
+            return self.move_aside(src, corrupt.name, f"found in {corrupt.state}/ and set aside: {corrupt.reason}")
+        except FileNotFoundError:
+            return None
 
     # -- user operations
 
@@ -471,6 +486,8 @@ class Spool(Inventory):
                 return found[0], None
             try:
                 return found[0], self._lock(*found)
+            except Corrupt as exc:
+                raise WrongState(f"job {job_id!r}: {exc.reason} (see `queuectl fsck`)") from None
             except LostRace as exc:
                 if isinstance(exc, Busy):
                     raise WrongState(f"job {job_id!r} is busy (a worker is moving it); try again") from None
@@ -545,7 +562,8 @@ class Spool(Inventory):
 
     def move_aside(self, src_path, name, reason):
         """Put a file that is not a valid job into rejected/ beside NAME.error; never overwrite."""
-        short = name if len(name.encode()) <= 200 else name.encode()[:200].decode("utf-8", "ignore")
+        raw = os.fsencode(name)  # a dropped name need not be UTF-8
+        short = name if len(raw) <= 200 else os.fsdecode(raw[:200])
         if short != name:
             reason += f"\n(original name, shortened here: {name})"
         dst_name = unique_name(self.layout.rejected, short)

@@ -44,7 +44,10 @@ def parse_when(value, reference=None):
     if isinstance(value, bool):
         raise ValueError("expected an ISO-8601 time, Unix seconds or +N[smhd]")
     if isinstance(value, (int, float)):
-        ts = float(value)
+        try:
+            ts = float(value)
+        except OverflowError:
+            raise ValueError("time out of range (1970 to 9999)") from None
     elif isinstance(value, str):
         m = _RELATIVE.match(value.strip())
         if m:

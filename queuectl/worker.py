@@ -228,14 +228,28 @@ class Worker:
         total = record["max_retries"] + 1
         self._log(f"job {record['id']} started (attempt {record['attempts']}/{total}): {record['command']}")
         try:
-            outcome = runner.run(record, self.spool.log_path(record["id"]), self.spool.path, self.id,
-                                 timeout=timeout or None, log_max_bytes=cfg["log-max-bytes"],
-                                 interrupt=self._interrupt, wakeup_fd=self.waker.pipe_r,
-                                 on_tick=self._tick)
+            outcome = self._run(record, timeout, cfg)
             self._finish(held, outcome, cfg)
         finally:
             held.close()
             self._current, self._held_name = None, None
+
+    def _run(self, record, timeout, cfg):
+        log_path = self.spool.log_path(record["id"])
+        for _ in range(2):
+            try:
+                return runner.run(record, log_path, self.spool.path, self.id,
+                                  timeout=timeout or None, log_max_bytes=cfg["log-max-bytes"],
+                                  interrupt=self._interrupt, wakeup_fd=self.waker.pipe_r,
+                                  on_tick=self._tick)
+            except runner.LogError as exc:
+                # something that is not a regular file sits where the log goes: set it aside
+                try:
+                    moved = self.spool.move_aside(log_path, os.path.basename(log_path), str(exc))
+                    self._log(f"job {record['id']}: {exc}; moved to rejected/{moved}")
+                except OSError:
+                    return runner.Outcome(None, str(exc))
+        return runner.Outcome(None, "cannot open the job's log")
 
     def _finish(self, held, outcome, cfg):
         job_id = held.record["id"]
@@ -271,12 +285,12 @@ class Worker:
                 self._log(f"job {record['id']} taken back: {record['last_error']} -> {record['state']}")
 
     def _set_aside(self, exc):
-        src = os.path.join(self.layout.state_dir(exc.state), exc.name)
         try:
-            dst = self.spool.move_aside(src, exc.name, f"found in {exc.state}/ and set aside: {exc.reason}")
+            dst = self.spool.set_aside(exc)
         except OSError:
             return
-        self._log(f"{exc.state}/{exc.name} set aside in rejected/{dst}: {exc.reason}")
+        if dst:
+            self._log(f"{exc.state}/{exc.name} set aside in rejected/{dst}: {exc.reason}")
 
     def _report_ingest(self, kind, name, value):
         if kind == "accepted":
