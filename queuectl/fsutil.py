@@ -23,7 +23,9 @@ def fsync_dir(path):
 
 
 def dumps(record):
-    return (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    # one line: json's C encoder only runs without indent (5x faster on the claim path);
+    # `jq . FILE` pretty-prints it
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def write_new(path, data, sync=True, mode=0o600):

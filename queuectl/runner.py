@@ -35,7 +35,7 @@ class Outcome:
 
 
 def job_env(record, spool_path, base=None):
-    env = dict(os.environ if base is None else base)
+    env = dict(os.environ if base is None else base)  # a worker passes a copy made once
     env.update(record.get("env") or {})
     env["QUEUECTL_JOB_ID"] = record["id"]
     env["QUEUECTL_ATTEMPT"] = str(record["attempts"])
@@ -44,7 +44,7 @@ def job_env(record, spool_path, base=None):
 
 
 def run(record, log_path, spool_path, worker_id, timeout=None, log_max_bytes=0,
-        interrupt=lambda: None, wakeup_fd=None, on_tick=None):
+        interrupt=lambda: None, wakeup_fd=None, on_tick=None, base_env=None):
     """Run one attempt; returns an Outcome. `interrupt()` returns None, "now" or "cancel".
     Raises LogError when the log cannot be opened (e.g. a planted symlink: never followed)."""
     try:
@@ -57,7 +57,7 @@ def run(record, log_path, spool_path, worker_id, timeout=None, log_max_bytes=0,
         cwd = record.get("cwd") or os.path.expanduser("~")
         try:
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", record["command"]], cwd=cwd, env=job_env(record, spool_path),
+                ["/bin/sh", "-c", record["command"]], cwd=cwd, env=job_env(record, spool_path, base_env),
                 stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True,
                 close_fds=True)
         except OSError as exc:

@@ -41,6 +41,7 @@ class Worker:
         self._config_mtime = None
         self._held_name = None
         self.waker = None
+        self._base_env = dict(os.environ)  # copied once, not per job
 
     # ---------------------------------------------------------------- control
 
@@ -241,7 +242,7 @@ class Worker:
                 return runner.run(record, log_path, self.spool.path, self.id,
                                   timeout=timeout or None, log_max_bytes=cfg["log-max-bytes"],
                                   interrupt=self._interrupt, wakeup_fd=self.waker.pipe_r,
-                                  on_tick=self._tick)
+                                  on_tick=self._tick, base_env=self._base_env)
             except runner.LogError as exc:
                 # something that is not a regular file sits where the log goes: set it aside
                 try:
