@@ -115,7 +115,8 @@ def scenario(point, cli, spool, tmp_path, env):
                   os.path.join(spool.path, "processing", names.processing_name("j", "ghosthost", 999999, 1)))
         return run_worker_burst(cli, env), ["j"]
     if kind in ("requeue", "kill"):
-        spool.enqueue("sleep 30", id="j")
+        mark = tmp_path / "ran-once"  # the first run waits to be stopped; a rerun is quick
+        spool.enqueue(f"if [ -e {mark} ]; then exit 0; fi; touch {mark}; sleep 30", id="j")
         worker = cli.start("worker", "run", env=env)
         wait_until(lambda: spool.names("processing"), 15, what="the job to start")
         if kind == "requeue":
