@@ -30,6 +30,31 @@ def echo_json(value):
     click.echo(render.to_json(value))
 
 
+# job-id completion (issue 5): which states each command's ids come from
+_COMPLETE_STATES = {"cancel": ("pending", "failed", "processing"), "retry": ("dead",)}
+
+
+def complete_job_id(ctx, param, incomplete):
+    """shell_complete of the job-id arguments: ids that start with what was typed, from the
+    file names of the relevant state folders only (no record read, the spool not created)."""
+    from click.shell_completion import CompletionItem
+    from . import fsutil, names
+    from .paths import Layout
+    states = _COMPLETE_STATES.get(ctx.command.name, ("pending", "processing", "failed", "completed", "dead"))
+    try:
+        layout = Layout(ctx.find_root().params.get("spool") or default_spool())
+    except QueuectlError:
+        return []
+    found = set()
+    for state in states:
+        for name in fsutil.listdir(layout.state_dir(state)):
+            if incomplete in name and name.endswith(".json"):
+                job_id = names.id_of(state, name)
+                if job_id and job_id.startswith(incomplete):
+                    found.add(job_id)
+    return [CompletionItem(job_id) for job_id in sorted(found)]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--spool", type=click.Path(file_okay=False), envvar="QUEUECTL_SPOOL",
               default=None, help="The spool folder (default: $QUEUECTL_SPOOL or ~/.queuectl/spool).")
@@ -135,12 +160,35 @@ def enqueue(ctx, job_json, file_, command, job_id, priority, run_at, max_retries
         if "cwd" not in job:
             job["cwd"] = os.getcwd()  # SPEC: the CLI records the caller's directory
         jobs.append(job)
-    records = get_spool(ctx).enqueue_many(jobs)
+    with _progress("enqueue") as progress:
+        records = get_spool(ctx).enqueue_many(jobs, progress=progress)
     if as_json:
         echo_json(records)
     else:
         for rec in records:
             click.echo(rec["id"])
+
+
+class _progress:
+    """A progress bar on stderr for long work, only when stderr is a terminal; else no-op.
+    Used as `with _progress(label) as p: api_call(progress=p)`."""
+
+    def __init__(self, label):
+        self.label, self.bar, self.shown = label, None, 0
+
+    def __enter__(self):
+        return self if sys.stderr.isatty() else None
+
+    def __call__(self, done, total):
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done - self.shown)
+        self.shown = done
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
 def render_type(value):
@@ -185,11 +233,11 @@ def worker_start(ctx, count, detach, burst):
 def worker_run(ctx, burst):
     """Run one worker in this process (what `worker start` runs N of; fits systemd)."""
     from .worker import run_worker
-    ctx.exit(run_worker(get_spool(ctx), burst=burst))
+    ctx.exit(run_worker(get_spool(ctx), burst=burst, out=_ColourOut(sys.stdout) if _colour_wanted() else None))
 
 
 def _emit_line(line):
-    click.echo(line)
+    click.echo(render.colour_line(line) if _colour_wanted() else line)
 
 
 @worker.command("stop")
@@ -235,7 +283,7 @@ def list_(ctx, state, limit, as_json):
 
 
 @cli.command()
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=complete_job_id)
 @json_option
 @click.pass_context
 def show(ctx, job_id, as_json):
@@ -248,7 +296,7 @@ def show(ctx, job_id, as_json):
 
 
 @cli.command()
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=complete_job_id)
 @click.option("--follow", "-f", is_flag=True, help="Stream it until the job is completed or dead.")
 @click.pass_context
 def logs(ctx, job_id, follow):
@@ -295,7 +343,7 @@ def dlq_list(ctx, as_json):
 
 
 @dlq.command("retry")
-@click.argument("job_ids", nargs=-1)
+@click.argument("job_ids", nargs=-1, shell_complete=complete_job_id)
 @click.option("--all", "all_", is_flag=True, help="Every dead job.")
 @click.pass_context
 def dlq_retry(ctx, job_ids, all_):
@@ -323,7 +371,7 @@ def _not_found(job_id):
 
 
 @cli.command()
-@click.argument("job_id")
+@click.argument("job_id", shell_complete=complete_job_id)
 @click.option("--kill", is_flag=True, help="Also a running job: kill its process group.")
 @click.option("--timeout", type=click.FloatRange(0), default=30, show_default=True,
               help="With --kill: how long to wait for the job to reach dead/.")
@@ -367,7 +415,8 @@ def _parse_age(value):
 def purge(ctx, state, older_than):
     """Delete completed or dead jobs and their logs."""
     age = _parse_age(older_than) if older_than is not None else None
-    count = get_spool(ctx).purge(state, older_than=age)
+    with _progress("purge") as progress:
+        count = get_spool(ctx).purge(state, older_than=age, progress=progress)
     click.echo(f"purged {count} {state} job(s)")
 
 
@@ -444,6 +493,92 @@ def config_unset(ctx, key):
     from . import config as configmod
     name = configmod.canonical_key(key)
     click.echo(f"{name} = {get_spool(ctx).unset_config(name)} (default)")
+
+
+# ---------------------------------------------------------------- observability (issue 5)
+
+@cli.command()
+@json_option
+@click.option("--prometheus", is_flag=True, help="The Prometheus text format (node_exporter textfile collector).")
+@click.option("--sample", type=click.IntRange(0), default=1000, show_default=True,
+              help="Read the records of at most N most recently finished jobs (runtime, retries).")
+@click.pass_context
+def metrics(ctx, as_json, prometheus, sample):
+    """Totals per state, success rate, retries, runtimes, recent completions, waiting ages.
+
+    Counts and ages come from file names (and mtimes), so it stays fast on big spools;
+    runtimes and retries from the records of the most recently finished jobs only (--sample).
+
+    \b
+    Examples:
+      queuectl metrics
+      queuectl metrics --prometheus > queuectl.prom.tmp && mv queuectl.prom.tmp queuectl.prom
+    """
+    from . import metrics as metricsmod
+    if as_json and prometheus:
+        raise click.UsageError("--json and --prometheus: give one of them")
+    info = metricsmod.collect(get_spool(ctx), sample=sample)
+    if prometheus:
+        click.echo(metricsmod.prometheus(info), nl=False)
+    else:
+        echo_json(info) if as_json else click.echo(render.metrics(info))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (anything but loopback exposes commands and logs).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+              help="Port; 0 picks a free one (printed).")
+@click.option("--refresh", type=click.IntRange(0, 3600), default=5, show_default=True,
+              help="Seconds between page reloads; 0 = never.")
+@click.pass_context
+def dashboard(ctx, host, port, refresh):
+    """A read-only web page of the spool: counts, workers, jobs per state, logs.
+
+    Rendered on the server (no JavaScript), it reloads itself. JSON at /api/status and
+    /api/metrics, Prometheus text at /metrics. It never writes to the spool.
+
+    \b
+    Example:
+      queuectl dashboard --port 8080   # then open http://127.0.0.1:8080/
+    """
+    import errno
+    import socket
+    from . import dashboard as dashmod
+    from .errors import SpoolError
+    from .spool import Spool
+    spool = Spool(ctx.obj["spool"], create=False)  # read-only: not even created
+    try:
+        ctx.exit(dashmod.serve(spool, host, port, refresh))
+    except socket.gaierror:
+        raise InvalidInput(f"--host: cannot listen on {host!r} (not an address of this host)") from None
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise SpoolError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise
+
+
+def _colour_wanted():
+    return render.use_colour(sys.stdout, os.environ)
+
+
+class _ColourOut:
+    """stdout of `worker run` on a terminal: each event line coloured by render.colour_line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        self.stream.write("".join(render.colour_line(line) + nl for line, nl in _split_lines(text)))
+
+    def flush(self):
+        self.stream.flush()
+
+
+def _split_lines(text):
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\n")
+        yield body, line[len(body):]
 
 
 # ---------------------------------------------------------------- entry point

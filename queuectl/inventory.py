@@ -94,21 +94,22 @@ class Inventory:
         return out
 
     def counts(self, now=None):
-        """Jobs per folder; `scheduled` = pending ones not due yet (read from names, no file opened)."""
+        """Jobs per folder; `scheduled` = pending ones not due yet. From listings alone: no file
+        is opened, nothing sorted, and due times are compared as the fixed-width text of the
+        names (1,000,000 completed jobs: one listdir)."""
         now = timeutil.now() if now is None else now
-        counts = {"incoming": sum(1 for n in fsutil.listdir(self.layout.incoming)
-                                  if n.endswith(".json") and not n.startswith("."))}
+        counts = {"incoming": len(self._job_names("incoming"))}
         for st in STATES:
-            counts[st] = len(self.names(st))
-        scheduled = 0
-        for name in self.names("pending"):
-            try:
-                if names.pending_due(name) > now:
-                    scheduled += 1
-            except ValueError:
-                pass
-        counts["scheduled"] = scheduled
+            counts[st] = len(self._job_names(st)) if st != "pending" else 0
+        pending = self._job_names("pending")
+        counts["pending"] = len(pending)
+        due_stamp = names.stamp(now)
+        counts["scheduled"] = sum(1 for n in pending if n[4:24] > due_stamp)
         return counts
+
+    def _job_names(self, state):
+        return [n for n in fsutil.listdir(self.layout.state_dir(state)) if n.endswith(names.SUFFIX)
+                and not n.startswith(".")]
 
     def status(self):
         """What `status` shows: counts, live workers with their current job, oldest waiting job."""

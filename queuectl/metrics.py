@@ -30,7 +30,7 @@ WINDOWS = (("last_minute", 60), ("last_hour", 3600))
 
 def _bucket(age):
     for index, (_, bound) in enumerate(AGE_BUCKETS):
-        if age < bound:
+        if age <= bound:  # like Prometheus' `le`
             return index
     return len(AGE_BUCKETS) - 1
 
@@ -58,6 +58,19 @@ def _mtimes(folder):
     return out
 
 
+def counts(layout, now=None):
+    """Jobs per folder and `scheduled` as `status` counts them, from listings only; the due
+    time is compared as text (names are fixed-width), not parsed: 100,000 names in ~0.1 s."""
+    now_stamp = names.stamp(timeutil.now() if now is None else now)
+    out = {"incoming": sum(1 for n in fsutil.listdir(layout.incoming) if n.endswith(".json") and not n.startswith("."))}
+    for state in ("pending", "processing", "failed", "completed", "dead"):
+        listed = _job_names(layout.state_dir(state))
+        out[state] = len(listed)
+        if state == "pending":
+            out["scheduled"] = sum(1 for n in listed if n[4:24] > now_stamp)
+    return out
+
+
 def percentile(sorted_values, q):
     """Nearest-rank percentile of an ascending list (None when empty)."""
     if not sorted_values:
@@ -72,13 +85,14 @@ def _waiting(lay, now, pending, failed_times):
     sums = {"pending": 0.0, "failed": 0.0}
     oldest = None
     scheduled = 0
+    now_stamp = names.stamp(now)
     for name in pending:
         try:
             entered = int(name[25:44]) / 1e9      # SEQ: names.pending_name
-            if names.pending_due(name) > now:
-                scheduled += 1
         except ValueError:
             continue
+        if name[4:24] > now_stamp:                # DUE: fixed-width, so compared as text
+            scheduled += 1
         age = max(0.0, now - entered)
         rows["pending"][_bucket(age)] += 1
         sums["pending"] += age
@@ -116,7 +130,7 @@ def _runtime(spool, finished, sample):
             seconds = timeutil.parse_iso(rec["finished_at"]) - timeutil.parse_iso(rec["started_at"])
         except (KeyError, TypeError, ValueError, AttributeError):
             continue  # e.g. cancelled before it ever ran
-        runtimes.append(max(0.0, seconds))
+        runtimes.append(round(max(0.0, seconds), 3))  # the record has milliseconds
     runtimes.sort()
     stats = {"count": len(runtimes), "sum": round(sum(runtimes), 6),
              "avg": round(sum(runtimes) / len(runtimes), 6) if runtimes else None,
@@ -231,7 +245,7 @@ def prometheus(info):
         total = 0
         for (label, bound), n in zip(AGE_BUCKETS, row):
             total += n
-            samples.append(("_bucket", [("state", st), ("le", _num(bound) if bound != math.inf else "+Inf")], total))
+            samples.append(("_bucket", [("state", st), ("le", _num(float(bound)))], total))
         samples.append(("_sum", [("state", st)], wa["sum_seconds"][st]))
         samples.append(("_count", [("state", st)], total))
     metric("queuectl_waiting_age_seconds", "histogram", "Time waiting jobs have spent in pending/ or failed/.", samples)

@@ -1,5 +1,6 @@
 """Text output of the CLI: tables, a record, status. No click here, no I/O but returning text."""
 import json
+import re
 import time
 
 from . import timeutil
@@ -99,3 +100,71 @@ def fsck(problems, root, repaired):
     fixed = sum(1 for p in problems if p.done and not p.done.startswith("not repaired"))
     tail = f"{len(problems)} problem(s)" + (f", {fixed} repaired" if repaired else "")
     return table(rows, ("PROBLEM", "PATH", "DETAIL", "REPAIR")) + "\n" + tail
+
+
+# ---------------------------------------------------------------- metrics (issue 5)
+
+def seconds(value):
+    """A duration for people: 0.012s, 4.20s, 3m05s, 2h10m."""
+    if value is None:
+        return "-"
+    if value < 10:
+        return f"{value:.3f}s" if value < 1 else f"{value:.2f}s"
+    return age(value)
+
+
+def metrics(info):
+    """`queuectl metrics` as text: counts, rates, runtimes, and a qshape-like age table."""
+    c = info["counts"]
+    lines = [f"spool  {info['spool']}", ""]
+    lines.append(table([[st, c[st], f"{c['scheduled']} scheduled for later" if st == "pending" and c["scheduled"] else ""]
+                        for st in ("incoming", "pending", "processing", "failed", "completed", "dead")],
+                       ("STATE", "JOBS", "")))
+    lines.append("")
+    rate = info["success_rate"]
+    lines.append(f"success rate:  {'-' if rate is None else f'{rate * 100:.1f}%'}"
+                 f" ({c['completed']} completed, {c['dead']} dead)")
+    f = info["finished"]
+    lines.append(f"finished:      last minute {f['last_minute']['completed']} completed, {f['last_minute']['dead']} dead;"
+                 f" last hour {f['last_hour']['completed']} completed, {f['last_hour']['dead']} dead")
+    r = info["retries"]
+    lines.append(f"retries:       {r['waiting']} waiting in failed/, {r['running']} running;"
+                 f" {r['retries']} retries by {r['jobs_retried']} of the sampled jobs")
+    rt = info["runtime_seconds"]
+    lines.append(f"runtime:       avg {seconds(rt['avg'])}  p50 {seconds(rt['p50'])}  p95 {seconds(rt['p95'])}"
+                 f"  max {seconds(rt['max'])}")
+    lines.append(f"               ({info['sample']['note']})")
+    lines.append(f"workers:       {info['workers']}")
+    oldest = info["oldest_waiting"]
+    lines.append("oldest waiting: " + (f"{oldest['id']} ({oldest['state']}, {age(oldest['age_seconds'])} in "
+                                       f"{oldest['state']}/)" if oldest else "-"))
+    lines.append("")
+    wa = info["waiting_age"]
+    rows = [[st] + row + [sum(row)] for st, row in wa["rows"].items()]
+    totals = [sum(col) for col in zip(*(r[1:] for r in rows))]
+    lines.append(table(rows + [["TOTAL"] + totals], ["WAITING"] + wa["buckets"] + ["TOTAL"]))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- colour (issue 5)
+
+EVENT_COLOURS = {"completed": "32", "failed": "33", "dead": "31", "taken back": "35"}
+_EVENT = re.compile(r"\S+ \S+ job \S+ (completed|failed|dead|taken back)\b")  # TIME WHO job ID EVENT
+
+
+def use_colour(stream, environ):
+    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    if environ.get("NO_COLOR"):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def colour_line(line):
+    """A worker event line coloured by its event word: completed green, failed yellow, dead
+    red, taken back magenta; any other line unchanged. The word right after `job ID` counts,
+    so a command that prints "failed" does not colour its `started` line."""
+    m = _EVENT.match(line)
+    return f"\x1b[{EVENT_COLOURS[m.group(1)]}m{line}\x1b[0m" if m else line

@@ -130,8 +130,9 @@ class Spool(Inventory):
             fields["command"] = command
         return self.enqueue_many([fields])[0]
 
-    def enqueue_many(self, items):
-        """Add jobs all or nothing: every item is checked first; returns the records."""
+    def enqueue_many(self, items, progress=None):
+        """Add jobs all or nothing: every item is checked first; returns the records.
+        `progress(done, total)`, if given, is called as the job files are written."""
         if not items:
             return []
         now = timeutil.now()
@@ -149,14 +150,14 @@ class Spool(Inventory):
                 raise FieldError(f"job {index + 1}: id", f"{record['id']!r} appears twice in the batch")
             seen.add(record["id"])
             records.append(record)
-        self._store_new(records)
+        self._store_new(records, progress)
         return records
 
     def _next_seq(self):
         self._seq = max(self._seq + 1, time.time_ns())
         return self._seq
 
-    def _store_new(self, records):
+    def _store_new(self, records, progress=None):
         """Write new pending records durably (rule 6). Duplicate id -> DuplicateJob, nothing kept."""
         lay = self.layout
         token = f"enq-{os.getpid()}-{os.urandom(4).hex()}"
@@ -172,6 +173,8 @@ class Spool(Inventory):
                 tmp = os.path.join(lay.tmp, f"{token}-{len(staged)}.json")
                 fsutil.write_file(tmp, fsutil.dumps(record), sync=not batch)
                 staged.append(tmp)
+                if progress and len(staged) % 200 == 0:
+                    progress(len(staged), len(records))
                 crashpoint("enqueue.staged")
             for record in records:
                 self._reserve_id(record["id"], token)
@@ -523,14 +526,17 @@ class Spool(Inventory):
             held.close()
             raise
 
-    def purge(self, state, older_than=None, now=None):
+    def purge(self, state, older_than=None, now=None, progress=None):
         """Delete completed or dead jobs (finished more than `older_than` seconds ago) and their
         logs. Returns the number deleted. Each file is locked first, so a job being moved is skipped."""
         if state not in ("completed", "dead"):
             raise FieldError("state", f"must be completed or dead, got {state!r}")
         now = timeutil.now() if now is None else now
         deleted = 0
-        for name in self.names(state):
+        todo = self.names(state)
+        for done, name in enumerate(todo, 1):
+            if progress and done % 200 == 0:
+                progress(done, len(todo))
             path = os.path.join(self.layout.state_dir(state), name)
             try:
                 held = self._lock(state, name)

@@ -1,0 +1,275 @@
+"""`queuectl dashboard` (issue 5): read-only, escaped, paginated; end to end in headless Chromium."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import ROOT, cli_env, tree_snapshot, wait_job, wait_until
+from queuectl import Spool, dashboard, fsutil
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1280,1500")
+
+
+# ---------------------------------------------------------------- in-process server
+
+@pytest.fixture
+def served(spool):
+    """(spool, base URL) of a dashboard served from a thread; shut down after the test."""
+    server = dashboard.make_server(Spool(spool.path, create=False), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield spool, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def get(url, headers=None):
+    """(status, content type, body text) of a GET; HTTP errors are returned, not raised."""
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read().decode("utf-8")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode("utf-8")
+
+
+def write_final(spool, state, job_id, **fields):
+    """A finished job file written the way the spool holds one (for read-only views)."""
+    rec = {"id": job_id, "command": fields.pop("command", f"echo {job_id}"), "state": state, "attempts": 1,
+           "max_retries": 0, "priority": 10, "run_at": None, "timeout_seconds": None, "cwd": None,
+           "env": None, "created_at": "2026-11-24T10:00:00.000Z", "updated_at": "2026-11-24T10:00:01.000Z",
+           "started_at": "2026-11-24T10:00:00.500Z", "finished_at": "2026-11-24T10:00:01.000Z",
+           "exit_code": 0 if state == "completed" else 3, "last_error": None if state == "completed" else "exit code 3",
+           "worker": "h:1"}
+    rec.update(fields)
+    with open(os.path.join(spool.path, state, job_id + ".json"), "w") as fh:
+        json.dump(rec, fh)
+    return rec
+
+
+def test_pages_show_counts_and_escape_everything(served):
+    spool, base = served
+    spool.enqueue("echo '<script>alert(1)</script>' & true", id="xss")
+    spool.enqueue("true", id="later", run_at="+1h")
+    write_final(spool, "dead", "boom", last_error="<b>bad</b> exit code 3")
+    status, ctype, page = get(base + "/")
+    assert status == 200 and ctype.startswith("text/html")
+    assert re.search(r'id="count-pending">2<', page) and re.search(r'id="count-scheduled">1<', page)
+    assert re.search(r'id="count-dead">1<', page)
+    assert '<meta http-equiv="refresh" content="5">' in page
+    assert "<b>bad</b>" not in page and "&lt;b&gt;bad&lt;/b&gt; exit code 3" in page
+    _, _, listing = get(base + "/state/pending")
+    assert "<script>" not in listing and "&lt;script&gt;alert(1)&lt;/script&gt;" in listing
+    _, _, job = get(base + "/job/xss")
+    assert "<script>" not in job and "&lt;script&gt;" in job
+    assert "script-src" not in get(base + "/")[2]  # no JavaScript at all
+
+
+def test_bad_ids_states_and_hosts_are_refused(served):
+    spool, base = served
+    write_final(spool, "completed", "ok")
+    assert get(base + "/job/..%2F..%2Fetc%2Fpasswd")[0] == 400
+    assert get(base + "/job/.hidden")[0] == 400
+    assert get(base + "/api/job/a%00b")[0] == 400
+    assert get(base + "/job/nope")[0] == 404
+    assert get(base + "/job/nope/log")[0] == 404
+    assert get(base + "/state/tmp")[0] == 400
+    assert get(base + "/state/completed?page=x")[0] == 400
+    assert get(base + "/nothing/here")[0] == 404
+    # DNS rebinding: a page of another site reaching 127.0.0.1 carries its own Host header
+    assert get(base + "/api/status", {"Host": "evil.example:80"})[0] == 403
+    assert get(base + "/api/status", {"Host": "localhost"})[0] == 200
+    req = urllib.request.Request(base + "/", method="POST", data=b"x")
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req, timeout=10)
+    assert exc.value.code in (405, 501)
+
+
+def test_pagination_reads_only_the_page(served, monkeypatch):
+    spool, base = served
+    for i in range(120):
+        write_final(spool, "completed", f"job{i:03d}")
+    reads = []
+    real = fsutil.read_json
+    monkeypatch.setattr(fsutil, "read_json", lambda path: reads.append(path) or real(path))
+    status, _, page = get(base + "/state/completed?page=2")
+    assert status == 200
+    assert "page 2 of 3" in page and "120 job(s)" in page
+    shown = re.findall(r'href="/job/(job\d+)"', page)
+    assert shown == [f"job{i:03d}" for i in range(50, 100)]
+    assert len(reads) == 50, "only the records of the page shown are read"
+    _, _, last = get(base + "/state/completed?page=99")  # clamped to the last page
+    assert re.findall(r'href="/job/(job\d+)"', last) == [f"job{i:03d}" for i in range(100, 120)]
+    _, _, rev = get(base + "/state/completed?desc=1&per=5")
+    assert re.findall(r'href="/job/(job\d+)"', rev) == ["job119", "job118", "job117", "job116", "job115"]
+
+
+def test_api_endpoints_and_log(served):
+    spool, base = served
+    write_final(spool, "completed", "ok")
+    with open(spool.log_path("ok"), "wb") as fh:
+        fh.write(b"=== attempt 1 ===\nhello <world>\n")
+    spool.enqueue("true", id="soon", run_at="+1h")
+    status, ctype, body = get(base + "/api/status")
+    assert status == 200 and ctype.startswith("application/json")
+    served, expected = json.loads(body), json.loads(json.dumps(spool.status()))
+    for doc in (served, expected):
+        doc["oldest_waiting"].pop("age_seconds")  # taken at two different instants
+    assert served == expected, "the same document as `status --json`"
+    assert json.loads(body)["counts"]["completed"] == 1
+    assert json.loads(get(base + "/api/metrics")[2])["counts"]["completed"] == 1
+    assert json.loads(get(base + "/api/job/ok")[2])["log_path"] == spool.log_path("ok")
+    status, ctype, raw = get(base + "/job/ok/log")
+    assert status == 200 and ctype.startswith("text/plain") and raw.endswith("hello <world>\n")
+    assert "hello &lt;world&gt;" in get(base + "/job/ok")[2]
+    assert "queuectl_jobs{" in get(base + "/metrics")[2]
+
+
+def test_the_dashboard_never_writes(served, tmp_path):
+    spool, base = served
+    spool.enqueue("true", id="a")
+    write_final(spool, "dead", "d")
+    before = tree_snapshot(spool.path, skip_root_dotfiles=False)
+    for path in ("/", "/state/pending", "/state/dead", "/job/a", "/job/d", "/job/d/log", "/api/status",
+                 "/api/metrics", "/metrics", "/job/nope"):
+        get(base + path)
+    assert tree_snapshot(spool.path, skip_root_dotfiles=False) == before
+    # and a spool that does not exist is not created
+    missing = str(tmp_path / "absent")
+    server = dashboard.make_server(Spool(missing, create=False), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        assert get(f"http://127.0.0.1:{server.server_address[1]}/")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not os.path.exists(missing)
+
+
+def test_cli_bad_input_exits_2_in_one_line(cli):
+    for args in (["dashboard", "--port", "70000"], ["dashboard", "--port", "x"],
+                 ["dashboard", "--host", "no.such.host.invalid", "--port", "0"]):
+        result = cli(*args, timeout=30)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    result = cli("dashboard", "--host", "no.such.host.invalid", "--port", "0", timeout=30)
+    assert result.stderr.strip().splitlines() == ["error: --host: cannot listen on 'no.such.host.invalid' "
+                                                  "(not an address of this host)"]
+
+
+# ---------------------------------------------------------------- end to end in Chromium
+
+def start_dashboard(spool_dir):
+    proc = subprocess.Popen([sys.executable, "-m", "queuectl", "dashboard", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(spool_dir), cwd=ROOT, start_new_session=True)
+    line = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(15)
+    if not line or "http://" not in line[0]:
+        proc.kill()
+        raise AssertionError(f"dashboard did not start: {line} {proc.stderr.read() if proc.poll() is not None else ''}")
+    return proc, re.search(r"http://\S+/", line[0]).group(0)
+
+
+def chrome(tmp_path):
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("needs selenium (pip install selenium)")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chrome-profile'}")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    return driver
+
+
+@pytest.mark.slow
+def save_for_docs(shot, name):
+    """QUEUECTL_DOCS_SCREENSHOTS=1 refreshes docs/NAME; a plain test run leaves the tree clean."""
+    if os.environ.get("QUEUECTL_DOCS_SCREENSHOTS"):
+        shutil.copyfile(shot, os.path.join(ROOT, "docs", name))
+
+
+def test_dashboard_in_chromium(cli, spool_dir, tmp_path):
+    driver = chrome(tmp_path)
+    from selenium.webdriver.common.by import By
+    dash = None
+    try:
+        assert cli("config", "set", "backoff-base", "600").returncode == 0  # the retry waits in failed/
+        for args in (["--id", "hello", "-c", "echo 'hello from the dashboard test'"],
+                     ["--id", "build-42", "-c", "echo compiling; echo done"],
+                     ["--id", "broken", "-c", "echo 'about to fail' >&2; exit 3", "--max-retries", "0"],
+                     ["--id", "flaky", "-c", "echo 'network unreachable'; exit 7", "--max-retries", "3"],
+                     ["--id", "nightly-report", "-c", "make report", "--run-at", "+2h"],
+                     ["--id", "html", "-c", "echo '<b>not bold</b>'"],
+                     ["--id", "long-job", "-c", "echo working; sleep 60", "--priority", "50"]):
+            assert cli("enqueue", *args).returncode == 0
+        workers = cli.start("worker", "start", "--count", "2")
+        wait_job(spool_dir, "long-job", "processing", timeout=20)
+        for job_id, state in (("hello", "completed"), ("build-42", "completed"), ("html", "completed"),
+                              ("broken", "dead"), ("flaky", "failed")):
+            wait_job(spool_dir, job_id, state, timeout=20)
+        wait_until(lambda: len(cli.live_workers()) == 2, 15, what="two workers registered")
+
+        dash, url = start_dashboard(spool_dir)
+        driver.get(url)
+        spool = Spool(spool_dir, create=False)
+        counts = spool.counts()
+        for state in ("pending", "scheduled", "processing", "failed", "completed", "dead"):
+            shown = driver.find_element(By.ID, f"count-{state}").text
+            assert shown == str(counts[state]), (state, shown, counts)
+        assert counts["completed"] == 3 and counts["dead"] == 1 and counts["scheduled"] == 1
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert "long-job" in body, "the running job is shown with its worker"
+        assert "exit code 3" in body and "exit code 7" in body, "last errors shown"
+        assert driver.find_elements(By.TAG_NAME, "script") == []
+        assert driver.find_element(By.CSS_SELECTOR, 'meta[http-equiv="refresh"]').get_attribute("content") == "5"
+        tmp_shot = tmp_path / "dashboard.png"
+        assert driver.save_screenshot(str(tmp_shot))
+        assert tmp_shot.stat().st_size > 10_000  # a real picture, not an empty page
+        save_for_docs(tmp_shot, "dashboard.png")
+
+        driver.find_element(By.LINK_TEXT, "broken").click()  # from the dead-letter table
+        wait_until(lambda: "/job/broken" in driver.current_url, 10, what="the job page")
+        assert "about to fail" in driver.find_element(By.ID, "log").text
+        assert "exit code 3" in driver.find_element(By.TAG_NAME, "body").text
+        driver.get(url + "job/html")
+        assert "<b>not bold</b>" in driver.find_element(By.ID, "log").text  # shown as text
+        assert driver.find_elements(By.CSS_SELECTOR, "#log b") == []
+        driver.save_screenshot(str(tmp_path / "job.png"))
+        save_for_docs(tmp_path / "job.png", "dashboard-job.png")
+        driver.get(url + "state/completed")
+        assert {e.text for e in driver.find_elements(By.CSS_SELECTOR, "td a")} == {"hello", "build-42", "html"}
+
+        assert cli("worker", "stop", "--now", "--timeout", "20").returncode == 0
+        workers.wait(20)
+    finally:
+        driver.quit()
+        if dash is not None:
+            dash.terminate()
+            try:
+                assert dash.wait(10) == 0, dash.stderr.read()
+            finally:
+                dash.stdout.close()
+                dash.stderr.close()
