@@ -151,6 +151,8 @@ def enqueue(ctx, job_json, file_, command, job_id, priority, run_at, max_retries
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if "id" in overrides and len(items) > 1:
         raise InvalidInput("--id: cannot give one id to several jobs")
+    if not items:
+        raise InvalidInput("no job given (an empty array)")
     jobs = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
@@ -359,7 +361,7 @@ def dlq_retry(ctx, job_ids, all_):
             raise _not_found(job_id)
         if found[0] != "dead":
             raise WrongState(f"job {job_id!r} is {found[0]}, not dead; nothing was retried")
-    ids = job_ids or [r["id"] for r in spool.list("dead")]
+    ids = list(dict.fromkeys(job_ids)) or [r["id"] for r in spool.list("dead")]  # each once
     for job_id in ids:
         spool.retry_dead(job_id)
         click.echo(job_id)
@@ -393,10 +395,12 @@ def cancel(ctx, job_id, kill, timeout):
             if found is None or found[0] != "processing":
                 break
             time.sleep(0.05)
-        if found and found[0] == "dead":
+        if found and found[0] == "dead" and spool.get(job_id).get("last_error") == "cancelled":
             click.echo(f"{job_id} killed and cancelled")
             return
-        raise WrongState(f"job {job_id!r} did not stop within {timeout:g}s (state {found and found[0]})")
+        if found and found[0] == "processing":
+            raise WrongState(f"job {job_id!r} did not stop within {timeout:g}s (still running)")
+        raise WrongState(f"job {job_id!r} ended before it could be killed (state {found and found[0]})")
     spool.cancel(job_id)
     click.echo(f"{job_id} cancelled")
 

@@ -21,6 +21,7 @@ from .paths import ALL_DIRS
 from .spool import Corrupt
 
 MOVE_GRACE = 5.0        # a mover may sit between its two renames this long (seconds)
+ENQUEUE_GRACE = 60.0    # an enqueue's staged files younger than this may be in use
 STALE_TMP_AGE = 3600.0  # other tmp/ files are somebody's work in progress until then
 
 
@@ -103,7 +104,7 @@ def _tmp_leftovers(spool, now):
         except FileNotFoundError:
             continue
         if name.startswith("mv-") and name.endswith(".json"):
-            if age >= MOVE_GRACE:
+            if age >= MOVE_GRACE and not _locked(path):  # locked: its mover is alive
                 out.append(Problem("tmp-leftover", path, "the new record of an interrupted move",
                                    lambda path=path: _finish_move(spool, path)))
         elif name.startswith(ingest.PREFIX):
@@ -112,7 +113,7 @@ def _tmp_leftovers(spool, now):
                                    lambda path=path: ingest.recover_one(spool, path)))
         elif name.startswith("enq-"):
             token = "-".join(name.split("-")[:3]).split(".")[0]  # enq-PID-HEX[...]
-            if token in live_tokens:
+            if token in live_tokens or age < ENQUEUE_GRACE:
                 continue
             if name.endswith(".json"):
                 out.append(Problem("tmp-leftover", path, "a job of an enqueue that did not finish",
@@ -260,6 +261,17 @@ def _create_marker(path):
     return "created"
 
 
+def _locked(path):
+    try:
+        fd = fsutil.open_nofollow(path)
+    except OSError:
+        return False
+    try:
+        return locks.is_locked(fd)
+    finally:
+        os.close(fd)
+
+
 def _unlocked(path):
     try:
         fd = fsutil.open_nofollow(path)
@@ -313,7 +325,9 @@ def _finish_move(spool, tmp_path):
         except LostRace:
             return "busy; left for later"
         try:
-            if held.record.get("state") != found[0]:
+            lagging = held.record.get("state") != found[0]
+            newer = (new.get("updated_at") or "") >= (held.record.get("updated_at") or "")
+            if lagging and newer:  # never install an older crashed move over a newer one
                 os.rename(tmp_path, os.path.join(spool.layout.state_dir(found[0]), found[1]))
                 fsutil.fsync_dir(spool.layout.state_dir(found[0]))
                 return f"new record put in place: {found[0]}/{found[1]}"

@@ -54,6 +54,10 @@ def ingest_one(spool, name):
         return None
     except OSError as exc:
         raise fsutil.translate(exc, f"incoming/{name}") from None
+    try:
+        os.utime(claimed, follow_symlinks=False)  # recovery judges age by mtime: claimed now
+    except OSError:
+        pass
     crashpoint("ingest.claimed")
     try:
         record = _read_job(spool, claimed, job_id)

@@ -9,7 +9,7 @@ import os
 import time
 
 from . import fsutil, names, timeutil
-from .errors import JobNotFound
+from .errors import JobNotFound, SpoolError
 from .job import STATES, State, check_id
 
 
@@ -37,9 +37,15 @@ class Inventory:
             if not found:
                 break
             try:
-                return self._read(found[0], found[1])
+                record = self._read(found[0], found[1])
             except FileNotFoundError:
                 continue
+            except (OSError, ValueError) as exc:
+                raise SpoolError(f"job {job_id!r}: {found[0]}/{found[1]} is unreadable ({exc}); "
+                                 "see `queuectl fsck`") from None
+            if not isinstance(record, dict):
+                raise SpoolError(f"job {job_id!r}: {found[0]}/{found[1]} is not a record; see `queuectl fsck`")
+            return record
         raise JobNotFound(job_id)
 
     def _read(self, state, name):

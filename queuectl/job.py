@@ -197,16 +197,24 @@ def check_record(data):
     _text("command", data.get("command"), MAX_COMMAND_BYTES)
     for field in ("attempts", "max_retries", "priority"):
         _int(field, data.get(field), 0, 10**9)
-    for field in ("created_at",):
+    for field in ("created_at", "run_at"):
+        value = data.get(field)
+        if value is None and field == "run_at":
+            continue
         try:
-            timeutil.parse_iso(data.get(field) or "")
-        except (ValueError, TypeError):
+            if not isinstance(value, str):
+                raise TypeError
+            timeutil.parse_iso(value)
+        except (ValueError, TypeError, OverflowError):
             raise FieldError(field, "missing or not an ISO-8601 time") from None
-    if data.get("run_at") is not None:
-        try:
-            timeutil.parse_iso(data["run_at"])
-        except (ValueError, TypeError):
-            raise FieldError("run_at", "not an ISO-8601 time") from None
+    if data.get("timeout_seconds") is not None:
+        _number("timeout_seconds", data["timeout_seconds"], 0, 10**9)
+    if data.get("cwd") is not None:
+        _text("cwd", data["cwd"])
+    env = data.get("env")
+    if env is not None and (not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        raise FieldError("env", "must be an object of string to string")
     return data
 
 

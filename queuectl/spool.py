@@ -186,6 +186,7 @@ class Spool(Inventory):
             for tmp, record in zip(staged, records):
                 name = names.pending_name(record["priority"], due_time(record), self._next_seq(), record["id"])
                 os.rename(tmp, os.path.join(lay.pending, name))
+                reserved.remove(record["id"])  # in pending/ now: its marker must stay, whatever happens
                 crashpoint("enqueue.renamed")
             staged = []
             fsutil.fsync_dir(lay.pending)
@@ -220,9 +221,11 @@ class Spool(Inventory):
         with locks.spool_lock(self.layout.ids_lock):
             if self._marker_owner_alive(marker):
                 raise DuplicateJob(job_id, "being enqueued")
-            found = self.find(job_id)
-            if found:
-                raise DuplicateJob(job_id, found[0])
+            for _ in range(3):  # a job moving between folders can slip past one look
+                found = self.find(job_id)
+                if found:
+                    raise DuplicateJob(job_id, found[0])
+                time.sleep(0.005)
             fsutil.write_file(tmp, token.encode(), sync=False)
             os.rename(tmp, marker)
 
@@ -292,8 +295,7 @@ class Spool(Inventory):
         new_fd = fsutil.write_new(tmp, fsutil.dumps(record), sync=sync != "lazy")
         crashpoint(f"{kind}.staged")
         try:
-            if keep_lock:
-                locks.try_lock(new_fd)
+            locks.hold(new_fd)  # a locked mv-* file in tmp/ is a move in progress: recovery keeps off
             if os.path.lexists(dst) and dst != src:
                 if not os.path.lexists(src):
                     raise LostRace(f"{held.state}/{held.name} was moved by someone else")
@@ -341,8 +343,8 @@ class Spool(Inventory):
         held = self._lock("pending", name)
         try:
             check_record(held.record)
-            if os.fstat(held.fd).st_uid != os.geteuid():
-                raise FieldError("file", "owned by another user; not run (SPEC: Safety)")
+            if held.record["id"] != names.id_of("pending", name):
+                raise FieldError("id", "the record's id is not the one in its file name")
         except FieldError as exc:
             held.close()
             raise Corrupt("pending", name, str(exc)) from None
@@ -362,7 +364,7 @@ class Spool(Inventory):
         "Running a job"). `backoff` = (base, max, jitter). Raises LostRace when fenced off."""
         record = dict(held.record)
         now = timeutil.now()
-        record.update(finished_at=timeutil.iso(now), exit_code=exit_code, worker=record.get("worker"))
+        record.update(finished_at=timeutil.iso(now), exit_code=exit_code)
         if exit_code == 0 and error is None:
             record.update(last_error=None, run_at=None)  # SPEC: run_at is the *next* attempt's
             return self._move(held, State.COMPLETED, names.final_name(record["id"]), record, kind="complete")
@@ -409,7 +411,7 @@ class Spool(Inventory):
     def requeue(self, held, reason=None):
         """Put a running job back in pending/ without counting the attempt (stop --now)."""
         record = dict(held.record)
-        record.update(attempts=max(0, record["attempts"] - 1), worker=None, exit_code=None,
+        record.update(attempts=max(0, record["attempts"] - 1), exit_code=None,
                       finished_at=timeutil.iso(timeutil.now()))
         if reason:
             record["last_error"] = reason
@@ -442,11 +444,17 @@ class Spool(Inventory):
         held = self._lock("processing", name)
         parsed = names.parse_processing(name)
         host, pid = (parsed[1], parsed[2]) if parsed else ("?", "?")
+        try:
+            check_record(held.record)
+            if not parsed or held.record["id"] != parsed[0]:
+                raise FieldError("id", "the record's id is not the one in its file name")
+        except FieldError as exc:
+            held.close()
+            raise Corrupt("processing", name, str(exc)) from None
         record = dict(held.record)
         try:
-            if record.get("state") == "pending" or "attempts" not in record:
+            if record.get("state") != "processing":
                 # died between the claim's two renames: the command never started
-                record["worker"] = None
                 return self._move(held, State.PENDING, self._pending_name(record), record, kind="unclaim")
             now = timeutil.now()
             record.update(exit_code=None, finished_at=timeutil.iso(now),
@@ -519,7 +527,7 @@ class Spool(Inventory):
         if held is None:
             raise WrongState(f"job {job_id!r} is {state}, not dead")
         now = timeutil.now()
-        record = dict(held.record, attempts=0, run_at=timeutil.iso(now), exit_code=None, worker=None)
+        record = dict(held.record, attempts=0, run_at=timeutil.iso(now), exit_code=None)
         try:
             return self._move(held, State.PENDING, self._pending_name(record, now), record, kind="dlq-retry").record
         except BaseException:
@@ -572,10 +580,15 @@ class Spool(Inventory):
         short = name if len(raw) <= 200 else os.fsdecode(raw[:200])
         if short != name:
             reason += f"\n(original name, shortened here: {name})"
-        dst_name = unique_name(self.layout.rejected, short)
+        for _ in range(100):  # another process may pick the same free name: O_EXCL decides
+            dst_name = unique_name(self.layout.rejected, short)
+            try:
+                fsutil.write_file(os.path.join(self.layout.rejected, dst_name + ".error"),
+                                  (reason.rstrip() + "\n").encode("utf-8", "replace"))
+                break
+            except FileExistsError:
+                continue
         dst = os.path.join(self.layout.rejected, dst_name)
-        fsutil.write_file(os.path.join(self.layout.rejected, dst_name + ".error"),
-                          (reason.rstrip() + "\n").encode("utf-8", "replace"))
         crashpoint("reject.explained")
         os.rename(src_path, dst)
         crashpoint("reject.moved")

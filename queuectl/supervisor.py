@@ -97,10 +97,8 @@ class Supervisor:
 
     def _on_exit(self, proc, code):
         """A worker exited. Take its job back if it died; replace it unless we are stopping."""
-        if code == 0 and not self.signals:
-            return 0  # burst done, or `worker stop` asked it to stop
         if code == 0:
-            return 0
+            return 0  # burst done, or stopped (a signal, or `worker stop`)
         died = f"signal {-code}" if code < 0 else f"exit code {code}"
         for record in self.spool.take_back_lost():
             self.emit(f"{time.strftime('%H:%M:%S')} supervisor: job {record['id']} taken back: "
@@ -121,7 +119,8 @@ class Supervisor:
 def start_detached(spool, count, burst=False, timeout=15.0):
     """Run the supervisor in the background (own session, output to workers/HOST.log).
     Returns (supervisor pid, live worker names) once the workers registered."""
-    log_path = os.path.join(spool.layout.workers, f"supervisor-{names.hostname()}.log")
+    # in the spool's root, not workers/: that folder is watched, and every line would wake workers
+    log_path = os.path.join(spool.path, f"supervisor-{names.hostname()}.log")
     before = {w["name"] for w in registry.live_workers(spool.layout)}
     cmd = [sys.executable, "-m", "queuectl", "--spool", spool.path, "worker", "start",
            "--count", str(count)] + (["--burst"] if burst else [])

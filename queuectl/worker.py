@@ -74,7 +74,8 @@ class Worker:
 
     def config(self):
         try:
-            mtime = os.stat(self.layout.config).st_mtime_ns
+            st = os.stat(self.layout.config)
+            mtime = (st.st_ino, st.st_mtime_ns)  # a new file each write: the inode tells too
         except FileNotFoundError:
             mtime = None
         if self._config is None or mtime != self._config_mtime:
@@ -196,6 +197,8 @@ class Worker:
                 return name, next_due
             next_due = min(next_due, due)
             # the rest of this priority is due later still: skip to the next priority
+            if name[:3] == "999":
+                break
             i = bisect.bisect_left(pending, f"{int(name[:3]) + 1:03d}", i + 1)
         return None, next_due
 
@@ -233,6 +236,7 @@ class Worker:
             self._finish(held, outcome, cfg)
         finally:
             held.close()
+            registry.clear_cancel(self.layout, self.name, record["id"])  # a request that came too late
             self._current, self._held_name = None, None
 
     def _run(self, record, timeout, cfg):
@@ -332,3 +336,6 @@ def run_worker(spool, burst=False, out=None):
     except QueuectlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # e.g. a full disk while writing a record: one line, no traceback
+        print(f"error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
+        return 1

@@ -30,6 +30,6 @@ step queuectl list
 step queuectl dlq list
 step queuectl logs flaky
 step queuectl show too-slow
-step cat "$QUEUECTL_SPOOL/workers/supervisor-$(hostname | tr -c 'A-Za-z0-9.\n-' '-').log"
+step cat "$QUEUECTL_SPOOL"/supervisor-*.log
 echo
 echo "The spool is $QUEUECTL_SPOOL: look around with ls and cat."
