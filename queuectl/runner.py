@@ -81,13 +81,13 @@ def _wait(proc, timeout, log_fd, log_max_bytes, interrupt, wakeup_fd, on_tick, s
         poller.register(wakeup_fd, select.POLLIN)
     deadline = started + timeout if timeout else None
     kill_at = None
-    busy_log = False
+    tick = FAST_TICK  # starts short: a flood of output is caught before it grows far
     reason = None
     interrupted = None
     try:
         while True:
             now = time.monotonic()
-            wait = TICK if not busy_log else FAST_TICK
+            wait = tick
             if deadline is not None and reason is None:
                 wait = min(wait, max(0.0, deadline - now))
             if kill_at is not None:
@@ -114,7 +114,8 @@ def _wait(proc, timeout, log_fd, log_max_bytes, interrupt, wakeup_fd, on_tick, s
                 kill_at = now + 3600
             before = cut[0]
             cut[0] = logs.cap(log_fd, log_max_bytes, before)
-            busy_log = cut[0] != before  # a job writing fast: look again soon
+            # a job flooding its log is looked at again soon; others less and less often
+            tick = FAST_TICK if cut[0] != before else min(TICK, tick * 2)
             if on_tick:
                 on_tick()
         code = proc.wait()
