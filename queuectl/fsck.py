@@ -230,12 +230,15 @@ def _orphan_logs(spool, seen):
 def _stale_workers(spool):
     out = []
     live = {w["name"] for w in registry.live_workers(spool.layout, supervisors=True)}
+    busy = {registry.worker_name(p[1], p[2]) for p in map(names.parse_processing, spool.names("processing")) if p}
     for name in sorted(fsutil.listdir(spool.layout.workers)):
-        if name.endswith(".json"):
-            if name[:-5] not in live:
-                path = os.path.join(spool.layout.workers, name)
-                out.append(Problem("stale-worker", path, "registration of a worker that is gone",
-                                   lambda path=path: _remove(path)))
+        owner = name.split(".", 1)[0]
+        if owner in live or name.endswith(".job") and owner in busy:
+            continue  # a .job note is kept until its job is taken back (it names the job's group)
+        path = os.path.join(spool.layout.workers, name)
+        what = "registration" if name.endswith(".json") else "request or note"
+        out.append(Problem("stale-worker", path, f"{what} of a worker that is gone",
+                           lambda path=path: _remove(path)))
     return out
 
 

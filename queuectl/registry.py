@@ -5,6 +5,9 @@
                                    "locked" = alive, whatever host it runs on
     workers/HOST_PID.stop          a stop request: "graceful" or "now" (`worker stop`)
     workers/HOST_PID.cancel.ID     kill job ID and send it to dead/ (`cancel --kill`)
+    workers/HOST_PID.job           "PGID ID" of the job the worker runs now, so that whoever
+                                   takes the job back after the worker died can kill what
+                                   is left of its process group (one copy at a time)
 
 Requests are files, not signals, because a signal cannot reach another host; the worker
 watches workers/ (inotify hint) and also checks on each tick while a job runs.
@@ -86,6 +89,66 @@ def is_alive(layout, name):
         return locks.is_locked(fd)
     finally:
         os.close(fd)
+
+
+class JobNote:
+    """workers/HOST_PID.job, rewritten in place per job (no file created per job)."""
+
+    def __init__(self, layout, host, pid):
+        self.path = os.path.join(layout.workers, f"{worker_name(host, pid)}.job")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | fsutil.NOFOLLOW | fsutil.CLOEXEC, 0o600)
+
+    def set(self, pgid, job_id):
+        data = f"{pgid} {job_id}\n".encode()
+        os.pwrite(self.fd, data, 0)
+        os.ftruncate(self.fd, len(data))
+
+    def clear(self):
+        os.ftruncate(self.fd, 0)
+
+    def close(self):
+        os.close(self.fd)
+
+
+def kill_leftover_job(layout, host, pid, job_id):
+    """The worker HOST:PID died running job_id: kill what is left of the job's process group,
+    if it runs on this host and is still that job's (its environment says so). Returns True
+    when something was killed."""
+    if host != _this_host():
+        return False
+    try:
+        text = fsutil.read_fd_path(os.path.join(layout.workers, f"{worker_name(host, pid)}.job"), 512).decode()
+        pgid, noted = text.split()
+        pgid = int(pgid)
+    except (OSError, ValueError):
+        return False
+    if noted != job_id or pgid <= 1:
+        return False
+    marker = f"QUEUECTL_JOB_ID={job_id}".encode()
+    killed = False
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry)) != pgid:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if marker not in fh.read().split(b"\0"):
+                    continue
+        except (OSError, ProcessLookupError):
+            continue
+        try:
+            os.killpg(pgid, 9)
+            killed = True
+        except (ProcessLookupError, PermissionError):
+            pass
+        break
+    return killed
+
+
+def _this_host():
+    from .names import hostname
+    return hostname()
 
 
 def request_stop(layout, name, mode="graceful"):

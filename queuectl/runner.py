@@ -44,7 +44,7 @@ def job_env(record, spool_path, base=None):
 
 
 def run(record, log_path, spool_path, worker_id, timeout=None, log_max_bytes=0,
-        interrupt=lambda: None, wakeup_fd=None, on_tick=None, base_env=None):
+        interrupt=lambda: None, wakeup_fd=None, on_tick=None, base_env=None, on_start=None):
     """Run one attempt; returns an Outcome. `interrupt()` returns None, "now" or "cancel".
     Raises LogError when the log cannot be opened (e.g. a planted symlink: never followed)."""
     try:
@@ -66,6 +66,8 @@ def run(record, log_path, spool_path, worker_id, timeout=None, log_max_bytes=0,
             logs.append_line(log_fd, f"[queuectl: {error}]")
             return Outcome(None, error, duration=time.monotonic() - started)
         cut = [logs.cap(log_fd, log_max_bytes)]  # the running total of what the cap cut
+        if on_start:
+            on_start(proc.pid)  # the job's process group id (it leads its own group)
         outcome = _wait(proc, timeout, log_fd, log_max_bytes, interrupt, wakeup_fd, on_tick, started, cut)
         logs.cap(log_fd, log_max_bytes, cut[0])
         return outcome

@@ -451,6 +451,8 @@ class Spool(Inventory):
         except FieldError as exc:
             held.close()
             raise Corrupt("processing", name, str(exc)) from None
+        from . import registry
+        registry.kill_leftover_job(self.layout, host, pid, held.record["id"])  # one copy at a time
         record = dict(held.record)
         try:
             if record.get("state") != "processing":

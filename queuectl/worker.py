@@ -87,6 +87,7 @@ class Worker:
     def run(self):
         self.layout.check_safe()
         self._reg_fd = registry.register(self.layout, self.host, self.pid)
+        self._job_note = registry.JobNote(self.layout, self.host, self.pid)
         self.waker = Waker([self.layout.incoming, self.layout.pending, self.layout.failed,
                             self.layout.workers]).start()
         self._current = None
@@ -96,6 +97,7 @@ class Worker:
             self._loop()
         finally:
             self.waker.stop()
+            self._job_note.close()
             registry.unregister(self.layout, self.host, self.pid, self._reg_fd)
             self._log(f"worker {self.id} stopped")
         return 0
@@ -155,12 +157,12 @@ class Worker:
         """The periodic rescan: take back lost jobs, finish crashed moves, look at everything."""
         self._dirty |= ALL | {"rescan"}
         self._next_rescan = time.monotonic() + RESCAN
-        if startup:
-            for problem in fsck.recover(self.spool):
-                self._log(f"recovery: {problem.path}: {problem.detail}: {problem.done}")
         exclude = (self._held_name,) if self._held_name else ()
         for record in self.spool.take_back_lost(exclude=exclude):
             self._log(f"job {record['id']} taken back: {record['last_error']} -> {record['state']}")
+        if startup:  # after the take-back: it reads the dead workers' notes that this clears
+            for problem in fsck.recover(self.spool):
+                self._log(f"recovery: {problem.path}: {problem.detail}: {problem.done}")
 
     def _promote_due(self):
         """Move due retries from failed/ to pending/. Returns the next retry's wall time."""
@@ -237,6 +239,7 @@ class Worker:
         finally:
             held.close()
             registry.clear_cancel(self.layout, self.name, record["id"])  # a request that came too late
+            self._job_note.clear()
             self._current, self._held_name = None, None
 
     def _run(self, record, timeout, cfg):
@@ -246,7 +249,8 @@ class Worker:
                 return runner.run(record, log_path, self.spool.path, self.id,
                                   timeout=timeout or None, log_max_bytes=cfg["log-max-bytes"],
                                   interrupt=self._interrupt, wakeup_fd=self.waker.pipe_r,
-                                  on_tick=self._tick, base_env=self._base_env)
+                                  on_tick=self._tick, base_env=self._base_env,
+                                  on_start=lambda pgid: self._job_note.set(pgid, record["id"]))
             except runner.LogError as exc:
                 # something that is not a regular file sits where the log goes: set it aside
                 try:

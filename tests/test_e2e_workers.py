@@ -75,6 +75,21 @@ def test_kill9_worker_job_taken_back_and_worker_replaced(cli, spool_dir, tmp_pat
     assert pid_gone(w["pid"])
 
 
+def test_taking_back_a_lost_job_kills_what_is_left_of_it(cli, spool_dir, tmp_path):
+    """At most one copy of a job runs: the dead worker's job (and its grandchild) are killed
+    when the job is taken back, before a retry can start."""
+    pidfile = str(tmp_path / "job.pid")
+    cli.kill_at_teardown(pidfile)
+    assert cli("enqueue", "-c", f"sleep 60 & echo $! > {pidfile}; wait", "--id", "orphan",
+               "--max-retries", "1").returncode == 0
+    cli.start_tailed("worker", "start")
+    w = wait_running(cli, "orphan")
+    grandchild = read_pid(pidfile)
+    os.kill(w["pid"], signal.SIGKILL)
+    wait_until(lambda: read_job(spool_dir, "orphan")[0] != "processing" or None, 5, what="take-back")
+    wait_until(lambda: pid_gone(grandchild), 5, what="the lost job's grandchild to be killed")
+
+
 def test_kill9_supervisor_and_worker_next_start_takes_job_back(cli, spool_dir, tmp_path):
     pidfile = str(tmp_path / "job.pid")
     cli.kill_at_teardown(pidfile)
