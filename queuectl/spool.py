@@ -1,14 +1,16 @@
-"""The spool and its on-disk protocol. This is the only module that moves job files.
+"""The spool and its on-disk protocol. Every change of a job's state is made here (the
+drop box, ingest.py, and fsck.py's repairs only move files that are not jobs yet, or not
+jobs any more, and a worker re-routes a hand-made file from pending/ into incoming/).
 
 Layout (SPEC "The spool on disk"): incoming/ pending/ processing/ failed/ completed/ dead/
 logs/ rejected/ tmp/, plus ids/ (one empty-ish marker per job id), workers/ (one
-registry file per live worker, locked by it for life, and its stop/cancel requests) and
-config.json. Everything is created 0700. File names: see names.py.
+registry file per live worker or supervisor, locked by it for life, its stop/cancel
+requests and a note of its running job's process group) and config.json. Everything is created 0700. File names: see names.py.
 
 Rules every transition follows
 ------------------------------
-1. A job file is immutable. A change of state or content is a *new* file written in tmp/,
-   fsynced, and renamed into place; nothing is rewritten in place.
+1. A job file is immutable. A change of state or content is a *new* file written in tmp/
+   (and locked while the move lasts) and renamed into place; nothing is rewritten in place.
 2. Whoever moves a job file first opens it (O_NOFOLLOW) and takes an exclusive,
    non-blocking flock on it (portalocker), then checks that the name still points at the
    inode it locked. A lock held by someone else means "busy": skip it. A worker holds the
@@ -22,28 +24,31 @@ Rules every transition follows
       b. rename(tmp/NEW, DST)    - the new record replaces the old content of DST. The mover
                                    still holds the lock on DST's old inode, so no one else
                                    moves DST in between.
-   then fsync(DST folder) and fsync(SRC folder). Between a and b, DST holds the previous
-   record, whose `state` lags behind its folder; readers take the state from the folder,
-   and `Spool.repair_tmp` finishes step b after a crash (the record in tmp/ names its id
-   and state). So at every instant each job is in exactly one state folder.
+   then the folders are fsynced as rule 8 says. Between a and b, DST holds the previous
+   record, whose `state` lags behind its folder; readers read the new record from tmp/
+   (inventory.py), and fsck.py finishes step b after a crash (the record in tmp/ names its
+   id and state). So at every instant each job is in exactly one state folder.
 4. A claim is the transition pending/NAME -> processing/ID_HOST_PID_aN.json. Before step b
    the claimer also locks the new file, so the processing/ name is never unlocked while
-   its owner lives. `attempts` is incremented in that record, so it is on disk before the
+   its owner lives. `attempts` is incremented in that record, so it is in place before the
    command starts: a job that kills its worker still counts, and a poison pill ends in dead/.
    The processing name is unique per attempt; the attempt ends with the fenced rename
    processing/ID_HOST_PID_aN.json -> completed/ | failed/ | dead/ | pending/. If the job was
    taken back meanwhile, that name no longer exists and the late worker's result is
    dropped (logged in the job's log), whatever the job's newer state is.
 5. Take-back: any process that locks a processing/ file (the owner is dead) moves it to
-   failed/ or dead/ as a failed attempt, `last_error` "worker lost (host H, pid P)". If the
-   record in it still says pending (the claimer died between 3a and 3b: the command never
-   started), it goes back to pending/ uncounted.
+   failed/ or dead/ as a failed attempt, `last_error` "worker lost (host H, pid P)", after
+   killing what is left of the job's process group on this host (registry.py), so that at
+   most one copy runs. If the record in it does not say processing yet (the claimer died
+   between 3a and 3b: the command never started), it goes back to pending/ uncounted.
 6. Enqueue: the id is reserved by creating ids/ID with O_EXCL (atomic: of two racing
    enqueuers exactly one wins; O(1), no scan). The marker holds the name of the
    enqueuer's lock file, flock-held until its jobs are in pending/, so a marker left by a
    crashed enqueuer (lock free, no job with that id) is taken over, under a spool lock.
    Job files are written in tmp/, then (one fsync per job, or one syncfs for a batch)
    renamed into pending/, then pending/ and ids/ are fsynced; only then does enqueue return.
+7. Liveness is the lock, never a PID: the kernel releases a dead process's flock, on any
+   host. Events (inotify) are only hints; every worker rescans the folders every 2 s.
 8. Durability. enqueue, cancel, dlq retry, purge and config fsync everything they wrote
    before returning. A worker's moves (claim, finish, retry promotion, take-back) are
    atomic and visible to every process at once - which is what a worker's death needs:
@@ -53,9 +58,10 @@ Rules every transition follows
    job back by one step (a finished job found in processing/ again is taken back and run
    again: at-least-once), never lose it or put it in two folders. An fsync per move
    would cost a third of the drain rate (bench/).
-9. What a crash leaves: a file in tmp/ (deleted or finished by repair_tmp), a stale id
-   marker (taken over), a processing/ file with a free lock (taken back), an incoming file
-   claimed into tmp/ (put back into incoming/ or, if its job exists, removed).
+9. What a crash leaves: a file in tmp/ (finished, moved aside or deleted by fsck.py, which
+   every worker runs at start), a stale id marker (taken over), a processing/ file with a
+   free lock (taken back), an incoming file claimed into tmp/ (put back into incoming/ or,
+   if its job exists, removed).
 """
 import errno
 import os
