@@ -154,6 +154,12 @@ def _state_folder(spool, state, seen):
         except FileNotFoundError:
             continue
         job_id = names.id_of(state, name)
+        if state == "pending" and job_id is None and stat.S_ISREG(st.st_mode) and name.endswith(".json") \
+                and not name.startswith("."):
+            hand_placed = _hand_placed_record(path)  # `mv dead/ID.json pending/`: a worker files it
+            if hand_placed:
+                seen.setdefault(hand_placed, []).append((state, name))
+            continue  # otherwise a worker checks it like a dropped file
         if not stat.S_ISREG(st.st_mode) or job_id is None:
             what = "not a regular file" if not stat.S_ISREG(st.st_mode) else "a name that is not a job's"
             out.append(Problem("not-a-job", path, what, lambda path=path, name=name, what=what:
@@ -182,6 +188,13 @@ def _state_folder(spool, state, seen):
             out.append(Problem("state-mismatch", path, f"record says {record.get('state')!r}",
                                lambda state=state, name=name: _relabel(spool, state, name)))
     return out
+
+
+def _hand_placed_record(path):
+    try:
+        return check_record(fsutil.read_json(path))["id"]
+    except (OSError, ValueError, QueuectlError, TypeError, KeyError):
+        return None
 
 
 def _duplicates(spool, seen):

@@ -542,6 +542,32 @@ class Spool(Inventory):
             held.close()
             raise
 
+    def adopt(self, name):
+        """A whole record put into pending/ by hand (`mv dead/ID.json pending/`, SPEC: plain
+        mv works): file it under its proper name as a new try, like `dlq retry` (attempts 0,
+        due now). Raises Corrupt when it is not a record of a job that exists nowhere else
+        (the worker then checks it as a dropped file), LostRace/Busy when someone else has it."""
+        held = self._lock("pending", name)
+        try:
+            check_record(held.record)
+            job_id = held.record["id"]
+            found = self.find(job_id)
+            if found and found != ("pending", name):
+                raise FieldError("id", f"job {job_id!r} is also in {found[0]}/")
+        except FieldError as exc:
+            held.close()
+            raise Corrupt("pending", name, str(exc)) from None
+        marker = os.path.join(self.layout.ids, job_id)
+        if not os.path.lexists(marker):  # a record from elsewhere: its id is reserved now
+            fsutil.write_file(marker, b"adopted", sync=False)
+        now = timeutil.now()
+        record = dict(held.record, attempts=0, run_at=timeutil.iso(now), exit_code=None, finished_at=None)
+        try:
+            return self._move(held, State.PENDING, self._pending_name(record, now), record, kind="adopt")
+        except BaseException:
+            held.close()
+            raise
+
     def purge(self, state, older_than=None, now=None, progress=None):
         """Delete completed or dead jobs (finished more than `older_than` seconds ago) and their
         logs. Returns the number deleted. Each file is locked first, so a job being moved is skipped."""

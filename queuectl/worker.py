@@ -190,8 +190,9 @@ class Worker:
             name = pending[i]
             parsed = names.parse_pending(name)
             if parsed is None:
-                self._reroute(name)
                 pending.pop(i)
+                self._reroute(name)  # may file it under a proper name: look from the top again
+                i, next_due, now = 0, float("inf"), timeutil.now()
                 continue
             due = parsed[1]
             if due <= now:
@@ -205,8 +206,19 @@ class Worker:
         return None, next_due
 
     def _reroute(self, name):
-        """A file put into pending/ by hand without our name format: check it like a dropped one."""
+        """A file put into pending/ by hand without our name format: a whole record (`mv
+        dead/ID.json pending/`) is filed as a new try; anything else is checked like a
+        dropped file."""
         if name.startswith("."):
+            return
+        try:
+            adopted = self.spool.adopt(name)
+            bisect.insort(self._pending, adopted.name)
+            self._log(f"pending/{name}: a record put here by hand, filed as job {adopted.record['id']}")
+            return
+        except Corrupt:
+            pass
+        except LostRace:
             return
         src = os.path.join(self.layout.pending, name)
         dst = os.path.join(self.layout.incoming, name)

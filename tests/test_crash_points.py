@@ -131,6 +131,10 @@ def scenario(point, cli, spool, tmp_path, env):
     if kind == "dlq-retry":
         _dead_job(spool, "j")
         return cli("dlq", "retry", "j", env=env), ["j"]
+    if kind == "adopt":
+        _dead_job(spool, "j")  # then `mv dead/j.json pending/` by hand
+        os.rename(os.path.join(spool.path, "dead", "j.json"), os.path.join(spool.path, "pending", "j.json"))
+        return run_worker_burst(cli, env), ["j"]
     if kind == "purge":
         _completed_job(spool, "j")
         return cli("purge", "--state", "completed", env=env), []
@@ -153,7 +157,7 @@ def test_every_crash_point_has_a_scenario(tmp_path):
 
 SCENARIO_KINDS = {"enqueue", "ingest", "reject", "claim", "complete", "fail", "bury", "promote",
                   "takeback", "takeback-dead", "unclaim", "requeue", "kill", "cancel", "dlq-retry",
-                  "purge", "config"}
+                  "purge", "config", "adopt"}
 
 
 def where_is(spool_dir, job_id):

@@ -392,3 +392,20 @@ def test_config_change_reaches_running_worker(cli, spool_dir):
     # a job's own timeout_seconds 0 means none, whatever the config says
     assert cli("enqueue", "-c", "sleep 1.3", "--id", "patient", "--timeout", "0").returncode == 0
     assert wait_job(spool_dir, "patient", ("completed", "failed", "dead"), timeout=10)["state"] == "completed"
+
+
+def test_mv_of_a_dead_job_into_pending_runs_it_again(cli, spool_dir):
+    """SPEC: plain mv works on the spool. A dead job moved into pending/ by hand is filed
+    under its proper name as a new try (like dlq retry) and runs."""
+    assert cli("status").returncode == 0  # creates the spool
+    assert cli("enqueue", "-c", "test -e ok-now || exit 1", "--id", "redo", "--max-retries", "0",
+               cwd=spool_dir).returncode == 0  # the job runs in the spool folder
+    assert cli("worker", "run", "--burst").returncode == 0
+    assert read_job(spool_dir, "redo")[0] == "dead"
+    open(os.path.join(spool_dir, "ok-now"), "w").close()
+    os.rename(os.path.join(spool_dir, "dead", "redo.json"), os.path.join(spool_dir, "pending", "redo.json"))
+    r = cli("worker", "run", "--burst")
+    assert r.returncode == 0, r.stdout + r.stderr
+    state, rec = read_job(spool_dir, "redo")
+    assert state == "completed" and rec["attempts"] == 1, (state, rec)
+    assert not os.listdir(os.path.join(spool_dir, "rejected"))
