@@ -23,7 +23,7 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, urlsplit
 
-from . import fsutil, metrics, names, registry, render, timeutil
+from . import fsutil, metrics, render, timeutil
 from .errors import FieldError, JobNotFound
 from .job import STATES, check_id
 
@@ -208,31 +208,12 @@ class Pages:
 
 
 def status(spool):
-    """What `status --json` prints (inventory.status), with the counts of metrics.counts: it
-    compares due times as text instead of parsing each name (10x faster on 100,000 jobs)."""
-    return {"spool": spool.path, "counts": metrics.counts(spool.layout), "workers": workers(spool),
-            "oldest_waiting": spool._oldest_waiting()}
+    """What `status --json` prints."""
+    return spool.status()
 
 
 def workers(spool):
-    """Live workers and their current job, as in `status` (inventory.status), without its counts."""
-    running = {}
-    for name in fsutil.listdir(spool.layout.processing):
-        parsed = names.parse_processing(name)
-        if parsed:
-            running[registry.worker_name(parsed[1], parsed[2])] = (parsed[0], name)
-    out = []
-    for w in registry.live_workers(spool.layout):
-        job, since = None, None
-        if w["name"] in running:
-            job, name = running[w["name"]]
-            try:
-                since = fsutil.read_json(os.path.join(spool.layout.processing, name)).get("started_at")
-            except (OSError, ValueError, AttributeError):
-                pass
-        out.append({"host": w.get("host"), "pid": w.get("pid"), "job": job, "since": since,
-                    "started_at": w.get("started_at")})
-    return out
+    return spool.workers()
 
 
 def read_log_tail(path, limit):

@@ -129,19 +129,9 @@ def _tmp_leftovers(spool, now):
 
 
 def _live_enqueue_tokens(spool):
-    live = set()
-    for name in fsutil.listdir(spool.layout.tmp):
-        if name.startswith("enq-") and name.endswith(".lock"):
-            try:
-                fd = fsutil.open_nofollow(os.path.join(spool.layout.tmp, name))
-            except OSError:
-                continue
-            try:
-                if locks.is_locked(fd):
-                    live.add(name[:-5])
-            finally:
-                os.close(fd)
-    return live
+    return {name[:-5] for name in fsutil.listdir(spool.layout.tmp)
+            if name.startswith("enq-") and name.endswith(".lock")
+            and locks.path_is_locked(os.path.join(spool.layout.tmp, name))}
 
 
 def _state_folder(spool, state, seen):
@@ -278,25 +268,11 @@ def _create_marker(path):
 
 
 def _locked(path):
-    try:
-        fd = fsutil.open_nofollow(path)
-    except OSError:
-        return False
-    try:
-        return locks.is_locked(fd)
-    finally:
-        os.close(fd)
+    return locks.path_is_locked(path)
 
 
 def _unlocked(path):
-    try:
-        fd = fsutil.open_nofollow(path)
-    except OSError:
-        return False
-    try:
-        return not locks.is_locked(fd)
-    finally:
-        os.close(fd)
+    return os.path.lexists(path) and not locks.path_is_locked(path)
 
 
 def _take_back(spool, name):

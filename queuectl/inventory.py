@@ -100,25 +100,15 @@ class Inventory:
         return out
 
     def counts(self, now=None):
-        """Jobs per folder; `scheduled` = pending ones not due yet. From listings alone: no file
-        is opened, nothing sorted, and due times are compared as the fixed-width text of the
-        names (1,000,000 completed jobs: one listdir)."""
-        now = timeutil.now() if now is None else now
-        counts = {"incoming": len(self._job_names("incoming"))}
-        for st in STATES:
-            counts[st] = len(self._job_names(st)) if st != "pending" else 0
-        pending = self._job_names("pending")
-        counts["pending"] = len(pending)
-        due_stamp = names.stamp(now)
-        counts["scheduled"] = sum(1 for n in pending if n[4:24] > due_stamp)
-        return counts
-
-    def _job_names(self, state):
-        return [n for n in fsutil.listdir(self.layout.state_dir(state)) if n.endswith(names.SUFFIX)
-                and not n.startswith(".")]
+        return count_jobs(self.layout, now)
 
     def status(self):
         """What `status` shows: counts, live workers with their current job, oldest waiting job."""
+        return {"spool": self.path, "counts": self.counts(), "workers": self.workers(),
+                "oldest_waiting": self._oldest_waiting()}
+
+    def workers(self):
+        """Live workers (any host), each with the job it runs now and since when."""
         from . import registry
         running = {}
         for name in self.names("processing"):
@@ -136,8 +126,7 @@ class Inventory:
                     pass
             workers.append({"host": w.get("host"), "pid": w.get("pid"), "job": job, "since": since,
                             "started_at": w.get("started_at")})
-        return {"spool": self.path, "counts": self.counts(), "workers": workers,
-                "oldest_waiting": self._oldest_waiting()}
+        return workers
 
     def _oldest_waiting(self):
         """The waiting job (pending or failed) enqueued first. Pending names carry the enqueue
@@ -162,3 +151,21 @@ class Inventory:
 
     def log_path(self, job_id):
         return self.layout.log(check_id(job_id))
+
+
+def count_jobs(layout, now=None):
+    """Jobs per folder; `scheduled` = pending ones not due yet. From listings alone: no file
+    is opened, nothing sorted, and due times are compared as the fixed-width text of the
+    names (1,000,000 completed jobs: one listdir)."""
+    now = timeutil.now() if now is None else now
+
+    def job_names(folder):
+        return [n for n in fsutil.listdir(folder) if n.endswith(names.SUFFIX) and not n.startswith(".")]
+    counts = {"incoming": len(job_names(layout.incoming))}
+    for st in STATES:
+        counts[st] = len(job_names(layout.state_dir(st))) if st != "pending" else 0
+    pending = job_names(layout.pending)
+    counts["pending"] = len(pending)
+    due_stamp = names.stamp(now)
+    counts["scheduled"] = sum(1 for n in pending if n[4:24] > due_stamp)
+    return counts

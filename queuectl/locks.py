@@ -14,6 +14,7 @@ filelock's UnixFileLock and portalocker both use flock, never POSIX record locks
 two kinds misbehaves on GlusterFS, where a spool may later live.
 """
 import fcntl
+import os
 
 from .errors import Busy, SpoolError
 
@@ -45,6 +46,20 @@ def is_locked(fd):
         return True
     fcntl.flock(fd, fcntl.LOCK_UN)
     return False
+
+
+def path_is_locked(path):
+    """True when a live process holds the flock of the file at `path` (never followed if a
+    symlink); False when it is free or cannot be opened."""
+    from .fsutil import open_nofollow
+    try:
+        fd = open_nofollow(path)
+    except OSError:
+        return False
+    try:
+        return is_locked(fd)
+    finally:
+        os.close(fd)
 
 
 def spool_lock(path, timeout=30):

@@ -81,14 +81,7 @@ def live_workers(layout, cleanup=False, supervisors=False):
 
 
 def is_alive(layout, name):
-    try:
-        fd = fsutil.open_nofollow(os.path.join(layout.workers, name + ".json"))
-    except OSError:
-        return False
-    try:
-        return locks.is_locked(fd)
-    finally:
-        os.close(fd)
+    return locks.path_is_locked(os.path.join(layout.workers, name + ".json"))
 
 
 class JobNote:

@@ -242,14 +242,7 @@ class Spool(Inventory):
             return False
         if not owner.startswith("enq-") or "/" in owner:
             return False
-        try:
-            fd = fsutil.open_nofollow(os.path.join(self.layout.tmp, owner + ".lock"))
-        except OSError:
-            return False
-        try:
-            return locks.is_locked(fd)
-        finally:
-            os.close(fd)
+        return locks.path_is_locked(os.path.join(self.layout.tmp, owner + ".lock"))
 
     # ---------------------------------------------------------------- transitions
 
