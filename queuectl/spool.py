@@ -77,10 +77,9 @@ from .inventory import Inventory
 from .paths import Layout, default_spool
 
 MAX_DROP_BYTES = 1024 * 1024
-# rule 8: what a move fsyncs ("all" unless named): see Spool._move
-SYNC_POLICY = {"claim": "lazy", "complete": "lazy", "fail": "lazy", "bury": "lazy", "kill": "lazy",
-               "requeue": "lazy", "promote": "lazy", "takeback": "lazy", "takeback-dead": "lazy",
-               "unclaim": "lazy"}
+# rule 8: the moves a worker makes are not fsynced; every other move is (see Spool._move)
+LAZY_MOVES = {"claim", "complete", "fail", "bury", "kill", "requeue", "promote", "takeback",
+              "takeback-dead", "unclaim"}
 
 
 class Held:
@@ -284,14 +283,14 @@ class Spool(Inventory):
 
         Durability by kind (rule 8): user commands fsync the file and both folders before
         returning; a worker's moves are left to the filesystem's next commit."""
-        sync = SYNC_POLICY.get(kind, "all")
+        durable = kind not in LAZY_MOVES
         lay = self.layout
         src = os.path.join(lay.state_dir(held.state), held.name)
         dst_dir = lay.state_dir(dst_state)
         dst = os.path.join(dst_dir, dst_name)
         record = dict(record, state=str(dst_state), updated_at=timeutil.iso(timeutil.now()))
         tmp = os.path.join(lay.tmp, f"mv-{record['id']}-{os.getpid()}-{os.urandom(3).hex()}.json")
-        new_fd = fsutil.write_new(tmp, fsutil.dumps(record), sync=sync != "lazy")
+        new_fd = fsutil.write_new(tmp, fsutil.dumps(record), sync=durable)
         crashpoint(f"{kind}.staged")
         try:
             locks.hold(new_fd)  # a locked mv-* file in tmp/ is a move in progress: recovery keeps off
@@ -307,9 +306,9 @@ class Spool(Inventory):
             os.rename(tmp, dst)              # b: the new record
             tmp = None
             crashpoint(f"{kind}.replaced")
-            if sync != "lazy":
+            if durable:
                 fsutil.fsync_dir(dst_dir)
-            if sync == "all" and dst_dir != os.path.dirname(src):
+            if durable and dst_dir != os.path.dirname(src):
                 fsutil.fsync_dir(os.path.dirname(src))
             crashpoint(f"{kind}.synced")
         except BaseException:

@@ -41,7 +41,7 @@ class Worker:
         self._config_mtime = None
         self._held_name = None
         self.waker = None
-        self._base_env = dict(os.environ)  # copied once, not per job
+        self._base_env = dict(os.environ)  # a plain dict: cheaper to copy per job than os.environ
 
     # ---------------------------------------------------------------- control
 
@@ -157,9 +157,7 @@ class Worker:
         """The periodic rescan: take back lost jobs, finish crashed moves, look at everything."""
         self._dirty |= ALL | {"rescan"}
         self._next_rescan = time.monotonic() + RESCAN
-        exclude = (self._held_name,) if self._held_name else ()
-        for record in self.spool.take_back_lost(exclude=exclude):
-            self._log(f"job {record['id']} taken back: {record['last_error']} -> {record['state']}")
+        self._take_back_lost()
         if startup:  # after the take-back: it reads the dead workers' notes that this clears
             for problem in fsck.recover(self.spool):
                 self._log(f"recovery: {problem.path}: {problem.detail}: {problem.done}")
@@ -299,11 +297,15 @@ class Worker:
             self._log(f"job {job_id} dead ({rec['last_error']}) after {rec['attempts']} attempt(s)")
 
     def _tick(self):
+        """While a job runs: take back other workers' lost jobs on the rescan's schedule."""
         if time.monotonic() >= self._next_rescan:
             self._next_rescan = time.monotonic() + RESCAN
-            exclude = (self._held_name,) if self._held_name else ()
-            for record in self.spool.take_back_lost(exclude=exclude):
-                self._log(f"job {record['id']} taken back: {record['last_error']} -> {record['state']}")
+            self._take_back_lost()
+
+    def _take_back_lost(self):
+        exclude = (self._held_name,) if self._held_name else ()
+        for record in self.spool.take_back_lost(exclude=exclude):
+            self._log(f"job {record['id']} taken back: {record['last_error']} -> {record['state']}")
 
     def _set_aside(self, exc):
         try:

@@ -119,18 +119,40 @@ class Cli:
                 pass
             if proc.stdout:
                 proc.stdout.close()
-        # workers live in their own process groups: stop any still registered, by pid
-        from queuectl import registry
-        from queuectl.paths import Layout
-        for w in registry.live_workers(Layout(self.spool_dir)):
-            try:
-                os.killpg(int(w["pid"]), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+        # workers live in their own process groups, and a supervisor killed just now may have
+        # started one that is not registered yet: find them by this test's unique spool path
+        # in their command line, and stop them by pid (twice, for late replacements)
+        for _ in range(2):
+            for pid in spool_processes(self.spool_dir):
                 try:
-                    os.kill(int(w["pid"]), signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+            time.sleep(0.05)
         self._kill_extra()  # jobs left behind by killed workers
+
+
+def spool_processes(spool_dir):
+    """Pids of queuectl processes started with `--spool SPOOL_DIR` or QUEUECTL_SPOOL=SPOOL_DIR."""
+    needle, env_needle = spool_dir.encode(), f"QUEUECTL_SPOOL={spool_dir}".encode()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                args = fh.read().split(b"\0")
+            if b"queuectl" not in args:
+                continue
+            if needle in args:
+                out.append(int(entry))
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if env_needle in fh.read().split(b"\0"):
+                    out.append(int(entry))
+        except OSError:
+            continue
+    return out
 
 
 @pytest.fixture
