@@ -14,7 +14,7 @@ import os
 import stat
 import time
 
-from . import fsutil, ingest, locks, names, registry
+from . import fsutil, ingest, locks, names, pool, registry
 from .errors import LostRace, QueuectlError
 from .job import STATES, check_record
 from .paths import ALL_DIRS
@@ -122,6 +122,10 @@ def _tmp_leftovers(spool, now):
                                                                        "(it did not report success)")))
             else:
                 out.append(Problem("tmp-leftover", path, "a dead enqueuer's lock file or id marker copy",
+                                   lambda path=path: _remove(path)))
+        elif pool.owner_of(name):
+            if not registry.is_alive(spool.layout, pool.owner_of(name)):
+                out.append(Problem("tmp-leftover", path, "a spare file of a worker that is gone",
                                    lambda path=path: _remove(path)))
         elif age >= STALE_TMP_AGE:
             out.append(Problem("tmp-leftover", path, f"left {int(age)}s ago", lambda path=path: _remove(path)))

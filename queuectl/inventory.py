@@ -53,8 +53,12 @@ class Inventory:
         still holds the previous record while the new one waits in tmp/mv-ID-*.json: wait a
         moment for it to land, else read it from tmp/; label the record by its folder."""
         path = os.path.join(self.layout.state_dir(state), name)
+        expected_id = names.id_of(state, name)
         for attempt in range(10):
             record = fsutil.read_json(path)
+            if isinstance(record, dict) and expected_id and record.get("id") != expected_id:
+                # opened just before a worker displaced the file and reused its inode (pool.py)
+                raise FileNotFoundError(path)
             if not isinstance(record, dict) or record.get("state") == state:
                 return record
             if attempt == 0:

@@ -33,9 +33,26 @@ def stamp(ts):
 
 
 def parse_stamp(text):
-    import calendar
-    secs = calendar.timegm(time.strptime(text[:15], "%Y%m%dT%H%M%S"))
-    return secs + int(text[16:19]) / 1000
+    """'20261122T103000.123Z' -> Unix seconds. ValueError if it is not such a stamp."""
+    if len(text) < 20 or text[8] != "T" or text[15] != "." or not text[:8].isdigit() \
+            or not text[9:15].isdigit() or not text[16:19].isdigit():
+        raise ValueError(f"not a time stamp: {text!r}")
+    month, day, hour, minute, second = (int(text[i:i + 2]) for i in (4, 6, 9, 11, 13))
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 62):
+        raise ValueError(f"not a time stamp: {text!r}")
+    return (_days_from_civil(int(text[:4]), month, day) * 86400 + hour * 3600 + minute * 60 + second
+            + int(text[16:19]) / 1000)
+
+
+def _days_from_civil(y, m, d):
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm): what
+    calendar.timegm computes, without its import on the CLI's path."""
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
 
 
 def pending_name(priority, due, seq, job_id):

@@ -84,20 +84,21 @@ def is_alive(layout, name):
     return locks.path_is_locked(os.path.join(layout.workers, name + ".json"))
 
 
+_NOTE_WIDTH = 160
+
+
 class JobNote:
-    """workers/HOST_PID.job, rewritten in place per job (no file created per job)."""
+    """workers/HOST_PID.job: "PGID JOB_ID" of the job this worker started last, rewritten in
+    place per job (no file created per job). It is not cleared after a job: a take-back
+    acts on it only if it names the job taken back, and that job's process still says so."""
 
     def __init__(self, layout, host, pid):
         self.path = os.path.join(layout.workers, f"{worker_name(host, pid)}.job")
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | fsutil.NOFOLLOW | fsutil.CLOEXEC, 0o600)
 
     def set(self, pgid, job_id):
-        data = f"{pgid} {job_id}\n".encode()
-        os.pwrite(self.fd, data, 0)
-        os.ftruncate(self.fd, len(data))
-
-    def clear(self):
-        os.ftruncate(self.fd, 0)
+        # one pwrite of a fixed width (ids are at most 128 bytes): no truncate needed
+        os.pwrite(self.fd, f"{pgid} {job_id}".ljust(_NOTE_WIDTH).encode() + b"\n", 0)
 
     def close(self):
         os.close(self.fd)

@@ -103,6 +103,7 @@ class Spool(Inventory):
         if create:
             self.layout.create()
         self._seq = 0
+        self.pool = None  # a worker sets a pool.Pool: its moves then recycle inodes
 
     # ---------------------------------------------------------------- config
 
@@ -259,12 +260,13 @@ class Spool(Inventory):
         try:
             if os.fstat(fd).st_uid != os.geteuid():
                 raise Corrupt(state, name, "owned by another user; not run (SPEC: Safety)")
-            locks.try_lock(fd)
             try:
-                same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
+                locks.try_lock(fd)
+            except Busy:
+                if _same_inode(path, fd):
+                    raise
+                raise LostRace(f"{state}/{name} was replaced") from None  # e.g. kept by a worker's pool
+            if not _same_inode(path, fd):
                 raise LostRace(f"{state}/{name} was replaced")
             record = fsutil.read_json_fd(fd)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -290,10 +292,16 @@ class Spool(Inventory):
         dst = os.path.join(dst_dir, dst_name)
         record = dict(record, state=str(dst_state), updated_at=timeutil.iso(timeutil.now()))
         tmp = os.path.join(lay.tmp, f"mv-{record['id']}-{os.getpid()}-{os.urandom(3).hex()}.json")
-        new_fd = fsutil.write_new(tmp, fsutil.dumps(record), sync=durable)
+        # a locked mv-* file in tmp/ is a move in progress: recovery keeps off
+        pool = None if durable else self.pool
+        if pool is not None:
+            new_fd = pool.write_new(tmp, fsutil.dumps(record))
+        else:
+            new_fd = fsutil.write_new(tmp, fsutil.dumps(record), sync=durable)
         crashpoint(f"{kind}.staged")
         try:
-            locks.hold(new_fd)  # a locked mv-* file in tmp/ is a move in progress: recovery keeps off
+            if pool is None:
+                locks.hold(new_fd)
             if os.path.lexists(dst) and dst != src:
                 if not os.path.lexists(src):
                     raise LostRace(f"{held.state}/{held.name} was moved by someone else")
@@ -303,7 +311,13 @@ class Spool(Inventory):
             except FileNotFoundError:
                 raise LostRace(f"{held.state}/{held.name} was moved by someone else") from None
             crashpoint(f"{kind}.moved")
-            os.rename(tmp, dst)              # b: the new record
+            spare = pool.keep(dst, held) if pool is not None else None  # the inode b displaces
+            try:
+                os.rename(tmp, dst)          # b: the new record
+            except BaseException:
+                if spare:
+                    pool.discard(spare)
+                raise
             tmp = None
             crashpoint(f"{kind}.replaced")
             if durable:
@@ -638,6 +652,13 @@ def unique_name(folder, name):
         n += 1
         candidate = f"{name}.{n}"
     return candidate
+
+
+def _same_inode(path, fd):
+    try:
+        return os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _unlink_quiet(path):

@@ -15,12 +15,19 @@ def now():
     return time.time()
 
 
+_last_second = [None, ""]  # the formatted second of the last call: a worker formats a few per job
+
+
 def iso(ts):
-    """Unix seconds -> '2026-11-22T10:30:00.123Z'."""
+    """Unix seconds -> '2026-11-22T10:30:00.123Z' (milliseconds truncated)."""
     if ts is None:
         return None
-    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    secs, ms = divmod(round(ts * 1e6) // 1000, 1000)  # like datetime: to the microsecond, then down
+    cached = _last_second
+    if cached[0] != secs:
+        cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(secs))
+        cached[0] = secs
+    return f"{cached[1]}{ms:03d}Z"
 
 
 def parse_iso(text):

@@ -6,15 +6,15 @@ missed events and for other hosts' changes on a network filesystem), whichever i
 Signals only set flags: the first SIGTERM/SIGINT stops after the running job, the second
 kills it and puts it back in pending/ uncounted (SPEC "worker start").
 """
-import bisect
 import os
 import signal
 import sys
 import time
 
-from . import fsck, ingest, names, registry, runner, timeutil
+from . import fsck, ingest, names, pool, registry, runner, timeutil
 from .errors import LostRace, QueuectlError
 from .spool import Corrupt
+from .pending import PendingIndex
 from .waker import Waker
 
 RESCAN = float(os.environ.get("QUEUECTL_RESCAN", "2.0"))
@@ -34,7 +34,7 @@ class Worker:
         self.stopping = None
         self._signals = 0
         self._dirty = set(ALL)
-        self._pending = []
+        self._pending = PendingIndex(self.layout.pending)
         self._next_rescan = 0.0
         self._next_failed = 0.0
         self._config = None
@@ -86,7 +86,9 @@ class Worker:
 
     def run(self):
         self.layout.check_safe()
+        runner.close_inherited()
         self._reg_fd = registry.register(self.layout, self.host, self.pid)
+        self.spool.pool = pool.Pool(self.layout.tmp, self.name)  # registered first: fsck keeps its spares
         self._job_note = registry.JobNote(self.layout, self.host, self.pid)
         self.waker = Waker([self.layout.incoming, self.layout.pending, self.layout.failed,
                             self.layout.workers]).start()
@@ -96,6 +98,8 @@ class Worker:
             self._maintain(startup=True)
             self._loop()
         finally:
+            self.spool.pool.close()
+            self.spool.pool = None
             self.waker.stop()
             self._job_note.close()
             registry.unregister(self.layout, self.host, self.pid, self._reg_fd)
@@ -103,6 +107,7 @@ class Worker:
         return 0
 
     def _loop(self):
+        looked_again = False
         while True:
             self._check_requests()
             if self.stopping:
@@ -112,17 +117,24 @@ class Worker:
                 self._maintain()
             dirty, self._dirty = self._dirty, set()
             if "incoming" in dirty:
-                ingest.ingest_all(self.spool, report=self._report_ingest)
+                accepted, _ = ingest.ingest_all(self.spool, report=self._report_ingest)
+                if accepted and self.waker.mechanism != "inotify":
+                    self._pending.stale = True  # no event will name the new pending/ files
             if "failed" in dirty or timeutil.now() >= self._next_failed:
                 self._next_failed = self._promote_due()
             next_failed = self._next_failed
-            if "rescan" in dirty or not self._pending:
+            if "rescan" in dirty:
                 self._relist_pending()
             elif "pending" in dirty:
                 self._apply_pending_changes()
             name, next_pending = self._pick(timeutil.now())
             if name:
                 self._attempt(name)
+                looked_again = False
+                continue
+            if self.burst and not looked_again:
+                looked_again = True  # events are hints: read the folder itself before leaving
+                self._relist_pending()
                 continue
             if self.burst and not ingest.candidates(self.spool):
                 return
@@ -132,26 +144,21 @@ class Worker:
                 self.waker.wait(timeout)
 
     def _relist_pending(self):
-        self.waker.take_names("pending")  # the listing supersedes what events said so far
-        self._pending = self.spool.names("pending")
+        self.waker.take_names("pending")  # the next pass supersedes what events said so far
+        self._pending.stale = True
 
     def _apply_pending_changes(self):
-        """Keep the sorted pending/ listing current from the events' names instead of listing
-        the folder again per job (a claim must not cost O(pending)). Misses are caught by the
+        """Keep the view of pending/ current from the events' names instead of listing the
+        folder again per job (a claim must not cost O(pending)). Misses are caught by the
         rescan; a stale name only costs a failed open."""
         added, removed = self.waker.take_names("pending")
-        pending = self._pending
+        index, now = self._pending, timeutil.now()
         for entry in removed:
-            i = bisect.bisect_left(pending, entry)
-            if i < len(pending) and pending[i] == entry:
-                pending.pop(i)
+            index.remove(entry)
         for entry in added:
-            if not entry.endswith(names.SUFFIX) or entry.startswith("."):
+            if entry.startswith(".") or not os.path.lexists(os.path.join(self.layout.pending, entry)):
                 continue
-            i = bisect.bisect_left(pending, entry)
-            if (i == len(pending) or pending[i] != entry) and os.path.lexists(
-                    os.path.join(self.layout.pending, entry)):
-                pending.insert(i, entry)
+            index.add(entry, now)
 
     def _maintain(self, startup=False):
         """The periodic rescan: take back lost jobs, finish crashed moves, look at everything."""
@@ -181,27 +188,16 @@ class Worker:
 
     def _pick(self, now):
         """The first due name in claim order, and the earliest due time of those not due."""
-        pending = self._pending
-        next_due = float("inf")
-        i = 0
-        while i < len(pending):
-            name = pending[i]
-            parsed = names.parse_pending(name)
-            if parsed is None:
-                pending.pop(i)
-                self._reroute(name)  # may file it under a proper name: look from the top again
-                i, next_due, now = 0, float("inf"), timeutil.now()
-                continue
-            due = parsed[1]
-            if due <= now:
-                pending.pop(i)
+        index = self._pending
+        while True:
+            if index.stale:
+                index.refill(now)
+            while index.strays:  # hand-made files: filed as jobs or checked as dropped files
+                self._reroute(index.strays.pop())
+            name, next_due = index.pick(now)
+            if name is None or names.parse_pending(name) is not None:
                 return name, next_due
-            next_due = min(next_due, due)
-            # the rest of this priority is due later still: skip to the next priority
-            if name[:3] == "999":
-                break
-            i = bisect.bisect_left(pending, f"{int(name[:3]) + 1:03d}", i + 1)
-        return None, next_due
+            self._reroute(name)
 
     def _reroute(self, name):
         """A file put into pending/ by hand without our name format: a whole record (`mv
@@ -211,7 +207,7 @@ class Worker:
             return
         try:
             adopted = self.spool.adopt(name)
-            bisect.insort(self._pending, adopted.name)
+            self._pending.add(adopted.name, timeutil.now())
             self._log(f"pending/{name}: a record put here by hand, filed as job {adopted.record['id']}")
             return
         except Corrupt:
@@ -249,7 +245,6 @@ class Worker:
         finally:
             held.close()
             registry.clear_cancel(self.layout, self.name, record["id"])  # a request that came too late
-            self._job_note.clear()
             self._current, self._held_name = None, None
 
     def _run(self, record, timeout, cfg):
@@ -258,7 +253,7 @@ class Worker:
             try:
                 return runner.run(record, log_path, self.spool.path, self.id,
                                   timeout=timeout or None, log_max_bytes=cfg["log-max-bytes"],
-                                  interrupt=self._interrupt, wakeup_fd=self.waker.pipe_r,
+                                  interrupt=self._interrupt, wakeup_fds=self.waker.control_fds,
                                   on_tick=self._tick, base_env=self._base_env,
                                   on_start=lambda pgid: self._job_note.set(pgid, record["id"]))
             except runner.LogError as exc:

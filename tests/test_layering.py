@@ -8,8 +8,8 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # lower may not import higher; modules on one level do not import each other
 LAYERS = [
-    ["errors", "faults"], ["timeutil"], ["job"], ["names"], ["fsutil"], ["locks"], ["paths"], ["config"],
-    ["registry"], ["inventory"], ["spool"], ["ingest", "logs", "metrics"], ["fsck"], ["runner"], ["waker"], ["worker"],
+    ["errors", "faults"], ["timeutil"], ["job"], ["names"], ["fsutil"], ["locks"], ["pool"], ["paths"], ["config"],
+    ["registry"], ["inventory"], ["spool"], ["ingest", "logs", "metrics"], ["fsck"], ["runner", "pending"], ["waker"], ["worker"],
     ["supervisor"], ["render"], ["dashboard"], ["cli"],
 ]
 LEVEL = {mod: i for i, layer in enumerate(LAYERS) for mod in layer}

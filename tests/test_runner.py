@@ -290,7 +290,7 @@ def test_wakeup_fd_makes_the_interrupt_immediate(log_path, spool_path):
     timer.start()
     try:
         started = time.monotonic()
-        _, out = run("sleep 60", log_path, spool_path, interrupt=interrupt, wakeup_fd=r)
+        _, out = run("sleep 60", log_path, spool_path, interrupt=interrupt, wakeup_fds=(r,))
         assert out.interrupted == "cancel"
         assert time.monotonic() - started < runner.TICK + 0.4
     finally:

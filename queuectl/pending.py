@@ -1,0 +1,156 @@
+"""A worker's bounded view of pending/: which name to claim next, without holding every name.
+
+pending/ may hold 100,000 names (issue 4: a backlog of scheduled jobs), and a claim must not
+list and sort the folder each time. A pass streams the folder once (os.scandir: no list of
+every name) and keeps two short sorted lists:
+
+- `due`: the LIMIT first due names in claim order (byte order of the names);
+- `later`: the LIMIT not-yet-due names that come due first, as (due stamp, name).
+
+Claims take `due[0]`; names reported by inotify are slotted in; a name of `later` moves to
+`due` when its time comes. A new pass is made only when a list that was cut short runs out
+(so at most once per LIMIT claims), on the worker's periodic rescan, and after lost events.
+A name that sorts after a cut-short `due` list is left for that next pass: it comes after
+every name kept, so claim order holds. Due times are compared as the fixed-width text of
+the names (names.py), so nothing is parsed per name.
+"""
+import bisect
+import os
+
+from . import names
+
+LIMIT = 2048
+_STAMP = slice(4, 4 + len("20261124T130119.123Z"))
+
+
+class PendingIndex:
+    def __init__(self, folder, limit=LIMIT):
+        self.folder = folder
+        self.limit = limit
+        self.due, self.due_complete = [], True
+        self.later, self.later_complete = [], True
+        self.strays = []      # names not in our format: the worker files or re-routes them
+        self.stale = True     # a pass is needed before the next pick
+
+    def refill(self, now):
+        """One pass over the folder (O(names) time, O(limit) memory)."""
+        now_stamp = names.stamp(now)
+        due, later, strays = [], [], []
+        due_cut = later_cut = False
+        limit = self.limit
+        try:
+            entries = os.scandir(self.folder)
+        except FileNotFoundError:
+            entries = None
+        if entries is not None:
+            with entries:
+                for entry in entries:
+                    name = entry.name
+                    if not _ours(name):
+                        if not name.startswith(".") and len(strays) < limit:
+                            strays.append(name)
+                        continue
+                    stamp = name[_STAMP]
+                    if stamp <= now_stamp:
+                        if len(due) < limit:
+                            bisect.insort(due, name)
+                        elif name < due[-1]:
+                            bisect.insort(due, name)
+                            due.pop()
+                            due_cut = True
+                        else:
+                            due_cut = True
+                    else:
+                        item = (stamp, name)
+                        if len(later) < limit:
+                            bisect.insort(later, item)
+                        elif item < later[-1]:
+                            bisect.insort(later, item)
+                            later.pop()
+                            later_cut = True
+                        else:
+                            later_cut = True
+        self.due, self.due_complete = due, not due_cut
+        self.later, self.later_complete = later, not later_cut
+        self.strays = strays
+        self.stale = False
+
+    def add(self, name, now):
+        """A name that appeared in pending/ (an inotify hint)."""
+        if not _ours(name):
+            if not name.startswith(".") and name not in self.strays:
+                self.strays.append(name)
+            return
+        stamp = name[_STAMP]
+        if stamp <= names.stamp(now):
+            _insert(self.due, name, self.limit, self.due_complete, self._cut_due)
+        else:
+            _insert(self.later, (stamp, name), self.limit, self.later_complete, self._cut_later)
+
+    def remove(self, name):
+        """A name that left pending/ (claimed, cancelled, moved by hand)."""
+        if _ours(name):
+            _discard(self.due, name)
+            _discard(self.later, (name[_STAMP], name))
+        elif name in self.strays:
+            self.strays.remove(name)
+
+    def pick(self, now):
+        """(name to claim or None, wall time of the next due job or inf). Pops the name."""
+        if self.stale:
+            self.refill(now)
+        now_stamp = names.stamp(now)
+        while self.later and self.later[0][0] <= now_stamp:
+            _stamp, name = self.later.pop(0)
+            _insert(self.due, name, self.limit, self.due_complete, self._cut_due)
+            if not self.later and not self.later_complete:
+                self.refill(now)  # the names cut from `later` may be due too
+                now_stamp = names.stamp(now)
+        if not self.due and not self.due_complete:
+            self.refill(now)
+        if self.due:
+            return self.due.pop(0), self.next_due()
+        return None, self.next_due()
+
+    def next_due(self):
+        if self.later:
+            return names.parse_stamp(self.later[0][0])
+        if not self.later_complete:
+            return 0.0  # names were cut: look again at once
+        return float("inf")
+
+    def __len__(self):
+        return len(self.due) + len(self.later)
+
+    def _cut_due(self):
+        self.due_complete = False
+
+    def _cut_later(self):
+        self.later_complete = False
+
+
+def _ours(name):
+    """The shape of our names (names.py), checked cheaply: a pass looks at every name. The
+    worker parses the name it picks in full."""
+    return (len(name) > 50 and name[3] == "_" and name[24] == "_" and name[44] == "_"
+            and name.endswith(names.SUFFIX) and name[:3].isdigit())
+
+
+def _insert(items, item, limit, complete, on_cut):
+    """Insert into a sorted, bounded list. A list cut short never takes an item beyond its
+    end: that item is found again by the next pass."""
+    i = bisect.bisect_left(items, item)
+    if i < len(items) and items[i] == item:
+        return
+    if not complete and i == len(items):
+        return
+    items.insert(i, item)
+    if len(items) > limit:
+        items.pop()
+        on_cut()
+
+
+def _discard(items, item):
+    i = bisect.bisect_left(items, item)
+    if i < len(items) and items[i] == item:
+        items.pop(i)

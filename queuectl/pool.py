@@ -1,0 +1,99 @@
+"""Spare inodes for a worker's moves: a displaced record file is kept and rewritten instead
+of freed, and the next staged record is written into it instead of a new file.
+
+Why: every move writes a new record in tmp/ and renames it over the old one (spool.py rule
+3), so a job would create two files and free two. On ext4 without a journal (the kind of
+disk these machines have) a new file skips over every inode freed in the last minutes, so
+a drain that frees inodes makes each later create slower: 0.02 ms at first, 0.5-1.4 ms a
+few thousand jobs on (bench/). Recycled, a job creates no record file at all.
+
+A spare is a hard link in tmp/ named `free-WORKER-N` (WORKER = HOST_PID of the registered
+worker), linked between the two renames of a move while the mover holds the old file's
+lock, and kept open with that lock held: nobody else can lock or move it. It is reused by
+writing the new record over it and only then renaming it to the staged `mv-*` name, so a
+crash never leaves old content under a staged name. A reader that opened the old name just
+before may read the new content: inventory.py checks the id. Spares of a worker that is
+gone are removed by fsck's recovery.
+"""
+import os
+
+from . import fsutil, locks
+
+PREFIX = "free-"
+LIMIT = 8  # spares kept at most: a job displaces two inodes and takes two
+
+
+class Pool:
+    def __init__(self, tmp_dir, owner):
+        self.tmp_dir = tmp_dir
+        self.prefix = f"{PREFIX}{owner}-"
+        self._free = []  # (spare path, open fd whose flock is ours)
+        self._n = 0
+
+    def keep(self, path, held):
+        """Keep the inode now at `path`, about to be displaced by a rename over it; `held`
+        is its spool.Held, whose open and locked fd the pool takes over (the lock stays ours,
+        so no one else can act on the old name's inode). Returns the entry, or None."""
+        if len(self._free) >= LIMIT or held.fd is None:
+            return None
+        self._n += 1
+        spare = os.path.join(self.tmp_dir, f"{self.prefix}{self._n}")
+        try:
+            os.link(path, spare)
+        except OSError:
+            return None
+        entry = (spare, held.fd)
+        held.fd = None
+        self._free.append(entry)
+        return entry
+
+    def discard(self, entry):
+        """The rename that was to displace the kept inode failed: it is still in use."""
+        if entry in self._free:
+            self._free.remove(entry)
+        _unlink_quiet(entry[0])
+        os.close(entry[1])
+
+    def write_new(self, path, data):
+        """Like fsutil.write_new (not synced): `path` created with `data`; its fd returned,
+        locked by this process."""
+        while self._free:
+            spare, fd = self._free.pop()
+            try:
+                os.pwrite(fd, data, 0)
+                os.ftruncate(fd, len(data))
+                os.rename(spare, path)  # only now, complete, does it carry a staged name
+                return fd
+            except OSError:
+                os.close(fd)
+                _unlink_quiet(spare)
+        fd = fsutil.write_new(path, data, sync=False)
+        try:
+            locks.hold(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink_quiet(path)
+            raise
+        return fd
+
+    def close(self):
+        """Free the spares (a worker's exit)."""
+        for spare, fd in self._free:
+            _unlink_quiet(spare)
+            os.close(fd)
+        self._free = []
+
+
+def owner_of(name):
+    """The worker name in a spare's file name, or None."""
+    if not name.startswith(PREFIX):
+        return None
+    owner, _, n = name[len(PREFIX):].rpartition("-")
+    return owner if owner and n.isdigit() else None
+
+
+def _unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
