@@ -58,10 +58,15 @@ Rules every transition follows
    job back by one step (a finished job found in processing/ again is taken back and run
    again: at-least-once), never lose it or put it in two folders. An fsync per move
    would cost a third of the drain rate (bench/).
-9. What a crash leaves: a file in tmp/ (finished, moved aside or deleted by fsck.py, which
+9. Spare inodes (pool.py): a worker's moves keep the inode that step b displaces (linked
+   into tmp/free-HOST_PID-N before b, still locked by the mover) and write their next
+   staged record into it, so a job creates and frees no record file. Readers check that
+   a record's id is the one in its name (inventory.py), since an inode they opened may
+   since have been reused.
+10. What a crash leaves: a file in tmp/ (finished, moved aside or deleted by fsck.py, which
    every worker runs at start), a stale id marker (taken over), a processing/ file with a
    free lock (taken back), an incoming file claimed into tmp/ (put back into incoming/ or,
-   if its job exists, removed).
+   if its job exists, removed), a dead worker's spares in tmp/ (removed).
 """
 import errno
 import os

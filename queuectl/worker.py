@@ -40,6 +40,7 @@ class Worker:
         self._config = None
         self._config_mtime = None
         self._held_name = None
+        self._unrecorded = None  # (held, outcome, cfg) of an attempt that ended, see _started
         self.waker = None
         self._base_env = dict(os.environ)  # a plain dict: cheaper to copy per job than os.environ
 
@@ -98,7 +99,10 @@ class Worker:
             self._maintain(startup=True)
             self._loop()
         finally:
-            self.spool.pool.close()
+            try:
+                self._record_previous()
+            finally:
+                self.spool.pool.close()
             self.spool.pool = None
             self.waker.stop()
             self._job_note.close()
@@ -111,6 +115,7 @@ class Worker:
         while True:
             self._check_requests()
             if self.stopping:
+                self._record_previous()
                 return
             now_m = time.monotonic()
             if now_m >= self._next_rescan:
@@ -132,6 +137,7 @@ class Worker:
                 self._attempt(name)
                 looked_again = False
                 continue
+            self._record_previous()
             if self.burst and not looked_again:
                 looked_again = True  # events are hints: read the folder itself before leaving
                 self._relist_pending()
@@ -237,15 +243,43 @@ class Worker:
         timeout = record.get("timeout_seconds")
         if timeout is None:
             timeout = cfg["job-timeout"]
-        total = record["max_retries"] + 1
-        self._log(f"job {record['id']} started (attempt {record['attempts']}/{total}): {record['command']}")
+        self._announced = False
         try:
             outcome = self._run(record, timeout, cfg)
+        except BaseException:
+            held.close()
+            raise
+        finally:
+            self._current, self._held_name = None, None
+        if not self._announced:  # the command could not start: on_start never ran
+            self._record_previous()
+            self._announce(record)
+        self._unrecorded = (held, outcome, cfg)
+
+    def _announce(self, record):
+        self._announced = True
+        total = record["max_retries"] + 1
+        self._log(f"job {record['id']} started (attempt {record['attempts']}/{total}): {record['command']}")
+
+    def _started(self, pgid, record):
+        """The command runs: note its process group, then record the previous job's result
+        while this one runs (its finish overlaps the new command's start-up instead of
+        delaying it; the previous job stays in processing/, locked, for that moment)."""
+        self._job_note.set(pgid, record["id"])
+        self._record_previous()
+        self._announce(record)
+
+    def _record_previous(self):
+        """Finish the attempt whose command has exited but whose result is not on disk yet."""
+        if self._unrecorded is None:
+            return
+        held, outcome, cfg = self._unrecorded
+        self._unrecorded = None
+        try:
             self._finish(held, outcome, cfg)
         finally:
             held.close()
-            registry.clear_cancel(self.layout, self.name, record["id"])  # a request that came too late
-            self._current, self._held_name = None, None
+            registry.clear_cancel(self.layout, self.name, held.record["id"])  # a request that came too late
 
     def _run(self, record, timeout, cfg):
         log_path = self.spool.log_path(record["id"])
@@ -255,7 +289,7 @@ class Worker:
                                   timeout=timeout or None, log_max_bytes=cfg["log-max-bytes"],
                                   interrupt=self._interrupt, wakeup_fds=self.waker.control_fds,
                                   on_tick=self._tick, base_env=self._base_env,
-                                  on_start=lambda pgid: self._job_note.set(pgid, record["id"]))
+                                  on_start=lambda pgid: self._started(pgid, record))
             except runner.LogError as exc:
                 # something that is not a regular file sits where the log goes: set it aside
                 try:
@@ -298,7 +332,7 @@ class Worker:
             self._take_back_lost()
 
     def _take_back_lost(self):
-        exclude = (self._held_name,) if self._held_name else ()
+        exclude = {self._held_name, self._unrecorded and self._unrecorded[0].name} - {None}
         for record in self.spool.take_back_lost(exclude=exclude):
             self._log(f"job {record['id']} taken back: {record['last_error']} -> {record['state']}")
 

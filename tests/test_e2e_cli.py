@@ -703,8 +703,9 @@ def test_drop_box_with_a_running_worker(cli, spool_dir):
     wait_until(lambda: {"bad.json.error", "garbage.json.error", "dup.json.error"} <= set(os.listdir(rejected)),
                10, what="three rejections")
     drop(spool_dir, "bad.json", json.dumps({"command": "true", "colour": "red"}))  # same name again
-    wait_until(lambda: len([n for n in os.listdir(rejected) if n.endswith(".error")]) == 4, 10,
-               what="the fourth rejection")
+    # the .error is written first, then the file is moved beside it: wait for both
+    wait_until(lambda: len([n for n in os.listdir(rejected) if n.endswith(".error")]) == 4
+               and "bad.json.1" in os.listdir(rejected), 10, what="the fourth rejection")
 
     def error(name):
         with open(os.path.join(rejected, name + ".error")) as fh:

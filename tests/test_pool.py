@@ -1,0 +1,96 @@
+"""Recycled inodes for a worker's moves (queuectl/pool.py), in process."""
+import json
+import os
+
+from queuectl import Spool, fsck, pool, registry
+
+
+def worker_spool(tmp_path, owner="h_1"):
+    spool = Spool(str(tmp_path / "spool"))
+    spool.pool = pool.Pool(spool.layout.tmp, owner)
+    return spool
+
+
+def cycle(spool, n):
+    for record in spool.enqueue_many([{"command": "true"} for _ in range(n)]):
+        name = spool.find(record["id"])[1]
+        held = spool.claim(name, "h", 1)
+        spool.finish(held, 0, None, backoff=(2, 60, 0))
+        held.close()
+
+
+def test_moves_reuse_inodes_instead_of_creating_them(tmp_path):
+    spool = worker_spool(tmp_path)
+    cycle(spool, 3)
+    tmp = spool.layout.tmp
+    spares = {os.stat(os.path.join(tmp, n)).st_ino for n in os.listdir(tmp)}
+    assert spares and all(n.startswith("free-h_1-") for n in os.listdir(tmp))
+    records = spool.enqueue_many([{"command": "true"} for _ in range(5)])
+    pending_inodes = {os.stat(os.path.join(spool.layout.pending, spool.find(r["id"])[1])).st_ino for r in records}
+    for r in records:
+        held = spool.claim(spool.find(r["id"])[1], "h", 1)
+        spool.finish(held, 0, None, backoff=(2, 60, 0))
+        held.close()
+    final = {os.stat(os.path.join(spool.layout.completed, f"{r['id']}.json")).st_ino for r in records}
+    # every completed record sits in an inode that existed before: a spare or an enqueued file
+    assert final <= spares | pending_inodes
+    assert len(os.listdir(tmp)) <= pool.LIMIT
+
+
+def test_recycled_records_are_whole_and_right(tmp_path):
+    spool = worker_spool(tmp_path)
+    cycle(spool, 20)
+    for name in os.listdir(spool.layout.completed):
+        with open(os.path.join(spool.layout.completed, name)) as fh:
+            record = json.load(fh)
+        assert record["id"] + ".json" == name
+        assert record["state"] == "completed" and record["attempts"] == 1 and record["exit_code"] == 0
+
+
+def test_a_reader_of_a_displaced_file_never_gets_another_jobs_record(tmp_path):
+    spool = worker_spool(tmp_path)
+    a, b = spool.enqueue_many([{"command": "true", "id": "a"}, {"command": "true", "id": "b"}])
+    path_a = os.path.join(spool.layout.pending, spool.find("a")[1])
+    stale_fd = os.open(path_a, os.O_RDONLY)  # a reader that opened a's pending file just before
+    try:
+        for job in ("a", "b"):
+            held = spool.claim(spool.find(job)[1], "h", 1)
+            spool.finish(held, 0, None, backoff=(2, 60, 0))
+            held.close()
+        content = json.loads(os.pread(stale_fd, 65536, 0))
+        assert content["id"] in ("a", "b")  # the inode may now hold any record...
+        assert spool.get("a")["id"] == "a" and spool.get("b")["id"] == "b"  # ...reads check the id
+    finally:
+        os.close(stale_fd)
+
+
+def test_close_frees_the_spares(tmp_path):
+    spool = worker_spool(tmp_path)
+    cycle(spool, 4)
+    spool.pool.close()
+    assert os.listdir(spool.layout.tmp) == []
+
+
+def test_recovery_removes_spares_of_a_dead_worker_only(tmp_path):
+    spool = worker_spool(tmp_path, owner="deadhost_999999")
+    cycle(spool, 2)
+    live_fd = registry.register(spool.layout, "livehost", 4242)
+    try:
+        live = pool.Pool(spool.layout.tmp, registry.worker_name("livehost", 4242))
+        spool.pool = live
+        cycle(spool, 2)
+        before = sorted(os.listdir(spool.layout.tmp))
+        assert any(n.startswith("free-deadhost_999999-") for n in before)
+        fsck.recover(spool)
+        after = sorted(os.listdir(spool.layout.tmp))
+        assert not any(n.startswith("free-deadhost_999999-") for n in after)
+        assert [n for n in before if n.startswith("free-livehost_4242-")] == after
+        assert all(p.kind != "tmp-leftover" for p in fsck.check(spool))
+    finally:
+        os.close(live_fd)
+
+
+def test_owner_of_names():
+    assert pool.owner_of("free-host.a_12-3") == "host.a_12"
+    assert pool.owner_of("free--3") is None
+    assert pool.owner_of("mv-x.json") is None
