@@ -295,7 +295,8 @@ def long_run_rss(jobs):
         samples = []
         while proc.poll() is None:
             rss = _rss_mb(proc.pid)
-            if rss:
+            # from the first job on: before that the process is still loading Python
+            if rss and os.listdir(spool.layout.completed):
                 samples.append(rss)
             time.sleep(0.2)
         return samples
