@@ -52,24 +52,9 @@ class PendingIndex:
                         continue
                     stamp = name[_STAMP]
                     if stamp <= now_stamp:
-                        if len(due) < limit:
-                            bisect.insort(due, name)
-                        elif name < due[-1]:
-                            bisect.insort(due, name)
-                            due.pop()
-                            due_cut = True
-                        else:
-                            due_cut = True
+                        due_cut |= _keep_smallest(due, name, limit)
                     else:
-                        item = (stamp, name)
-                        if len(later) < limit:
-                            bisect.insort(later, item)
-                        elif item < later[-1]:
-                            bisect.insort(later, item)
-                            later.pop()
-                            later_cut = True
-                        else:
-                            later_cut = True
+                        later_cut |= _keep_smallest(later, (stamp, name), limit)
         self.due, self.due_complete = due, not due_cut
         self.later, self.later_complete = later, not later_cut
         self.strays = strays
@@ -134,6 +119,17 @@ def _ours(name):
     worker parses the name it picks in full."""
     return (len(name) > 50 and name[3] == "_" and name[24] == "_" and name[44] == "_"
             and name.endswith(names.SUFFIX) and name[:3].isdigit())
+
+
+def _keep_smallest(items, item, limit):
+    """Add to a sorted list that keeps the `limit` smallest items. True if one was cut."""
+    if len(items) < limit:
+        bisect.insort(items, item)
+        return False
+    if item < items[-1]:
+        bisect.insort(items, item)
+        items.pop()
+    return True
 
 
 def _insert(items, item, limit, complete, on_cut):
