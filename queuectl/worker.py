@@ -41,6 +41,7 @@ class Worker:
         self._config_mtime = None
         self._held_name = None
         self._unrecorded = None  # (held, outcome, cfg) of an attempt that ended, see _started
+        self._announced = False  # the current attempt's "started" line is printed
         self.waker = None
         self._base_env = dict(os.environ)  # a plain dict: cheaper to copy per job than os.environ
 
