@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from queuectl import Spool, timeutil  # noqa: E402
-from queuectl.spool import _syncfs  # noqa: E402
+from queuectl.fsutil import syncfs  # noqa: E402
 
 RAW_SPAWNER = """
 import subprocess, sys
@@ -246,7 +246,7 @@ def batch_enqueue(jobs):
         for i, item in enumerate(lines):
             with open(os.path.join(stage, f"{i}.json"), "w") as out:
                 json.dump(item, out)
-        _syncfs(stage)
+        syncfs(stage)
         for i in range(len(lines)):
             os.rename(os.path.join(stage, f"{i}.json"), os.path.join(raw_dir, f"{i:08d}.json"))
         fd = os.open(raw_dir, os.O_RDONLY)

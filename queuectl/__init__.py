@@ -7,6 +7,7 @@
 """
 from .errors import (DuplicateJob, FieldError, InvalidInput, JobNotFound, QueuectlError,
                      UnsafeSpool, WrongState)
+from .version import __version__
 
 
 def __getattr__(name):
@@ -20,6 +21,5 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__version__ = "0.1.0"
 __all__ = ["Spool", "State", "QueuectlError", "InvalidInput", "FieldError", "DuplicateJob",
            "JobNotFound", "WrongState", "UnsafeSpool"]

@@ -3,15 +3,14 @@
 Errors become exit codes in one place (main): QueuectlError knows its code, click's usage
 errors are 2, an OSError is one line and 1; never a traceback.
 """
-import json
 import os
-import re
 import sys
 
 import click
 
 from . import render
-from .errors import FieldError, InvalidInput, QueuectlError
+from .version import __version__
+from .errors import InvalidInput, QueuectlError
 from .paths import default_spool
 
 STATE_CHOICE = click.Choice(["pending", "processing", "failed", "completed", "dead"])
@@ -58,7 +57,7 @@ def complete_job_id(ctx, param, incomplete):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--spool", type=click.Path(file_okay=False), envvar="QUEUECTL_SPOOL",
               default=None, help="The spool folder (default: $QUEUECTL_SPOOL or ~/.queuectl/spool).")
-@click.version_option(package_name="queuectl")
+@click.version_option(version=__version__, prog_name="queuectl")
 @click.pass_context
 def cli(ctx, spool):
     """queuectl: a background job queue for shell commands, kept in a folder (the spool).
@@ -74,41 +73,6 @@ def cli(ctx, spool):
 
 
 # ---------------------------------------------------------------- enqueue
-
-def _parse_items(text, source):
-    """An object, an array of objects, or JSON Lines -> list of items."""
-    stripped = text.strip()
-    if not stripped:
-        raise InvalidInput(f"{source}: no job in it")
-    try:
-        data = json.loads(stripped)
-    except ValueError:
-        data = None
-        items = []
-        for number, line in enumerate(stripped.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                items.append(json.loads(line))
-            except ValueError as exc:
-                raise InvalidInput(f"{source}: line {number}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
-            except RecursionError:
-                raise InvalidInput(f"{source}: line {number}: JSON nested too deeply") from None
-        return items
-    except RecursionError:
-        raise InvalidInput(f"{source}: JSON nested too deeply") from None
-    if isinstance(data, list):
-        return data
-    return [data]
-
-
-def _parse_run_at(value):
-    if value is None:
-        return None
-    if re.fullmatch(r"\d+(\.\d+)?", value.strip()):
-        return float(value)
-    return value
-
 
 @cli.command()
 @click.argument("job_json", required=False)
@@ -131,10 +95,11 @@ def enqueue(ctx, job_json, file_, command, job_id, priority, run_at, max_retries
       queuectl enqueue -c 'make backup' --priority 1 --run-at +10m
       queuectl enqueue --file jobs.jsonl
     """
+    from .job import parse_batch, run_at_option
     if job_json is not None and file_ is not None:
         raise click.UsageError("give a JSON argument or --file, not both")
     if job_json is not None:
-        items = _parse_items(job_json, "JSON argument")
+        items = parse_batch(job_json, "JSON argument")
         if len(items) != 1 or not isinstance(items[0], dict):
             raise InvalidInput("JSON argument: must be one JSON object (use --file for several)")
     elif file_ is not None:
@@ -143,27 +108,17 @@ def enqueue(ctx, job_json, file_, command, job_id, priority, run_at, max_retries
                 text = fh.read()
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidInput(f"--file {file_}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-        items = _parse_items(text, f"--file {file_}")
+        items = parse_batch(text, f"--file {file_}")
     else:
         items = [{}]
-    overrides = {"command": command, "id": job_id, "priority": priority,
-                 "run_at": _parse_run_at(run_at), "max_retries": max_retries, "timeout_seconds": timeout}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if "id" in overrides and len(items) > 1:
-        raise InvalidInput("--id: cannot give one id to several jobs")
     if not items:
         raise InvalidInput("no job given (an empty array)")
-    jobs = []
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            where = f"job {index + 1}" if len(items) > 1 else "job"
-            raise FieldError(where, f"must be a JSON object, got {render_type(item)}")
-        job = dict(item, **overrides)
-        if "cwd" not in job:
-            job["cwd"] = os.getcwd()  # SPEC: the CLI records the caller's directory
-        jobs.append(job)
+    overrides = {"command": command, "id": job_id, "priority": priority, "run_at": run_at_option(run_at),
+                 "max_retries": max_retries, "timeout_seconds": timeout}
     with _progress("enqueue") as progress:
-        records = get_spool(ctx).enqueue_many(jobs, progress=progress)
+        # the CLI records the caller's directory (docs/contract.md "The job record")
+        records = get_spool(ctx).enqueue_many(items, overrides=overrides, defaults={"cwd": os.getcwd()},
+                                              progress=progress)
     if as_json:
         echo_json(records)
     else:
@@ -191,11 +146,6 @@ class _progress:
     def __exit__(self, *exc):
         if self.bar is not None:
             self.bar.__exit__(*exc)
-
-
-def render_type(value):
-    from .job import type_name
-    return type_name(value)
 
 
 # ---------------------------------------------------------------- workers
@@ -350,26 +300,10 @@ def dlq_list(ctx, as_json):
 @click.pass_context
 def dlq_retry(ctx, job_ids, all_):
     """Move dead jobs back to pending/ with attempts 0, due now."""
-    spool = get_spool(ctx)
     if all_ == bool(job_ids):
         raise click.UsageError("give job ids or --all (one of them)")
-    from .errors import WrongState
-    for job_id in job_ids:  # all or nothing: every id is checked before any moves
-        _check_id(job_id)
-        found = spool.find(job_id)
-        if found is None:
-            raise _not_found(job_id)
-        if found[0] != "dead":
-            raise WrongState(f"job {job_id!r} is {found[0]}, not dead; nothing was retried")
-    ids = list(dict.fromkeys(job_ids)) or [r["id"] for r in spool.list("dead")]  # each once
-    for job_id in ids:
-        spool.retry_dead(job_id)
+    for job_id in get_spool(ctx).dlq_retry(None if all_ else job_ids):
         click.echo(job_id)
-
-
-def _not_found(job_id):
-    from .errors import JobNotFound
-    return JobNotFound(job_id)
 
 
 @cli.command()
@@ -380,36 +314,8 @@ def _not_found(job_id):
 @click.pass_context
 def cancel(ctx, job_id, kill, timeout):
     """Send a pending or failed job to dead/ (last_error "cancelled")."""
-    import time
-    from .errors import WrongState
-    spool = get_spool(ctx)
-    _check_id(job_id)
-    found = spool.find(job_id)
-    if found and found[0] == "processing":
-        if not kill:
-            raise WrongState(f"job {job_id!r} is running; use --kill to kill it")
-        spool.request_kill(job_id)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = spool.find(job_id)
-            if found is None or found[0] != "processing":
-                break
-            time.sleep(0.05)
-        if found and found[0] == "dead" and spool.get(job_id).get("last_error") == "cancelled":
-            click.echo(f"{job_id} killed and cancelled")
-            return
-        if found and found[0] == "processing":
-            raise WrongState(f"job {job_id!r} did not stop within {timeout:g}s (still running)")
-        raise WrongState(f"job {job_id!r} ended before it could be killed (state {found and found[0]})")
-    spool.cancel(job_id)
-    click.echo(f"{job_id} cancelled")
-
-
-def _parse_age(value):
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", value or "")
-    if not m:
-        raise InvalidInput(f"--older-than: not a duration: {value!r} (e.g. 30m, 12h, 7d)")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+    done = get_spool(ctx).cancel(job_id, kill=kill, timeout=timeout)
+    click.echo(f"{job_id} killed and cancelled" if done.killed else f"{job_id} cancelled")
 
 
 @cli.command()
@@ -418,9 +324,8 @@ def _parse_age(value):
 @click.pass_context
 def purge(ctx, state, older_than):
     """Delete completed or dead jobs and their logs."""
-    age = _parse_age(older_than) if older_than is not None else None
     with _progress("purge") as progress:
-        count = get_spool(ctx).purge(state, older_than=age, progress=progress)
+        count = get_spool(ctx).purge(state, older_than=older_than, progress=progress)
     click.echo(f"purged {count} {state} job(s)")
 
 

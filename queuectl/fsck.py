@@ -18,7 +18,7 @@ from . import fsutil, ingest, locks, names, pool, registry
 from .errors import LostRace, QueuectlError
 from .job import STATES, check_record
 from .paths import ALL_DIRS
-from .spool import Corrupt
+from .moves import Corrupt
 
 MOVE_GRACE = 5.0        # a mover may sit between its two renames this long (seconds)
 ENQUEUE_GRACE = 60.0    # an enqueue's staged files younger than this may be in use
@@ -215,7 +215,7 @@ def _id_markers(spool, seen):
                            lambda path=path: _create_marker(path)))
     for job_id in sorted(markers - set(seen)):
         path = os.path.join(spool.layout.ids, job_id)
-        if spool._marker_owner_alive(path):
+        if spool.moves.marker_owner_alive(path):
             continue  # an enqueue in progress
         out.append(Problem("stale-id-marker", path, "an id marker without a job (harmless)",
                            lambda path=path: _remove(path)))
@@ -237,7 +237,7 @@ def _orphan_logs(spool, seen):
 def _stale_workers(spool):
     out = []
     live = {w["name"] for w in registry.live_workers(spool.layout, supervisors=True)}
-    busy = {registry.worker_name(p[1], p[2]) for p in map(names.parse_processing, spool.names("processing")) if p}
+    busy = {registry.worker_name(p.host, p.pid) for p in map(names.parse_processing, spool.names("processing")) if p}
     for name in sorted(fsutil.listdir(spool.layout.workers)):
         owner = name.split(".", 1)[0]
         if owner in live or name.endswith(".job") and owner in busy:
@@ -262,7 +262,7 @@ def _remove(path):
 def _aside(spool, path, name, reason):
     if not os.path.lexists(path):
         return "already gone"
-    dst = spool.move_aside(path, name, f"moved aside by fsck at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {reason}")
+    dst = spool.moves.move_aside(path, name, f"moved aside by fsck at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {reason}")
     return f"moved to rejected/{dst}"
 
 
@@ -280,7 +280,7 @@ def _unlocked(path):
 
 
 def _take_back(spool, name):
-    held = spool.take_back(name)
+    held = spool.moves.take_back(name)
     return f"taken back to {held.state}/{held.name}"
 
 
@@ -288,13 +288,13 @@ def _relabel(spool, state, name):
     """The record lags its folder (a move cut between its renames, no new record in tmp/):
     the folder is the truth; rewrite the record's state under the job's lock."""
     try:
-        held = spool._lock(state, name)
+        held = spool.moves.lock(state, name)
     except Corrupt as exc:
         return f"not repaired: {exc.reason}"
     try:
         if held.record.get("state") == state:
             return "already consistent"
-        spool.rewrite(held, dict(held.record, state=state))
+        spool.moves.rewrite(held, dict(held.record, state=state))
     finally:
         held.close()
     return f"record state set to {state!r}"
@@ -317,7 +317,7 @@ def _finish_move(spool, tmp_path):
         return _remove(tmp_path) + " (unreadable)"
     if found and found[0] == new.get("state"):
         try:
-            held = spool._lock(*found)
+            held = spool.moves.lock(*found)
         except LostRace:
             return "busy; left for later"
         try:

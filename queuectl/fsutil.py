@@ -118,3 +118,16 @@ def translate(exc, what):
     elif exc.errno == errno.EROFS:
         reason = "read-only filesystem"
     return SpoolError(f"{what}: {reason}")
+
+
+def syncfs(path):
+    """One syncfs(2) for the filesystem holding `path`: a batch's files in one flush."""
+    import ctypes
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)

@@ -16,7 +16,7 @@ from . import fsutil, timeutil
 from .faults import crashpoint
 from .errors import FieldError, InvalidInput, QueuectlError
 from .job import new_id, new_record, validate_input
-from .spool import MAX_DROP_BYTES, unique_name
+from .moves import MAX_DROP_BYTES, unique_name
 
 PREFIX = "ingest-"
 
@@ -61,18 +61,18 @@ def ingest_one(spool, name):
     crashpoint("ingest.claimed")
     try:
         record = _read_job(spool, claimed, job_id)
-        spool._store_new([record])
+        spool.moves.store_new([record])
         crashpoint("ingest.stored")
     except (InvalidInput, _NotAJob) as exc:
         reason = str(exc)
-        spool.move_aside(claimed, name, f"rejected at {timeutil.iso(timeutil.now())}: {reason}")
+        spool.moves.move_aside(claimed, name, f"rejected at {timeutil.iso(timeutil.now())}: {reason}")
         return "rejected", reason
     except QueuectlError:
         _put_back(spool, claimed, name)  # e.g. disk full: leave it for a later try
         raise
     except Exception as exc:  # whatever else a hostile file provokes: reject it, never die on it
         reason = f"could not be read as a job ({type(exc).__name__}: {str(exc)[:200]})"
-        spool.move_aside(claimed, name, f"rejected at {timeutil.iso(timeutil.now())}: {reason}")
+        spool.moves.move_aside(claimed, name, f"rejected at {timeutil.iso(timeutil.now())}: {reason}")
         return "rejected", reason
     _unlink(claimed)
     crashpoint("ingest.done")

@@ -118,7 +118,7 @@ class Inventory:
         for name in self.names("processing"):
             parsed = names.parse_processing(name)
             if parsed:
-                running[registry.worker_name(parsed[1], parsed[2])] = (parsed[0], name)
+                running[registry.worker_name(parsed.host, parsed.pid)] = (parsed.job_id, name)
         workers = []
         for w in registry.live_workers(self.layout):
             job, since = None, None
@@ -137,7 +137,7 @@ class Inventory:
         time, so only the first of each priority and the failed/ records are read."""
         candidates = []
         pending = self.names("pending")
-        best = min(pending, key=lambda n: n[25:44], default=None)
+        best = min(pending, key=lambda n: n[names.PENDING_SEQ], default=None)
         if best:
             candidates.append(("pending", best))
         candidates += [("failed", n) for n in self.names("failed")[:1000]]
@@ -171,5 +171,5 @@ def count_jobs(layout, now=None):
     pending = job_names(layout.pending)
     counts["pending"] = len(pending)
     due_stamp = names.stamp(now)
-    counts["scheduled"] = sum(1 for n in pending if n[4:24] > due_stamp)
+    counts["scheduled"] = sum(1 for n in pending if names.pending_due_text(n) > due_stamp)
     return counts

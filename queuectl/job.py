@@ -3,6 +3,7 @@
 SPEC "The job record" is the contract; every error names the field it is about.
 """
 import enum
+import json
 import math
 import os
 import re
@@ -221,3 +222,36 @@ def check_record(data):
 def due_time(record):
     """When the job may next start: run_at, or for a job without one its creation time."""
     return timeutil.parse_iso(record.get("run_at") or record["created_at"])
+
+
+def parse_batch(text, source):
+    """Jobs given as text: one JSON object, an array of objects, or JSON Lines -> list of
+    items (checked later by validate_input). InvalidInput naming `source` and the line."""
+    from .errors import InvalidInput
+    stripped = text.strip()
+    if not stripped:
+        raise InvalidInput(f"{source}: no job in it")
+    try:
+        data = json.loads(stripped)
+    except RecursionError:
+        raise InvalidInput(f"{source}: JSON nested too deeply") from None
+    except ValueError:
+        items = []
+        for number, line in enumerate(stripped.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except ValueError as exc:
+                raise InvalidInput(f"{source}: line {number}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
+            except RecursionError:
+                raise InvalidInput(f"{source}: line {number}: JSON nested too deeply") from None
+        return items
+    return data if isinstance(data, list) else [data]
+
+
+def run_at_option(value):
+    """The text of a --run-at option: digits are Unix seconds, anything else is parsed later."""
+    if value is not None and re.fullmatch(r"\d+(\.\d+)?", value.strip()):
+        return float(value)
+    return value

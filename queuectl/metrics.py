@@ -81,10 +81,10 @@ def _waiting(lay, now, pending, failed_times):
     now_stamp = names.stamp(now)
     for name in pending:
         try:
-            entered = int(name[25:44]) / 1e9      # SEQ: names.pending_name
+            entered = names.pending_enqueued_at(name)
         except ValueError:
             continue
-        if name[4:24] > now_stamp:                # DUE: fixed-width, so compared as text
+        if names.pending_due_text(name) > now_stamp:
             scheduled += 1
         age = max(0.0, now - entered)
         rows["pending"][_bucket(age)] += 1
@@ -155,7 +155,7 @@ def collect(spool, now=None, sample=DEFAULT_SAMPLE):
     running_retries = 0
     for name in processing:
         parsed = names.parse_processing(name)
-        if parsed and parsed[3] > 1:
+        if parsed and parsed.attempt > 1:
             running_retries += 1
     workers = registry.live_workers(lay)
     return {

@@ -10,16 +10,42 @@ millisecond, fixed width), SEQ the enqueue time in nanoseconds (19 digits): so p
 order of pending/ is priority, then due time, then enqueue order. All fields before ID are
 fixed-width, so an id containing '_' still parses. The processing name carries the
 attempt's owner and number: it is unique per attempt, which is what makes the final
-rename of an attempt a fence (see spool.py).
+rename of an attempt a fence (docs/protocol.md).
 """
 import os
 import re
 import time
+from typing import NamedTuple
 
 from .job import ID_PATTERN
 
 SUFFIX = ".json"
 _STAMP_LEN = len("20261124T130119.123Z")
+
+# The fixed-width fields of a pending name, for code that must not parse every name of a
+# big folder (a worker's pass over pending/, counts, metrics): DUE compares as text in time
+# order, SEQ is the enqueue time in nanoseconds.
+PENDING_DUE = slice(4, 4 + _STAMP_LEN)
+PENDING_SEQ = slice(PENDING_DUE.stop + 1, PENDING_DUE.stop + 1 + 19)
+
+
+class PendingName(NamedTuple):
+    priority: int
+    due: float       # Unix seconds
+    seq: int         # enqueue time, ns
+    job_id: str
+
+
+class FailedName(NamedTuple):
+    next_attempt: float  # Unix seconds
+    job_id: str
+
+
+class ProcessingName(NamedTuple):
+    job_id: str
+    host: str
+    pid: int
+    attempt: int
 _PENDING = re.compile(r"(\d{3})_(\d{8}T\d{6}\.\d{3}Z)_(\d{19})_(.+)\.json")
 _FAILED = re.compile(r"(\d{8}T\d{6}\.\d{3}Z)_(.+)\.json")
 _PROCESSING = re.compile(r"(.+)_([A-Za-z0-9.-]+)_(\d+)_a(\d+)\.json")
@@ -60,16 +86,33 @@ def pending_name(priority, due, seq, job_id):
 
 
 def parse_pending(name):
-    """-> (priority, due_seconds, seq, id) or None when the name is not ours."""
+    """-> PendingName(priority, due, seq, job_id), or None when the name is not ours."""
     m = _PENDING.fullmatch(name)
     if not m or not ID_PATTERN.fullmatch(m.group(4)):
         return None
-    return int(m.group(1)), parse_stamp(m.group(2)), int(m.group(3)), m.group(4)
+    return PendingName(int(m.group(1)), parse_stamp(m.group(2)), int(m.group(3)), m.group(4))
+
+
+def looks_pending(name):
+    """The shape of a pending name, checked cheaply (a pass looks at every name); whoever
+    claims a name parses it in full."""
+    return (len(name) > 50 and name[3] == "_" and name[PENDING_DUE.stop] == "_"
+            and name[PENDING_SEQ.stop] == "_" and name.endswith(SUFFIX) and name[:3].isdigit())
 
 
 def pending_due(name):
     """Cheap due time of a pending name (the hot path of the claim loop)."""
-    return parse_stamp(name[4:4 + _STAMP_LEN])
+    return parse_stamp(name[PENDING_DUE])
+
+
+def pending_due_text(name):
+    """The DUE field as text: compares with stamp(t) in time order, without parsing."""
+    return name[PENDING_DUE]
+
+
+def pending_enqueued_at(name):
+    """The enqueue time (Unix seconds) in a pending name's SEQ field. ValueError if absent."""
+    return int(name[PENDING_SEQ]) / 1e9
 
 
 def failed_name(next_attempt, job_id):
@@ -77,10 +120,11 @@ def failed_name(next_attempt, job_id):
 
 
 def parse_failed(name):
+    """-> FailedName(next_attempt, job_id), or None."""
     m = _FAILED.fullmatch(name)
     if not m or not ID_PATTERN.fullmatch(m.group(2)):
         return None
-    return parse_stamp(m.group(1)), m.group(2)
+    return FailedName(parse_stamp(m.group(1)), m.group(2))
 
 
 def hostname():
@@ -93,11 +137,11 @@ def processing_name(job_id, host, pid, attempt):
 
 
 def parse_processing(name):
-    """-> (id, host, pid, attempt) or None."""
+    """-> ProcessingName(job_id, host, pid, attempt), or None."""
     m = _PROCESSING.fullmatch(name)
     if not m or not ID_PATTERN.fullmatch(m.group(1)):
         return None
-    return m.group(1), m.group(2), int(m.group(3)), int(m.group(4))
+    return ProcessingName(m.group(1), m.group(2), int(m.group(3)), int(m.group(4)))
 
 
 def final_name(job_id):
@@ -108,13 +152,13 @@ def id_of(state, name):
     """The job id in a file name of a state folder, or None when the name is not a job's."""
     if state == "pending":
         p = parse_pending(name)
-        return p[3] if p else None
+        return p.job_id if p else None
     if state == "failed":
         p = parse_failed(name)
-        return p[1] if p else None
+        return p.job_id if p else None
     if state == "processing":
         p = parse_processing(name)
-        return p[0] if p else None
+        return p.job_id if p else None
     if name.endswith(SUFFIX) and ID_PATTERN.fullmatch(name[:-len(SUFFIX)]):
         return name[:-len(SUFFIX)]
     return None

@@ -1,6 +1,6 @@
 """A worker's bounded view of pending/: which name to claim next, without holding every name.
 
-pending/ may hold 100,000 names (issue 4: a backlog of scheduled jobs), and a claim must not
+pending/ may hold 100,000 names (a backlog of scheduled jobs), and a claim must not
 list and sort the folder each time. A pass streams the folder once (os.scandir: no list of
 every name) and keeps two short sorted lists:
 
@@ -20,7 +20,6 @@ import os
 from . import names
 
 LIMIT = 2048
-_STAMP = slice(4, 4 + len("20261124T130119.123Z"))
 
 
 class PendingIndex:
@@ -38,6 +37,7 @@ class PendingIndex:
         due, later, strays = [], [], []
         due_cut = later_cut = False
         limit = self.limit
+        due_field = names.PENDING_DUE  # a slice, not a call per name
         try:
             entries = os.scandir(self.folder)
         except FileNotFoundError:
@@ -46,11 +46,11 @@ class PendingIndex:
             with entries:
                 for entry in entries:
                     name = entry.name
-                    if not _ours(name):
+                    if not names.looks_pending(name):
                         if not name.startswith(".") and len(strays) < limit:
                             strays.append(name)
                         continue
-                    stamp = name[_STAMP]
+                    stamp = name[due_field]
                     if stamp <= now_stamp:
                         due_cut |= _keep_smallest(due, name, limit)
                     else:
@@ -62,11 +62,11 @@ class PendingIndex:
 
     def add(self, name, now):
         """A name that appeared in pending/ (an inotify hint)."""
-        if not _ours(name):
+        if not names.looks_pending(name):
             if not name.startswith(".") and name not in self.strays:
                 self.strays.append(name)
             return
-        stamp = name[_STAMP]
+        stamp = names.pending_due_text(name)
         if stamp <= names.stamp(now):
             _insert(self.due, name, self.limit, self.due_complete, self._cut_due)
         else:
@@ -74,9 +74,9 @@ class PendingIndex:
 
     def remove(self, name):
         """A name that left pending/ (claimed, cancelled, moved by hand)."""
-        if _ours(name):
+        if names.looks_pending(name):
             _discard(self.due, name)
-            _discard(self.later, (name[_STAMP], name))
+            _discard(self.later, (names.pending_due_text(name), name))
         elif name in self.strays:
             self.strays.remove(name)
 
@@ -112,13 +112,6 @@ class PendingIndex:
 
     def _cut_later(self):
         self.later_complete = False
-
-
-def _ours(name):
-    """The shape of our names (names.py), checked cheaply: a pass looks at every name. The
-    worker parses the name it picks in full."""
-    return (len(name) > 50 and name[3] == "_" and name[24] == "_" and name[44] == "_"
-            and name.endswith(names.SUFFIX) and name[:3].isdigit())
 
 
 def _keep_smallest(items, item, limit):

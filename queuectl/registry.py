@@ -12,11 +12,20 @@
 Requests are files, not signals, because a signal cannot reach another host; the worker
 watches workers/ (inotify hint) and also checks on each tick while a job runs.
 """
+import enum
 import json
 import os
 
 from . import fsutil, locks, timeutil
 from .errors import Busy
+
+
+class StopMode(str, enum.Enum):
+    """How a worker is asked to stop: after its running job, or at once (the job goes back to
+    pending/ uncounted). The value is what a stop request file holds."""
+
+    GRACEFUL = "graceful"
+    NOW = "now"
 
 
 def worker_name(host, pid):
@@ -145,17 +154,17 @@ def _this_host():
     return hostname()
 
 
-def request_stop(layout, name, mode="graceful"):
-    _write(layout, f"{name}.stop", mode)
+def request_stop(layout, name, mode=StopMode.GRACEFUL):
+    _write(layout, f"{name}.stop", StopMode(mode).value)
 
 
 def stop_requested(layout, name):
-    """None, "graceful" or "now"."""
+    """None, or the StopMode asked for."""
     try:
         text = fsutil.read_fd_path(os.path.join(layout.workers, name + ".stop"), 64).decode().strip()
     except OSError:
         return None
-    return "now" if text == "now" else "graceful"
+    return StopMode.NOW if text == StopMode.NOW.value else StopMode.GRACEFUL
 
 
 def request_cancel(layout, name, job_id):

@@ -5,6 +5,7 @@ stdout+stderr appended to the job's log. The worker waits on a pidfd (no polling
 pipe, so a stop or cancel request interrupts the wait at once. Timeout: SIGTERM to the
 group, SIGKILL after KILL_GRACE seconds. Durations use time.monotonic().
 """
+import enum
 import fcntl
 import os
 import select
@@ -22,11 +23,18 @@ class LogError(OSError):
     pass
 
 
+class Interrupt(str, enum.Enum):
+    """Why the worker cut an attempt short."""
+
+    NOW = "now"        # `worker stop --now` or a second Ctrl+C: back to pending/, uncounted
+    CANCEL = "cancel"  # `cancel --kill`: to dead/
+
+
 class Outcome:
     def __init__(self, exit_code=None, error=None, interrupted=None, duration=0.0):
         self.exit_code = exit_code      # None when killed or not started
         self.error = error              # None on success, else SPEC's last_error
-        self.interrupted = interrupted  # "now" or "cancel" when the worker cut it short
+        self.interrupted = interrupted  # an Interrupt when the worker cut it short
         self.duration = duration
 
     @property
@@ -45,7 +53,7 @@ def job_env(record, spool_path, base=None):
 
 def run(record, log_path, spool_path, worker_id, timeout=None, log_max_bytes=0,
         interrupt=lambda: None, wakeup_fds=(), on_tick=None, base_env=None, on_start=None):
-    """Run one attempt; returns an Outcome. `interrupt()` returns None, "now" or "cancel"; it
+    """Run one attempt; returns an Outcome. `interrupt()` returns None or an Interrupt; it
     is called on every tick and whenever one of `wakeup_fds` is readable, and must consume
     what made it readable (the worker's waker does).
     Raises LogError when the log cannot be opened (e.g. a planted symlink: never followed)."""
@@ -101,7 +109,7 @@ def _wait(pid, timeout, log_fd, log_max_bytes, interrupt, wakeup_fds, on_tick, s
                 request = interrupt()
                 if request:
                     interrupted = request
-                    reason = "stopped (--now)" if request == "now" else "cancelled"
+                    reason = "stopped (--now)" if request == Interrupt.NOW else "cancelled"
                     _signal_group(pid, signal.SIGTERM)
                     kill_at = now + KILL_GRACE
                     for fd in wakeup_fds:  # nothing more to ask: only the exit matters now

@@ -100,7 +100,7 @@ class Supervisor:
         if code == 0:
             return 0  # burst done, or stopped (a signal, or `worker stop`)
         died = f"signal {-code}" if code < 0 else f"exit code {code}"
-        for record in self.spool.take_back_lost():
+        for record in self.spool.moves.take_back_lost():
             self.emit(f"{time.strftime('%H:%M:%S')} supervisor: job {record['id']} taken back: "
                       f"{record['last_error']} -> {record['state']}")
         if self.signals or self.stop_asked or code == 2 or self._stop_requested():
@@ -143,7 +143,7 @@ def stop_workers(spool, now=False, wait=True, timeout=None):
     Returns (names still running when `timeout` ran out, workers asked). It keeps looking
     while it waits: a replacement a supervisor started for a worker that had just died
     registers late, and is asked too (the supervisor, asked first, replaces no one after)."""
-    mode = "now" if now else "graceful"
+    mode = registry.StopMode.NOW if now else registry.StopMode.GRACEFUL
     asked = {}  # name -> role
 
     def ask_new():

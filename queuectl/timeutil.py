@@ -69,3 +69,16 @@ def parse_when(value, reference=None):
     if not (0 <= ts < 253402300800):  # 1970 .. 9999-12-31, so names stay fixed-width
         raise ValueError("time out of range (1970 to 9999)")
     return ts
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text, field="duration"):
+    """'90', '30s', '30m', '12h', '7d', '2w' -> seconds. InvalidInput naming `field` otherwise."""
+    m = _DURATION.fullmatch(text or "") if isinstance(text, str) else None
+    if not m:
+        from .errors import InvalidInput
+        raise InvalidInput(f"{field}: not a duration: {text!r} (e.g. 30m, 12h, 7d)")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]

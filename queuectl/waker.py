@@ -74,7 +74,7 @@ class Waker:
             if fd is None:
                 fd = ic.inotify_init()
                 if fd < 0:
-                    ic.InotifyFD._raise_error()
+                    _raise_errno()
                 os.set_blocking(fd, False)
                 os.set_inheritable(fd, False)
                 self._inotify[group] = fd
@@ -82,7 +82,7 @@ class Waker:
             wd = ic.inotify_add_watch(fd, os.fsencode(path),
                                       masks.get(name, c.IN_CREATE | c.IN_MOVED_TO) | c.IN_ONLYDIR | c.IN_DONT_FOLLOW)
             if wd < 0:
-                ic.InotifyFD._raise_error()
+                _raise_errno()
             self._watches[(fd, wd)] = name
         self._overflow = c.IN_Q_OVERFLOW
         self._gone = c.IN_MOVED_FROM | c.IN_DELETE
@@ -237,3 +237,10 @@ class Waker:
                 self._added.setdefault(name, []).append(os.fsdecode(entry))
             elif mask & self._gone:
                 self._removed.setdefault(name, []).append(os.fsdecode(entry))
+
+
+def _raise_errno():
+    """The error of the libc call just made through watchdog's binding (which sets errno)."""
+    import ctypes
+    err = ctypes.get_errno()
+    raise OSError(err, os.strerror(err))

@@ -13,17 +13,43 @@ import time
 
 from . import fsck, ingest, names, pool, registry, runner, timeutil
 from .errors import LostRace, QueuectlError
-from .spool import Corrupt
+from .moves import Corrupt
 from .pending import PendingIndex
+from .registry import StopMode
+from .runner import Interrupt
 from .waker import Waker
 
 RESCAN = float(os.environ.get("QUEUECTL_RESCAN", "2.0"))
 ALL = frozenset({"incoming", "pending", "failed", "workers"})
 
 
+class Attempt:
+    """One claimed attempt, from the claim until its result is on disk.
+
+    The result of an attempt whose command has exited is recorded while the worker's next
+    command starts (the finish overlaps the new command's start-up instead of delaying it),
+    so a worker holds up to two: the one running and the one not yet recorded. Both stay in
+    processing/, locked, until recorded."""
+
+    def __init__(self, held, cfg):
+        self.held = held          # the locked processing/ file (moves.Held)
+        self.cfg = cfg            # the config the attempt started with
+        self.outcome = None       # runner.Outcome once the command has exited
+        self.announced = False    # its "started" line is printed
+
+    @property
+    def record(self):
+        return self.held.record
+
+    @property
+    def job_id(self):
+        return self.held.record["id"]
+
+
 class Worker:
     def __init__(self, spool, burst=False, emit=None):
         self.spool = spool
+        self.moves = spool.moves  # a worker moves job files through the engine
         self.layout = spool.layout
         self.burst = burst
         self.host = names.hostname()
@@ -31,7 +57,7 @@ class Worker:
         self.id = f"{self.host}:{self.pid}"
         self.name = registry.worker_name(self.host, self.pid)
         self.emit = emit or (lambda text: None)
-        self.stopping = None
+        self.stopping = None      # a StopMode once asked to stop
         self._signals = 0
         self._dirty = set(ALL)
         self._pending = PendingIndex(self.layout.pending)
@@ -39,9 +65,8 @@ class Worker:
         self._next_failed = 0.0
         self._config = None
         self._config_mtime = None
-        self._held_name = None
-        self._unrecorded = None  # (held, outcome, cfg) of an attempt that ended, see _started
-        self._announced = False  # the current attempt's "started" line is printed
+        self._running = None      # the Attempt whose command runs now
+        self._unrecorded = None   # the Attempt whose command has exited, result not yet recorded
         self.waker = None
         self._base_env = dict(os.environ)  # a plain dict: cheaper to copy per job than os.environ
 
@@ -53,7 +78,7 @@ class Worker:
 
     def _on_signal(self, signum, frame):
         self._signals += 1
-        self.stopping = "graceful" if self._signals == 1 else "now"
+        self.stopping = StopMode.GRACEFUL if self._signals == 1 else StopMode.NOW
         if self.waker:
             self.waker.poke()
 
@@ -62,16 +87,16 @@ class Worker:
         if "workers" in self._dirty:
             self._dirty.discard("workers")
             request = registry.stop_requested(self.layout, self.name)
-            if request and (self.stopping is None or request == "now"):
+            if request and (self.stopping is None or request == StopMode.NOW):
                 self.stopping = request
 
     def _interrupt(self):
-        """Called on each tick of a running attempt: None, "now" or "cancel"."""
+        """Called on each tick of a running attempt: None or an Interrupt."""
         self._check_requests()
-        if self.stopping == "now":
-            return "now"
-        if self._current and registry.cancel_requested(self.layout, self.name, self._current["id"]):
-            return "cancel"
+        if self.stopping == StopMode.NOW:
+            return Interrupt.NOW
+        if self._running and registry.cancel_requested(self.layout, self.name, self._running.job_id):
+            return Interrupt.CANCEL
         return None
 
     def config(self):
@@ -90,11 +115,10 @@ class Worker:
         self.layout.check_safe()
         runner.close_inherited()
         self._reg_fd = registry.register(self.layout, self.host, self.pid)
-        self.spool.pool = pool.Pool(self.layout.tmp, self.name)  # registered first: fsck keeps its spares
+        self.moves.pool = pool.Pool(self.layout.tmp, self.name)  # registered first: fsck keeps its spares
         self._job_note = registry.JobNote(self.layout, self.host, self.pid)
         self.waker = Waker([self.layout.incoming, self.layout.pending, self.layout.failed,
                             self.layout.workers]).start()
-        self._current = None
         try:
             self._log(f"worker {self.id} started (wake-ups: {self.waker.mechanism})")
             self._maintain(startup=True)
@@ -103,8 +127,8 @@ class Worker:
             try:
                 self._record_previous()
             finally:
-                self.spool.pool.close()
-            self.spool.pool = None
+                self.moves.pool.close()
+            self.moves.pool = None
             self.waker.stop()
             self._job_note.close()
             registry.unregister(self.layout, self.host, self.pid, self._reg_fd)
@@ -183,10 +207,10 @@ class Worker:
             parsed = names.parse_failed(name)
             if parsed is None:
                 continue
-            if parsed[0] > now:
-                return parsed[0]
+            if parsed.next_attempt > now:
+                return parsed.next_attempt
             try:
-                self.spool.promote(name, now)
+                self.moves.promote(name, now)
             except Corrupt as exc:
                 self._set_aside(exc)
             except LostRace:
@@ -213,7 +237,7 @@ class Worker:
         if name.startswith("."):
             return
         try:
-            adopted = self.spool.adopt(name)
+            adopted = self.moves.adopt(name)
             self._pending.add(adopted.name, timeutil.now())
             self._log(f"pending/{name}: a record put here by hand, filed as job {adopted.record['id']}")
             return
@@ -232,57 +256,54 @@ class Worker:
 
     def _attempt(self, name):
         try:
-            held = self.spool.claim(name, self.host, self.pid)
+            held = self.moves.claim(name, self.host, self.pid)
         except Corrupt as exc:
             self._set_aside(exc)
             return
         except LostRace:
             return
-        record = held.record
-        self._current, self._held_name = record, held.name
-        cfg = self.config()
-        timeout = record.get("timeout_seconds")
+        attempt = self._running = Attempt(held, self.config())
+        timeout = attempt.record.get("timeout_seconds")
         if timeout is None:
-            timeout = cfg["job-timeout"]
-        self._announced = False
+            timeout = attempt.cfg["job-timeout"]
         try:
-            outcome = self._run(record, timeout, cfg)
+            attempt.outcome = self._run(attempt, timeout)
         except BaseException:
             held.close()
             raise
         finally:
-            self._current, self._held_name = None, None
-        if not self._announced:  # the command could not start: on_start never ran
+            self._running = None
+        if not attempt.announced:  # the command could not start: on_start never ran
             self._record_previous()
-            self._announce(record)
-        self._unrecorded = (held, outcome, cfg)
+            self._announce(attempt)
+        self._unrecorded = attempt
 
-    def _announce(self, record):
-        self._announced = True
+    def _announce(self, attempt):
+        attempt.announced = True
+        record = attempt.record
         total = record["max_retries"] + 1
         self._log(f"job {record['id']} started (attempt {record['attempts']}/{total}): {record['command']}")
 
-    def _started(self, pgid, record):
-        """The command runs: note its process group, then record the previous job's result
-        while this one runs (its finish overlaps the new command's start-up instead of
-        delaying it; the previous job stays in processing/, locked, for that moment)."""
-        self._job_note.set(pgid, record["id"])
+    def _started(self, pgid, attempt):
+        """The command runs: note its process group, then record the previous attempt's result
+        while this one runs."""
+        self._job_note.set(pgid, attempt.job_id)
         self._record_previous()
-        self._announce(record)
+        self._announce(attempt)
 
     def _record_previous(self):
-        """Finish the attempt whose command has exited but whose result is not on disk yet."""
-        if self._unrecorded is None:
+        """Record the result of the attempt whose command has exited, if any."""
+        attempt, self._unrecorded = self._unrecorded, None
+        if attempt is None:
             return
-        held, outcome, cfg = self._unrecorded
-        self._unrecorded = None
         try:
-            self._finish(held, outcome, cfg)
+            self._finish(attempt)
         finally:
-            held.close()
-            registry.clear_cancel(self.layout, self.name, held.record["id"])  # a request that came too late
+            attempt.held.close()
+            registry.clear_cancel(self.layout, self.name, attempt.job_id)  # a request that came too late
 
-    def _run(self, record, timeout, cfg):
+    def _run(self, attempt, timeout):
+        record, cfg = attempt.record, attempt.cfg
         log_path = self.spool.log_path(record["id"])
         for _ in range(2):
             try:
@@ -290,28 +311,29 @@ class Worker:
                                   timeout=timeout or None, log_max_bytes=cfg["log-max-bytes"],
                                   interrupt=self._interrupt, wakeup_fds=self.waker.control_fds,
                                   on_tick=self._tick, base_env=self._base_env,
-                                  on_start=lambda pgid: self._started(pgid, record))
+                                  on_start=lambda pgid: self._started(pgid, attempt))
             except runner.LogError as exc:
                 # something that is not a regular file sits where the log goes: set it aside
                 try:
-                    moved = self.spool.move_aside(log_path, os.path.basename(log_path), str(exc))
+                    moved = self.moves.move_aside(log_path, os.path.basename(log_path), str(exc))
                     self._log(f"job {record['id']}: {exc}; moved to rejected/{moved}")
                 except OSError:
                     return runner.Outcome(None, str(exc))
         return runner.Outcome(None, "cannot open the job's log")
 
-    def _finish(self, held, outcome, cfg):
-        job_id = held.record["id"]
+    def _finish(self, attempt):
+        held, outcome, cfg = attempt.held, attempt.outcome, attempt.cfg
+        job_id = attempt.job_id
         try:
-            if outcome.interrupted == "now":
-                self.spool.requeue(held)
+            if outcome.interrupted == Interrupt.NOW:
+                self.moves.requeue(held)
                 self._log(f"job {job_id} stopped (--now): back in pending, attempt not counted")
                 return
-            if outcome.interrupted == "cancel":
-                new = self.spool.finish_cancelled(held)
+            if outcome.interrupted == Interrupt.CANCEL:
+                new = self.moves.finish_cancelled(held)
                 registry.clear_cancel(self.layout, self.name, job_id)
             else:
-                new = self.spool.finish(held, outcome.exit_code, outcome.error,
+                new = self.moves.finish(held, outcome.exit_code, outcome.error,
                                         backoff=(cfg["backoff-base"], cfg["backoff-max"], cfg["backoff-jitter"]))
         except LostRace:
             # fenced off: the job was taken back while we ran it; its newer state stands
@@ -333,13 +355,13 @@ class Worker:
             self._take_back_lost()
 
     def _take_back_lost(self):
-        exclude = {self._held_name, self._unrecorded and self._unrecorded[0].name} - {None}
-        for record in self.spool.take_back_lost(exclude=exclude):
+        exclude = {a.held.name for a in (self._running, self._unrecorded) if a is not None}
+        for record in self.moves.take_back_lost(exclude=exclude):
             self._log(f"job {record['id']} taken back: {record['last_error']} -> {record['state']}")
 
     def _set_aside(self, exc):
         try:
-            dst = self.spool.set_aside(exc)
+            dst = self.moves.set_aside(exc)
         except OSError:
             return
         if dst:

@@ -62,20 +62,20 @@ POINTS = crash_points()
 
 def _dead_job(spool, job_id):
     spool.enqueue("exit 1", id=job_id, max_retries=0)
-    held = spool.claim(spool.names("pending")[0], "h", 1)
-    spool.finish(held, 1, backoff=(1, 0, 0))
+    held = spool.moves.claim(spool.names("pending")[0], "h", 1)
+    spool.moves.finish(held, 1, backoff=(1, 0, 0))
 
 
 def _completed_job(spool, job_id):
     spool.enqueue("true", id=job_id)
-    held = spool.claim(spool.names("pending")[0], "h", 1)
-    spool.finish(held, 0)
+    held = spool.moves.claim(spool.names("pending")[0], "h", 1)
+    spool.moves.finish(held, 0)
 
 
 def _orphan(spool, job_id, max_retries):
     """A processing/ job whose worker died (its lock is free)."""
     spool.enqueue("true", id=job_id, max_retries=max_retries)
-    spool.claim(spool.names("pending")[0], "ghosthost", 999999).close()
+    spool.moves.claim(spool.names("pending")[0], "ghosthost", 999999).close()
 
 
 def run_worker_burst(cli, env):
@@ -102,8 +102,8 @@ def scenario(point, cli, spool, tmp_path, env):
         return run_worker_burst(cli, env), ["j"]
     if kind == "promote":
         spool.enqueue("true", id="j", max_retries=3)
-        held = spool.claim(spool.names("pending")[0], "h", 1)
-        spool.finish(held, 1, backoff=(1, 0, 0))  # due again at once
+        held = spool.moves.claim(spool.names("pending")[0], "h", 1)
+        spool.moves.finish(held, 1, backoff=(1, 0, 0))  # due again at once
         return run_worker_burst(cli, env), ["j"]
     if kind in ("takeback", "takeback-dead"):
         _orphan(spool, "j", 2 if kind == "takeback" else 0)

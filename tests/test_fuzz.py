@@ -32,7 +32,7 @@ from conftest import tree_snapshot
 from queuectl import Spool, config as configmod, fsutil, ingest
 from queuectl.errors import FieldError, InvalidInput
 from queuectl.job import ID_PATTERN, INPUT_FIELDS, check_record, new_record, validate_input
-from queuectl.spool import MAX_DROP_BYTES
+from queuectl.moves import MAX_DROP_BYTES
 
 COUNTS = collections.Counter()   # examples run, per property (+ "known-bug" tallies)
 

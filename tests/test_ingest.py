@@ -10,7 +10,7 @@ from conftest import job_files, wait_until
 from queuectl import ingest, names
 from queuectl.errors import JobNotFound
 from queuectl.job import ID_PATTERN, new_id
-from queuectl.spool import MAX_DROP_BYTES
+from queuectl.moves import MAX_DROP_BYTES
 
 
 def drop(spool, name, data):

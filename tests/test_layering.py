@@ -8,8 +8,8 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # lower may not import higher; modules on one level do not import each other
 LAYERS = [
-    ["errors", "faults"], ["timeutil"], ["job"], ["names"], ["fsutil"], ["locks"], ["pool"], ["paths"], ["config"],
-    ["registry"], ["inventory"], ["spool"], ["ingest", "logs", "metrics"], ["fsck"], ["runner", "pending"], ["waker"], ["worker"],
+    ["errors", "faults", "version"], ["timeutil"], ["job"], ["names"], ["fsutil"], ["locks"], ["pool"], ["paths"], ["config"],
+    ["registry"], ["inventory"], ["moves"], ["spool"], ["ingest", "logs", "metrics"], ["fsck"], ["runner", "pending"], ["waker"], ["worker"],
     ["supervisor"], ["render"], ["dashboard"], ["cli"],
 ]
 LEVEL = {mod: i for i, layer in enumerate(LAYERS) for mod in layer}
@@ -88,6 +88,22 @@ def test_third_party_library_stays_in_its_module(library, homes):
 def test_the_layer_check_sees_function_level_imports():
     """Guard for the checker itself: spool imports registry inside a function."""
     internal, _ = imports_of("spool")
-    assert {"registry", "config", "fsutil", "locks", "names", "timeutil", "errors", "job", "paths"} <= internal
+    assert {"registry", "config", "locks", "names", "timeutil", "errors", "job", "paths", "moves"} <= internal
     _, external = imports_of("locks")
     assert {"portalocker", "filelock"} <= external
+
+
+@pytest.mark.parametrize("module", modules())
+def test_no_private_member_of_another_object_is_used(module):
+    """A module uses another module's or object's public names only (`x._y` only on self/cls),
+    so that each module's surface is what it documents."""
+    with open(os.path.join(PACKAGE, module + ".py"), encoding="utf-8") as fh:
+        tree = ast.parse(fh.read(), filename=module + ".py")
+    offenders = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            owner = node.value
+            if isinstance(owner, ast.Name) and owner.id in ("self", "cls") or node.attr == "_exit":  # os._exit is public
+                continue
+            offenders.append(f"line {node.lineno}: .{node.attr}")
+    assert not offenders, f"{module} uses private members of other objects: {offenders}"

@@ -7,15 +7,15 @@ from queuectl import Spool, fsck, pool, registry
 
 def worker_spool(tmp_path, owner="h_1"):
     spool = Spool(str(tmp_path / "spool"))
-    spool.pool = pool.Pool(spool.layout.tmp, owner)
+    spool.moves.pool = pool.Pool(spool.layout.tmp, owner)
     return spool
 
 
 def cycle(spool, n):
     for record in spool.enqueue_many([{"command": "true"} for _ in range(n)]):
         name = spool.find(record["id"])[1]
-        held = spool.claim(name, "h", 1)
-        spool.finish(held, 0, None, backoff=(2, 60, 0))
+        held = spool.moves.claim(name, "h", 1)
+        spool.moves.finish(held, 0, None, backoff=(2, 60, 0))
         held.close()
 
 
@@ -28,8 +28,8 @@ def test_moves_reuse_inodes_instead_of_creating_them(tmp_path):
     records = spool.enqueue_many([{"command": "true"} for _ in range(5)])
     pending_inodes = {os.stat(os.path.join(spool.layout.pending, spool.find(r["id"])[1])).st_ino for r in records}
     for r in records:
-        held = spool.claim(spool.find(r["id"])[1], "h", 1)
-        spool.finish(held, 0, None, backoff=(2, 60, 0))
+        held = spool.moves.claim(spool.find(r["id"])[1], "h", 1)
+        spool.moves.finish(held, 0, None, backoff=(2, 60, 0))
         held.close()
     final = {os.stat(os.path.join(spool.layout.completed, f"{r['id']}.json")).st_ino for r in records}
     # every completed record sits in an inode that existed before: a spare or an enqueued file
@@ -54,8 +54,8 @@ def test_a_reader_of_a_displaced_file_never_gets_another_jobs_record(tmp_path):
     stale_fd = os.open(path_a, os.O_RDONLY)  # a reader that opened a's pending file just before
     try:
         for job in ("a", "b"):
-            held = spool.claim(spool.find(job)[1], "h", 1)
-            spool.finish(held, 0, None, backoff=(2, 60, 0))
+            held = spool.moves.claim(spool.find(job)[1], "h", 1)
+            spool.moves.finish(held, 0, None, backoff=(2, 60, 0))
             held.close()
         content = json.loads(os.pread(stale_fd, 65536, 0))
         assert content["id"] in ("a", "b")  # the inode may now hold any record...
@@ -67,7 +67,7 @@ def test_a_reader_of_a_displaced_file_never_gets_another_jobs_record(tmp_path):
 def test_close_frees_the_spares(tmp_path):
     spool = worker_spool(tmp_path)
     cycle(spool, 4)
-    spool.pool.close()
+    spool.moves.pool.close()
     assert os.listdir(spool.layout.tmp) == []
 
 
@@ -77,7 +77,7 @@ def test_recovery_removes_spares_of_a_dead_worker_only(tmp_path):
     live_fd = registry.register(spool.layout, "livehost", 4242)
     try:
         live = pool.Pool(spool.layout.tmp, registry.worker_name("livehost", 4242))
-        spool.pool = live
+        spool.moves.pool = live
         cycle(spool, 2)
         before = sorted(os.listdir(spool.layout.tmp))
         assert any(n.startswith("free-deadhost_999999-") for n in before)

@@ -322,7 +322,7 @@ def test_cli_refuses_ids_that_could_escape_the_spool(spool_dir, tmp_path, make_a
 def test_api_refuses_ids_that_could_escape_the_spool(spool, tmp_path):
     spool.enqueue("true", id="x")
     before, outside = tree_snapshot(spool.path), outside_snapshot(str(tmp_path))
-    calls = [spool.get, spool.find, spool.cancel, spool.retry_dead, spool.log_path, spool.request_kill,
+    calls = [spool.get, spool.find, spool.cancel, spool.retry_dead, spool.log_path, lambda i: spool.cancel(i, kill=True),
              lambda i: spool.enqueue("true", id=i), lambda i: spool.enqueue_many([{"command": "true", "id": i}])]
     for bad in BAD_IDS:
         for call in calls:

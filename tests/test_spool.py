@@ -15,7 +15,7 @@ from queuectl.errors import (Busy, DuplicateJob, FieldError, InvalidInput, JobNo
                              WrongState)
 from queuectl.job import due_time
 from queuectl.paths import ALL_DIRS
-from queuectl.spool import Held
+from queuectl.moves import Held
 
 STATES = ("pending", "processing", "failed", "completed", "dead")
 NO_BACKOFF = (1, 0, 0)  # retry delay 0
@@ -35,14 +35,14 @@ def where(spool, job_id):
 def claim(spool, job_id, host="hostA", pid=1001):
     state, name = where(spool, job_id)
     assert state == "pending"
-    return spool.claim(name, host, pid)
+    return spool.moves.claim(name, host, pid)
 
 
 def to_pending(spool, job_id):
     """Promote a failed job back to pending (regardless of its retry time)."""
     state, name = where(spool, job_id)
     assert state == "failed"
-    spool.promote(name)
+    spool.moves.promote(name)
 
 
 def state_counts(spool):
@@ -138,7 +138,7 @@ def test_claim_puts_the_counted_attempt_in_place_before_it_returns(spool):
     """Rule 8: the processing/ record already says attempts + 1 when claim() returns, i.e.
     before the command can start, so a job that kills its worker still counts."""
     spool.enqueue("true", id="counted")
-    held = spool.claim(spool.names("pending")[0], "h", 1)
+    held = spool.moves.claim(spool.names("pending")[0], "h", 1)
     try:
         on_disk = read_state_file(spool, "processing", held.name)
         assert on_disk["attempts"] == 1 and on_disk["state"] == "processing"
@@ -183,9 +183,9 @@ def make_job_in_state(spool, job_id, state):
     if state == "processing":
         return held
     if state == "completed":
-        spool.finish(held, 0)
+        spool.moves.finish(held, 0)
     else:
-        spool.finish(held, 1, backoff=(2, 3600, 0))
+        spool.moves.finish(held, 1, backoff=(2, 3600, 0))
     assert where(spool, job_id)[0] == state
     return None
 
@@ -353,7 +353,7 @@ def test_marker_of_a_live_enqueuer_blocks(spool):
 
 def test_purged_id_can_be_enqueued_again(spool):
     spool.enqueue("true", id="again")
-    spool.finish(claim(spool, "again"), 0)
+    spool.moves.finish(claim(spool, "again"), 0)
     assert spool.purge("completed") == 1
     spool.enqueue("true", id="again")
     assert where(spool, "again")[0] == "pending"
@@ -435,7 +435,7 @@ def test_claim_persists_attempts_before_the_command_starts(spool):
         # the processing file is locked while held, so nobody can take it
         assert locked_by_someone(os.path.join(spool.path, "processing", held.name))
         with pytest.raises(Busy):
-            spool.take_back(held.name)
+            spool.moves.take_back(held.name)
         assert spool.get("c1")["state"] == "processing"
     finally:
         held.close()
@@ -444,9 +444,9 @@ def test_claim_persists_attempts_before_the_command_starts(spool):
 def test_claim_of_a_gone_or_locked_pending_file(spool):
     spool.enqueue("true", id="c2")
     name = where(spool, "c2")[1]
-    held = spool.claim(name, "h", 1)
+    held = spool.moves.claim(name, "h", 1)
     with pytest.raises(LostRace):
-        spool.claim(name, "h", 2)  # already moved
+        spool.moves.claim(name, "h", 2)  # already moved
     held.close()
     spool.enqueue("true", id="c3")
     name = where(spool, "c3")[1]
@@ -454,7 +454,7 @@ def test_claim_of_a_gone_or_locked_pending_file(spool):
     locks.try_lock(fd)  # another claimer in progress
     try:
         with pytest.raises(Busy):
-            spool.claim(name, "h", 3)
+            spool.moves.claim(name, "h", 3)
     finally:
         os.close(fd)
     assert where(spool, "c3") == ("pending", name)
@@ -463,7 +463,7 @@ def test_claim_of_a_gone_or_locked_pending_file(spool):
 def test_finish_success_goes_to_completed(spool):
     spool.enqueue("true", id="ok1", run_at="+0s")
     held = claim(spool, "ok1")
-    new = spool.finish(held, 0)
+    new = spool.moves.finish(held, 0)
     assert held.fd is None
     assert new.state == "completed" and new.name == "ok1.json"
     rec = read_state_file(spool, "completed", "ok1.json")
@@ -481,7 +481,7 @@ def test_exponential_backoff_then_dead(spool):
         held = claim(spool, "bk", "h", 100 + attempt)
         assert held.record["attempts"] == attempt
         t0 = time.time()
-        new = spool.finish(held, 3, backoff=(10, 3600, 0))
+        new = spool.moves.finish(held, 3, backoff=(10, 3600, 0))
         t1 = time.time()
         rec = new.record
         assert rec["attempts"] == attempt and rec["exit_code"] == 3 and rec["last_error"] == "exit code 3"
@@ -504,10 +504,10 @@ def test_exponential_backoff_then_dead(spool):
 
 def test_backoff_is_capped_by_backoff_max(spool):
     spool.enqueue("false", id="cap", max_retries=5)
-    spool.finish(claim(spool, "cap"), 1, backoff=(10, 50, 0))
+    spool.moves.finish(claim(spool, "cap"), 1, backoff=(10, 50, 0))
     to_pending(spool, "cap")
     t0 = time.time()
-    new = spool.finish(claim(spool, "cap"), 1, backoff=(10, 50, 0))
+    new = spool.moves.finish(claim(spool, "cap"), 1, backoff=(10, 50, 0))
     t1 = time.time()
     assert t0 + 50 - 0.002 <= iso_ts(new.record["run_at"]) <= t1 + 50 + 0.002
 
@@ -518,7 +518,7 @@ def test_backoff_jitter_stays_within_its_share(spool):
         spool.enqueue("false", id=f"j{i}", max_retries=3)
         held = claim(spool, f"j{i}")
         t0 = time.time()
-        new = spool.finish(held, 1, backoff=(10, 3600, 0.5))
+        new = spool.moves.finish(held, 1, backoff=(10, 3600, 0.5))
         t1 = time.time()
         run_at = iso_ts(new.record["run_at"])
         assert t0 + 10 - 0.002 <= run_at <= t1 + 15 + 0.002
@@ -530,13 +530,13 @@ def test_finish_uses_config_backoff_when_none_given(spool):
     spool.set_config("backoff-base", "7")
     spool.enqueue("false", id="cfg", max_retries=1)
     t0 = time.time()
-    new = spool.finish(claim(spool, "cfg"), 1)
+    new = spool.moves.finish(claim(spool, "cfg"), 1)
     assert t0 + 7 - 0.002 <= iso_ts(new.record["run_at"]) <= time.time() + 7 + 0.002
 
 
 def test_finish_with_error_and_max_retries_zero(spool):
     spool.enqueue("sleep 9", id="to", max_retries=0)
-    new = spool.finish(claim(spool, "to"), None, "timed out after 5s", backoff=NO_BACKOFF)
+    new = spool.moves.finish(claim(spool, "to"), None, "timed out after 5s", backoff=NO_BACKOFF)
     assert new.state == "dead"
     rec = spool.get("to")
     assert rec["state"] == "dead" and rec["exit_code"] is None and rec["last_error"] == "timed out after 5s"
@@ -545,15 +545,15 @@ def test_finish_with_error_and_max_retries_zero(spool):
 
 def test_exit_zero_with_an_error_is_a_failure(spool):
     spool.enqueue("true", id="z", max_retries=1)
-    new = spool.finish(claim(spool, "z"), 0, "killed by signal 9 (SIGKILL)", backoff=NO_BACKOFF)
+    new = spool.moves.finish(claim(spool, "z"), 0, "killed by signal 9 (SIGKILL)", backoff=NO_BACKOFF)
     assert new.state == "failed"
 
 
 def test_promote_moves_a_failed_job_back_to_pending(spool):
     spool.enqueue("false", id="p1", priority=4, max_retries=3)
-    failed = spool.finish(claim(spool, "p1"), 1, backoff=(10, 3600, 0))
+    failed = spool.moves.finish(claim(spool, "p1"), 1, backoff=(10, 3600, 0))
     run_at = iso_ts(failed.record["run_at"])
-    new = spool.promote(failed.name)
+    new = spool.moves.promote(failed.name)
     assert new.state == "pending"
     assert job_files(spool.path, "failed") == []
     prio, due, _, job_id = names.parse_pending(new.name)
@@ -562,13 +562,13 @@ def test_promote_moves_a_failed_job_back_to_pending(spool):
     rec = read_state_file(spool, "pending", new.name)
     assert rec["state"] == "pending" and rec["attempts"] == 1 and rec["last_error"] == "exit code 1"
     with pytest.raises(LostRace):
-        spool.promote(failed.name)
+        spool.moves.promote(failed.name)
 
 
 def test_requeue_does_not_count_the_attempt(spool):
     spool.enqueue("sleep 9", id="rq")
     held = claim(spool, "rq")
-    new = spool.requeue(held)
+    new = spool.moves.requeue(held)
     assert new.state == "pending"
     assert spool.get("rq")["attempts"] == 0
 
@@ -580,7 +580,7 @@ def test_take_back_of_a_dead_owner_counts_a_failed_attempt(spool):
     held = claim(spool, "tb", "hostX", 777)
     name = held.name
     held.close()  # the owner dies: its lock is released
-    new = spool.take_back(name)
+    new = spool.moves.take_back(name)
     assert new.state == "failed"
     rec = spool.get("tb")
     assert rec["state"] == "failed"
@@ -592,7 +592,7 @@ def test_take_back_of_a_dead_owner_counts_a_failed_attempt(spool):
     held = claim(spool, "tb", "hostY", 778)
     name = held.name
     held.close()
-    assert spool.take_back(name).state == "dead"
+    assert spool.moves.take_back(name).state == "dead"
     rec = spool.get("tb")
     assert rec["state"] == "dead" and rec["last_error"] == "worker lost (host hostY, pid 778)"
     assert rec["attempts"] == 2
@@ -604,8 +604,8 @@ def test_take_back_of_a_held_file_is_busy(spool):
     try:
         before = protocol_snapshot(spool)
         with pytest.raises(Busy):
-            spool.take_back(held.name)
-        assert spool.take_back_lost() == []
+            spool.moves.take_back(held.name)
+        assert spool.moves.take_back_lost() == []
         assert protocol_snapshot(spool) == before
     finally:
         held.close()
@@ -617,7 +617,7 @@ def test_take_back_lost_takes_only_free_ones(spool):
     alive = claim(spool, "alive", "h", 1)
     lost = claim(spool, "lost", "h", 2)
     lost.close()
-    taken = spool.take_back_lost()
+    taken = spool.moves.take_back_lost()
     assert [r["id"] for r in taken] == ["lost"]
     assert where(spool, "lost")[0] == "dead"
     assert where(spool, "alive")[0] == "processing"
@@ -630,7 +630,7 @@ def test_take_back_of_a_claim_interrupted_between_its_renames_is_uncounted(spool
     name = where(spool, "half")[1]
     pname = names.processing_name("half", "hostZ", 31337, 1)
     os.rename(os.path.join(spool.path, "pending", name), os.path.join(spool.path, "processing", pname))
-    new = spool.take_back(pname)
+    new = spool.moves.take_back(pname)
     assert new.state == "pending"
     got = spool.get("half")
     assert got["state"] == "pending" and got["attempts"] == 0 and got["command"] == rec["command"]
@@ -640,7 +640,7 @@ def test_fencing_a_late_finish_after_take_back_and_reclaim(spool):
     spool.enqueue("sleep 60", id="fence", max_retries=3)
     first = claim(spool, "fence", "hostA", 1001)
     first.close()                                   # worker 1 'dies' (or loses its lock)
-    spool.take_back(first.name)                     # another worker takes it back
+    spool.moves.take_back(first.name)                     # another worker takes it back
     to_pending(spool, "fence")
     second = claim(spool, "fence", "hostB", 2002)   # and a second worker runs it
     try:
@@ -649,15 +649,15 @@ def test_fencing_a_late_finish_after_take_back_and_reclaim(spool):
         assert newer["state"] == "processing" and newer["attempts"] == 2
         for code, error in ((0, None), (1, None), (None, "timed out after 5s")):
             with pytest.raises(LostRace):
-                spool.finish(first, code, error, backoff=NO_BACKOFF)
+                spool.moves.finish(first, code, error, backoff=NO_BACKOFF)
             assert spool.get("fence") == newer
             assert protocol_snapshot(spool) == before
         with pytest.raises(LostRace):
-            spool.requeue(first)
+            spool.moves.requeue(first)
         assert protocol_snapshot(spool) == before
         assert not [n for n in os.listdir(os.path.join(spool.path, "tmp")) if n.startswith("mv-")]
         # the rightful owner still finishes normally
-        assert spool.finish(second, 0).state == "completed"
+        assert spool.moves.finish(second, 0).state == "completed"
     finally:
         second.close()
 
@@ -666,10 +666,10 @@ def test_fencing_a_late_finish_after_take_back_to_failed(spool):
     spool.enqueue("sleep 60", id="fence2", max_retries=3)
     first = claim(spool, "fence2")
     first.close()
-    spool.take_back(first.name)
+    spool.moves.take_back(first.name)
     before = protocol_snapshot(spool)
     with pytest.raises(LostRace):
-        spool.finish(first, 0)
+        spool.moves.finish(first, 0)
     assert protocol_snapshot(spool) == before
     assert spool.get("fence2")["last_error"].startswith("worker lost")
 
@@ -681,17 +681,17 @@ def test_fencing_a_late_finish_after_the_job_already_ended(spool, final):
     spool.enqueue("true", id="late", max_retries=1)
     first = claim(spool, "late", "hostA", 1001)
     first.close()
-    spool.take_back(first.name)
+    spool.moves.take_back(first.name)
     to_pending(spool, "late")
     second = claim(spool, "late", "hostB", 2002)
     if final == "completed":
-        spool.finish(second, 0)
+        spool.moves.finish(second, 0)
     else:
-        spool.finish(second, 1, backoff=NO_BACKOFF)
+        spool.moves.finish(second, 1, backoff=NO_BACKOFF)
     first.record["max_retries"] = 0  # worker 1's copy: out of retries too, so it also targets dead/
     before = protocol_snapshot(spool)
     with pytest.raises(LostRace):
-        spool.finish(first, 0 if final == "completed" else 1, backoff=NO_BACKOFF)
+        spool.moves.finish(first, 0 if final == "completed" else 1, backoff=NO_BACKOFF)
     assert protocol_snapshot(spool) == before
 
 
@@ -699,11 +699,11 @@ def test_fencing_a_late_finish_after_the_job_already_ended(spool, final):
 def test_a_finished_job_has_no_next_attempt_time(spool, how):
     spool.enqueue("true", id="fin", run_at="+0s", max_retries=0 if how == "dead" else 2)
     if how == "cancelled":
-        spool.finish(claim(spool, "fin"), 1, backoff=(10, 3600, 0))
+        spool.moves.finish(claim(spool, "fin"), 1, backoff=(10, 3600, 0))
         assert spool.get("fin")["run_at"] is not None  # the retry time, while failed
         spool.cancel("fin")
     else:
-        spool.finish(claim(spool, "fin"), 0 if how == "completed" else 1, backoff=NO_BACKOFF)
+        spool.moves.finish(claim(spool, "fin"), 0 if how == "completed" else 1, backoff=NO_BACKOFF)
     rec = spool.get("fin")
     assert rec["state"] == ("completed" if how == "completed" else "dead")
     assert rec["run_at"] is None
@@ -757,7 +757,7 @@ def test_retry_dead_goes_back_to_pending_with_attempts_zero(spool):
     assert job_files(spool.path, "dead") == []
     assert names.pending_due(where(spool, "rd")[1]) <= time.time()
     # and it can run again
-    assert spool.finish(claim(spool, "rd"), 0).state == "completed"
+    assert spool.moves.finish(claim(spool, "rd"), 0).state == "completed"
 
 
 def test_retry_dead_of_a_job_that_is_not_dead(spool):
@@ -771,7 +771,7 @@ def test_retry_dead_of_a_job_that_is_not_dead(spool):
 def _finish_with_time(spool, job_id, finished_at):
     """A completed job whose finished_at is `finished_at` (rewritten by hand, like an old job)."""
     spool.enqueue(f"echo {job_id}", id=job_id)
-    spool.finish(claim(spool, job_id), 0)
+    spool.moves.finish(claim(spool, job_id), 0)
     path = os.path.join(spool.path, "completed", f"{job_id}.json")
     rec = read_state_file(spool, "completed", f"{job_id}.json")
     rec["finished_at"] = rec["updated_at"] = timeutil.iso(finished_at)
@@ -838,9 +838,9 @@ def test_counts_including_scheduled(spool):
     spool.enqueue("true", id="done")
     spool.enqueue("false", id="dead", max_retries=0)
     held = claim(spool, "run")
-    spool.finish(claim(spool, "fail"), 1, backoff=(10, 3600, 0))
-    spool.finish(claim(spool, "done"), 0)
-    spool.finish(claim(spool, "dead"), 1)
+    spool.moves.finish(claim(spool, "fail"), 1, backoff=(10, 3600, 0))
+    spool.moves.finish(claim(spool, "done"), 0)
+    spool.moves.finish(claim(spool, "dead"), 1)
     with open(os.path.join(spool.path, "incoming", "drop.json"), "w") as fh:
         fh.write('{"command": "true"}')
     for ignored in (".hidden.json", "notes.txt"):

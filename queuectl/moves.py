@@ -1,0 +1,491 @@
+"""The move engine: every change of a job file's folder or content is made here.
+
+The on-disk protocol these moves follow (layout, file names, the order of each
+transition's steps, what is fsynced when, what a crash leaves) is written down in
+docs/protocol.md; the rule numbers cited below are that document's.
+
+This is the worker's and fsck's side of the spool: claim, finish, retry promotion,
+take-back, requeue, adoption of hand-placed records, setting files aside. The public
+Python API (spool.py) uses the same primitives (`find_held`, `move`) for the user's
+operations, and ingest.py stores dropped jobs through `store_new`.
+"""
+import errno
+import os
+import time
+
+from . import config as configmod
+from . import fsutil, locks, names, timeutil
+from .errors import Busy, DuplicateJob, FieldError, LostRace, SpoolError, WrongState, JobNotFound
+from .faults import crashpoint
+from .inventory import Inventory
+from .job import State, check_record, due_time
+
+MAX_DROP_BYTES = 1024 * 1024
+# the moves a worker makes are not fsynced; every other move is (docs/protocol.md "Durability")
+LAZY_MOVES = frozenset({"claim", "complete", "fail", "bury", "kill", "requeue", "promote", "takeback",
+                        "takeback-dead", "unclaim"})
+
+
+class Held:
+    """A job file this process has locked: its folder, name, open fd and record."""
+
+    def __init__(self, state, name, fd, record):
+        self.state, self.name, self.fd, self.record = state, name, fd, record
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+
+class Moves(Inventory):
+    """Moves job files of one spool. A worker sets `pool` (pool.Pool): its lazy moves then
+    recycle the inodes they displace instead of creating files."""
+
+    def __init__(self, layout):
+        self.layout = layout
+        self.path = layout.root
+        self._seq = 0
+        self.pool = None
+
+    def next_seq(self):
+        self._seq = max(self._seq + 1, time.time_ns())
+        return self._seq
+
+    def store_new(self, records, progress=None):
+        """Write new pending records durably (rule 6). Duplicate id -> DuplicateJob, nothing kept."""
+        lay = self.layout
+        token = f"enq-{os.getpid()}-{os.urandom(4).hex()}"
+        owner_path = os.path.join(lay.tmp, token + ".lock")
+        batch = len(records) > 1
+        staged, reserved = [], []
+        owner_fd = None
+        try:
+            owner_fd = fsutil.write_new(owner_path, b"", sync=False)
+            locks.hold(owner_fd)
+            crashpoint("enqueue.locked")
+            for record in records:
+                tmp = os.path.join(lay.tmp, f"{token}-{len(staged)}.json")
+                fsutil.write_file(tmp, fsutil.dumps(record), sync=not batch)
+                staged.append(tmp)
+                if progress and len(staged) % 200 == 0:
+                    progress(len(staged), len(records))
+                crashpoint("enqueue.staged")
+            for record in records:
+                self.reserve_id(record["id"], token)
+                reserved.append(record["id"])
+                crashpoint("enqueue.reserved")
+            if batch:
+                fsutil.syncfs(lay.tmp)
+                crashpoint("enqueue.synced")
+            for tmp, record in zip(staged, records):
+                name = names.pending_name(record["priority"], due_time(record), self.next_seq(), record["id"])
+                os.rename(tmp, os.path.join(lay.pending, name))
+                reserved.remove(record["id"])  # in pending/ now: its marker must stay, whatever happens
+                crashpoint("enqueue.renamed")
+            staged = []
+            fsutil.fsync_dir(lay.pending)
+            fsutil.fsync_dir(lay.ids)
+            crashpoint("enqueue.fsynced")
+            reserved = []
+        except OSError as exc:
+            raise fsutil.translate(exc, "enqueue failed") from None
+        finally:
+            for tmp in staged:
+                _unlink_quiet(tmp)
+            for job_id in reserved:
+                _unlink_quiet(os.path.join(lay.ids, job_id))
+            if owner_fd is not None:
+                os.close(owner_fd)
+                _unlink_quiet(owner_path)
+
+    def reserve_id(self, job_id, token):
+        """Create ids/ID atomically with its content: link(2) of a complete tmp file fails with
+        EEXIST when the id is taken, and a rival never sees a half-written marker."""
+        marker = os.path.join(self.layout.ids, job_id)
+        tmp = os.path.join(self.layout.tmp, f"{token}-id-{os.urandom(3).hex()}")
+        fsutil.write_file(tmp, token.encode(), sync=False)
+        try:
+            os.link(tmp, marker)
+            return
+        except FileExistsError:
+            pass
+        finally:
+            _unlink_quiet(tmp)
+        # The id is taken, unless its marker was left by a crash (rule 6).
+        with locks.spool_lock(self.layout.ids_lock):
+            if self.marker_owner_alive(marker):
+                raise DuplicateJob(job_id, "being enqueued")
+            for _ in range(3):  # a job moving between folders can slip past one look
+                found = self.find(job_id)
+                if found:
+                    raise DuplicateJob(job_id, found[0])
+                time.sleep(0.005)
+            fsutil.write_file(tmp, token.encode(), sync=False)
+            os.rename(tmp, marker)
+
+    def marker_owner_alive(self, marker):
+        try:
+            owner = fsutil.read_fd_path(marker).decode("ascii", "replace").strip()
+        except OSError:
+            return False
+        if not owner.startswith("enq-") or "/" in owner:
+            return False
+        return locks.path_is_locked(os.path.join(self.layout.tmp, owner + ".lock"))
+
+    # ---------------------------------------------------------------- transitions
+
+    def lock(self, state, name):
+        """Open and lock a job file (rule 2). Raises LostRace (gone) or Busy (locked)."""
+        path = os.path.join(self.layout.state_dir(state), name)
+        try:
+            fd = fsutil.open_nofollow(path, os.O_RDWR)
+        except FileNotFoundError:
+            raise LostRace(f"{state}/{name} is gone") from None
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EINVAL, errno.EISDIR, errno.ENXIO):
+                raise Corrupt(state, name, "not a regular file (a symlink is never followed)") from None
+            raise fsutil.translate(exc, f"{state}/{name}") from None
+        try:
+            if os.fstat(fd).st_uid != os.geteuid():
+                raise Corrupt(state, name, "owned by another user; not run (SPEC: Safety)")
+            try:
+                locks.try_lock(fd)
+            except Busy:
+                if _same_inode(path, fd):
+                    raise
+                raise LostRace(f"{state}/{name} was replaced") from None  # e.g. kept by a worker's pool
+            if not _same_inode(path, fd):
+                raise LostRace(f"{state}/{name} was replaced")
+            record = fsutil.read_json_fd(fd)
+        except (ValueError, UnicodeDecodeError) as exc:
+            os.close(fd)
+            raise Corrupt(state, name, f"not valid JSON: {exc}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if not isinstance(record, dict):
+            os.close(fd)
+            raise Corrupt(state, name, "not a JSON object")
+        return Held(state, name, fd, record)
+
+    def move(self, held, dst_state, dst_name, record, kind, keep_lock=False):
+        """Rule 3: fenced rename of a held job file, then its new content. Returns the new Held.
+
+        Durability by kind (rule 8): user commands fsync the file and both folders before
+        returning; a worker's moves are left to the filesystem's next commit."""
+        durable = kind not in LAZY_MOVES
+        lay = self.layout
+        src = os.path.join(lay.state_dir(held.state), held.name)
+        dst_dir = lay.state_dir(dst_state)
+        dst = os.path.join(dst_dir, dst_name)
+        record = dict(record, state=str(dst_state), updated_at=timeutil.iso(timeutil.now()))
+        tmp = os.path.join(lay.tmp, f"mv-{record['id']}-{os.getpid()}-{os.urandom(3).hex()}.json")
+        # a locked mv-* file in tmp/ is a move in progress: recovery keeps off
+        pool = None if durable else self.pool
+        if pool is not None:
+            new_fd = pool.write_new(tmp, fsutil.dumps(record))
+        else:
+            new_fd = fsutil.write_new(tmp, fsutil.dumps(record), sync=durable)
+        crashpoint(f"{kind}.staged")
+        try:
+            if pool is None:
+                locks.hold(new_fd)
+            if os.path.lexists(dst) and dst != src:
+                if not os.path.lexists(src):
+                    raise LostRace(f"{held.state}/{held.name} was moved by someone else")
+                raise SpoolError(f"{dst_state}/{dst_name} already exists")
+            try:
+                os.rename(src, dst)          # a: the state change, and the fence
+            except FileNotFoundError:
+                raise LostRace(f"{held.state}/{held.name} was moved by someone else") from None
+            crashpoint(f"{kind}.moved")
+            spare = pool.keep(dst, held) if pool is not None else None  # the inode b displaces
+            try:
+                os.rename(tmp, dst)          # b: the new record
+            except BaseException:
+                if spare:
+                    pool.discard(spare)
+                raise
+            tmp = None
+            crashpoint(f"{kind}.replaced")
+            if durable:
+                fsutil.fsync_dir(dst_dir)
+            if durable and dst_dir != os.path.dirname(src):
+                fsutil.fsync_dir(os.path.dirname(src))
+            crashpoint(f"{kind}.synced")
+        except BaseException:
+            os.close(new_fd)
+            if tmp:
+                _unlink_quiet(tmp)
+            raise
+        held.close()
+        if keep_lock:
+            return Held(str(dst_state), dst_name, new_fd, record)
+        os.close(new_fd)
+        return Held(str(dst_state), dst_name, None, record)
+
+    def rewrite(self, held, record):
+        """Replace the record of a held job file where it is (fsck's repair of a lagging
+        state). Same rules: a new file in tmp/, renamed over the name."""
+        folder = self.layout.state_dir(held.state)
+        tmp = os.path.join(self.layout.tmp, f"mv-{record['id']}-{os.getpid()}-{os.urandom(3).hex()}.json")
+        fsutil.write_file(tmp, fsutil.dumps(record))
+        os.rename(tmp, os.path.join(folder, held.name))
+        fsutil.fsync_dir(folder)
+
+    # -- the worker's side
+
+    def claim(self, name, worker_host, worker_pid):
+        """Claim pending/NAME for this worker (rule 4). Returns the Held processing file.
+
+        Raises LostRace/Busy when another worker was first, Corrupt for a damaged file.
+        """
+        held = self.lock("pending", name)
+        try:
+            check_record(held.record)
+            if held.record["id"] != names.id_of("pending", name):
+                raise FieldError("id", "the record's id is not the one in its file name")
+        except FieldError as exc:
+            held.close()
+            raise Corrupt("pending", name, str(exc)) from None
+        now = timeutil.now()
+        record = dict(held.record)
+        record.update(attempts=record["attempts"] + 1, started_at=timeutil.iso(now), finished_at=None,
+                      worker=f"{worker_host}:{worker_pid}")
+        dst = names.processing_name(record["id"], worker_host, worker_pid, record["attempts"])
+        try:
+            return self.move(held, State.PROCESSING, dst, record, kind="claim", keep_lock=True)
+        except BaseException:
+            held.close()
+            raise
+
+    def finish(self, held, exit_code=None, error=None, backoff=None):
+        """End an attempt: completed if exit_code == 0 and no error, else failed/dead (SPEC
+        "Running a job"). `backoff` = (base, max, jitter). Raises LostRace when fenced off."""
+        record = dict(held.record)
+        now = timeutil.now()
+        record.update(finished_at=timeutil.iso(now), exit_code=exit_code)
+        if exit_code == 0 and error is None:
+            record.update(last_error=None, run_at=None)  # SPEC: run_at is the *next* attempt's
+            return self.move(held, State.COMPLETED, names.final_name(record["id"]), record, kind="complete")
+        record["last_error"] = error or f"exit code {exit_code}"
+        return self._fail(held, record, now, backoff)
+
+    def _fail(self, held, record, now, backoff, retry_kind="fail", dead_kind="bury"):
+        base, cap, jitter = backoff or self.backoff_config()
+        if record["attempts"] <= record["max_retries"]:
+            delay = min(base ** record["attempts"], cap)
+            if jitter:
+                import random
+                delay += delay * random.uniform(0, jitter)
+            retry_at = now + delay
+            record["run_at"] = timeutil.iso(retry_at)
+            return self.move(held, State.FAILED, names.failed_name(retry_at, record["id"]), record, kind=retry_kind)
+        record["run_at"] = None
+        return self.move(held, State.DEAD, names.final_name(record["id"]), record, kind=dead_kind)
+
+    def backoff_config(self):
+        cfg = configmod.read(self.layout.config)
+        return cfg["backoff-base"], cfg["backoff-max"], cfg["backoff-jitter"]
+
+    def finish_cancelled(self, held):
+        """End a running attempt killed by `cancel --kill`: the job goes to dead/."""
+        record = dict(held.record, exit_code=None, last_error="cancelled", run_at=None,
+                      finished_at=timeutil.iso(timeutil.now()))
+        return self.move(held, State.DEAD, names.final_name(record["id"]), record, kind="kill")
+
+    def requeue(self, held, reason=None):
+        """Put a running job back in pending/ without counting the attempt (stop --now)."""
+        record = dict(held.record)
+        record.update(attempts=max(0, record["attempts"] - 1), exit_code=None,
+                      finished_at=timeutil.iso(timeutil.now()))
+        if reason:
+            record["last_error"] = reason
+        return self.move(held, State.PENDING, self.pending_name(record), record, kind="requeue")
+
+    def pending_name(self, record, due=None):
+        due = due_time(record) if due is None else due
+        return names.pending_name(record["priority"], due, self.next_seq(), record["id"])
+
+    def promote(self, name, now=None):
+        """Move a due failed/NAME into pending/ so it competes by priority. LostRace/Busy if not ours."""
+        now = timeutil.now() if now is None else now
+        held = self.lock("failed", name)
+        try:
+            check_record(held.record)
+        except FieldError as exc:
+            held.close()
+            raise Corrupt("failed", name, str(exc)) from None
+        record = dict(held.record)
+        try:
+            return self.move(held, State.PENDING, self.pending_name(record), record, kind="promote")
+        except BaseException:
+            held.close()
+            raise
+
+    def take_back(self, name, reason=None):
+        """Rule 5: take back processing/NAME if its owner is dead (its lock is free).
+
+        Returns the new Held, or raises Busy (owner alive) / LostRace."""
+        held = self.lock("processing", name)
+        parsed = names.parse_processing(name)
+        host, pid = (parsed.host, parsed.pid) if parsed else ("?", "?")
+        try:
+            check_record(held.record)
+            if not parsed or held.record["id"] != parsed.job_id:
+                raise FieldError("id", "the record's id is not the one in its file name")
+        except FieldError as exc:
+            held.close()
+            raise Corrupt("processing", name, str(exc)) from None
+        from . import registry
+        registry.kill_leftover_job(self.layout, host, pid, held.record["id"])  # one copy at a time
+        record = dict(held.record)
+        try:
+            if record.get("state") != "processing":
+                # died between the claim's two renames: the command never started
+                return self.move(held, State.PENDING, self.pending_name(record), record, kind="unclaim")
+            now = timeutil.now()
+            record.update(exit_code=None, finished_at=timeutil.iso(now),
+                          last_error=reason or f"worker lost (host {host}, pid {pid})")
+            return self._fail(held, record, now, None, retry_kind="takeback", dead_kind="takeback-dead")
+        except BaseException:
+            held.close()
+            raise
+
+    def take_back_lost(self, exclude=()):
+        """Take back every processing/ job whose owner is dead. Returns the records taken back."""
+        out = []
+        for name in self.names("processing"):
+            if name in exclude:
+                continue
+            try:
+                out.append(self.take_back(name).record)
+            except Corrupt as exc:
+                self.set_aside(exc)
+            except LostRace:
+                continue
+        return out
+
+    def set_aside(self, corrupt):
+        """Move a damaged or foreign file found in a state folder to rejected/ (never run it)."""
+        src = os.path.join(self.layout.state_dir(corrupt.state), corrupt.name)
+        try:
+            return self.move_aside(src, corrupt.name, f"found in {corrupt.state}/ and set aside: {corrupt.reason}")
+        except FileNotFoundError:
+            return None
+
+    # -- helpers of the user operations (spool.py) and of fsck
+
+    def find_held(self, job_id, states):
+        for _ in range(5):
+            found = self.find(job_id)
+            if not found:
+                raise JobNotFound(job_id)
+            if found[0] not in states:
+                return found[0], None
+            try:
+                return found[0], self.lock(*found)
+            except Corrupt as exc:
+                raise WrongState(f"job {job_id!r}: {exc.reason} (see `queuectl fsck`)") from None
+            except LostRace as exc:
+                if isinstance(exc, Busy):
+                    raise WrongState(f"job {job_id!r} is busy (a worker is moving it); try again") from None
+                continue
+        raise WrongState(f"job {job_id!r} keeps moving; try again")
+
+    def adopt(self, name):
+        """A whole record put into pending/ by hand (`mv dead/ID.json pending/`, SPEC: plain
+        mv works): file it under its proper name as a new try, like `dlq retry` (attempts 0,
+        due now). Raises Corrupt when it is not a record of a job that exists nowhere else
+        (the worker then checks it as a dropped file), LostRace/Busy when someone else has it."""
+        held = self.lock("pending", name)
+        try:
+            check_record(held.record)
+            job_id = held.record["id"]
+            found = self.find(job_id)
+            if found and found != ("pending", name):
+                raise FieldError("id", f"job {job_id!r} is also in {found[0]}/")
+        except FieldError as exc:
+            held.close()
+            raise Corrupt("pending", name, str(exc)) from None
+        marker = os.path.join(self.layout.ids, job_id)
+        if not os.path.lexists(marker):  # a record from elsewhere: its id is reserved now
+            fsutil.write_file(marker, b"adopted", sync=False)
+        now = timeutil.now()
+        record = dict(held.record, attempts=0, run_at=timeutil.iso(now), exit_code=None, finished_at=None)
+        try:
+            return self.move(held, State.PENDING, self.pending_name(record, now), record, kind="adopt")
+        except BaseException:
+            held.close()
+            raise
+
+    def delete(self, held):
+        """Purge a held completed/ or dead/ job: its file, then its log, then its id marker
+        (the id is free again only once nothing of the job is left)."""
+        job_id = held.record.get("id") or names.id_of(held.state, held.name)
+        os.unlink(os.path.join(self.layout.state_dir(held.state), held.name))
+        crashpoint("purge.unlinked")
+        if job_id:
+            _unlink_quiet(self.layout.log(job_id))
+            crashpoint("purge.log-unlinked")
+            _unlink_quiet(os.path.join(self.layout.ids, job_id))
+            crashpoint("purge.id-unlinked")
+
+    def sync_folder(self, state):
+        fsutil.fsync_dir(self.layout.state_dir(state))
+
+    def move_aside(self, src_path, name, reason):
+        """Put a file that is not a valid job into rejected/ beside NAME.error; never overwrite."""
+        raw = os.fsencode(name)  # a dropped name need not be UTF-8
+        short = name if len(raw) <= 200 else os.fsdecode(raw[:200])
+        if short != name:
+            reason += f"\n(original name, shortened here: {name})"
+        for _ in range(100):  # another process may pick the same free name: O_EXCL decides
+            dst_name = unique_name(self.layout.rejected, short)
+            try:
+                fsutil.write_file(os.path.join(self.layout.rejected, dst_name + ".error"),
+                                  (reason.rstrip() + "\n").encode("utf-8", "replace"))
+                break
+            except FileExistsError:
+                continue
+        dst = os.path.join(self.layout.rejected, dst_name)
+        crashpoint("reject.explained")
+        os.rename(src_path, dst)
+        crashpoint("reject.moved")
+        fsutil.fsync_dir(self.layout.rejected)
+        return dst_name
+
+
+
+class Corrupt(LostRace):
+    """A job file in a state folder that cannot be read as a record."""
+
+    def __init__(self, state, name, reason):
+        self.state, self.name, self.reason = state, name, reason
+        super().__init__(f"{state}/{name}: {reason}")
+
+
+def unique_name(folder, name):
+    """`name`, or name.1, name.2, ... so that neither it nor its .error exists in `folder`."""
+    candidate, n = name, 0
+    while os.path.lexists(os.path.join(folder, candidate)) or \
+            os.path.lexists(os.path.join(folder, candidate + ".error")):
+        n += 1
+        candidate = f"{name}.{n}"
+    return candidate
+
+
+def _same_inode(path, fd):
+    try:
+        return os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
