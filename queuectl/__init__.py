@@ -7,7 +7,7 @@
 """
 from .errors import (DuplicateJob, FieldError, InvalidInput, JobNotFound, QueuectlError,
                      UnsafeSpool, WrongState)
-from .version import __version__
+from .version import __version__  # noqa: F401 (the package's version)
 
 
 def __getattr__(name):

@@ -29,7 +29,7 @@ def echo_json(value):
     click.echo(render.to_json(value))
 
 
-# job-id completion (issue 5): which states each command's ids come from
+# job-id completion: which states each command's ids come from
 _COMPLETE_STATES = {"cancel": ("pending", "failed", "processing"), "retry": ("dead",)}
 
 
@@ -174,7 +174,7 @@ def worker_start(ctx, count, detach, burst):
         click.echo(f"started {len(live)} worker(s) under supervisor pid {pid}; log: {log_path}")
         return
     from . import ingest
-    ingest.ingest_all(spool)  # SPEC: every `worker start` takes what waits in incoming/
+    ingest.ingest_all(spool)  # every `worker start` takes what waits in incoming/
     code = supervisor.Supervisor(spool, count, burst=burst, emit=_emit_line).run()
     ctx.exit(code)
 
@@ -404,7 +404,7 @@ def config_unset(ctx, key):
     click.echo(f"{name} = {get_spool(ctx).unset_config(name)} (default)")
 
 
-# ---------------------------------------------------------------- observability (issue 5)
+# ---------------------------------------------------------------- observability
 
 @cli.command()
 @json_option

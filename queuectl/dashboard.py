@@ -1,4 +1,4 @@
-"""`queuectl dashboard`: a read-only web page of a spool, rendered on the server (issue 5).
+"""`queuectl dashboard`: a read-only web page of a spool, rendered on the server.
 
 Standard library only (http.server's ThreadingHTTPServer): a page that a person reloads
 every few seconds needs no framework, and a dependency would be the only one the workers
@@ -63,6 +63,7 @@ font:13px/1.4 ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;word-br
 .pager{margin:10px 0;display:flex;gap:14px;align-items:center}.muted{color:#6e7781}
 a{color:#0969da}
 """
+
 
 def esc(value):
     return html.escape("-" if value is None else str(value), quote=True)
@@ -347,8 +348,8 @@ class Handler(BaseHTTPRequestHandler):
 
 def make_server(spool, host="127.0.0.1", port=8080, refresh=5):
     """A ThreadingHTTPServer serving `spool` read-only; `port` 0 picks a free one."""
-    handler = type("BoundHandler", (Handler,), {"pages": Pages(spool, refresh),
-                                               "loopback_only": _is_loopback(host)})
+    handler = type("BoundHandler", (Handler,),
+                   {"pages": Pages(spool, refresh), "loopback_only": _is_loopback(host)})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server

@@ -1,4 +1,4 @@
-"""Errors of queuectl. Each knows the exit code the CLI gives it (SPEC: "Exit codes")."""
+"""Errors of queuectl. Each knows the exit code the CLI gives it (docs/contract.md "Commands")."""
 
 
 class QueuectlError(Exception):
@@ -39,7 +39,7 @@ class WrongState(QueuectlError):
 
 
 class UnsafeSpool(QueuectlError, PermissionError):
-    """The spool is writable by others or owned by someone else (SPEC: Safety). Exit code 2."""
+    """The spool is writable by others or owned by someone else (docs/contract.md "Safety"). Exit code 2."""
 
     exit_code = 2
 

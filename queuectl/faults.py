@@ -1,4 +1,4 @@
-"""Crash injection for the crash-at-every-step tests (issue 3).
+"""Crash injection for the crash-at-every-step tests.
 
 Each step of every transition calls crashpoint("TRANSITION.STEP") right after its
 filesystem operation. With QUEUECTL_CRASH_AT=POINT in the environment the process dies

@@ -262,7 +262,8 @@ def _remove(path):
 def _aside(spool, path, name, reason):
     if not os.path.lexists(path):
         return "already gone"
-    dst = spool.moves.move_aside(path, name, f"moved aside by fsck at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {reason}")
+    when = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+    dst = spool.moves.move_aside(path, name, f"moved aside by fsck at {when}: {reason}")
     return f"moved to rejected/{dst}"
 
 

@@ -1,4 +1,4 @@
-"""The drop box (SPEC "Dropping files"): files in incoming/ become pending jobs or go to rejected/.
+"""The drop box (docs/contract.md "Dropping files"): files in incoming/ become pending jobs or go to rejected/.
 
 One file at a time: rename incoming/NAME -> tmp/ingest-ID-NAME (the claim: of several workers
 exactly one gets it; ID is the id a job without one will get), look at it without following

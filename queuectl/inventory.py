@@ -85,7 +85,8 @@ class Inventory:
 
     def names(self, state):
         """Job file names of one state folder, in claim order for pending/ and failed/."""
-        return sorted(n for n in fsutil.listdir(self.layout.state_dir(state)) if n.endswith(names.SUFFIX) and not n.startswith("."))
+        return sorted(n for n in fsutil.listdir(self.layout.state_dir(state))
+                      if n.endswith(names.SUFFIX) and not n.startswith("."))
 
     def list(self, state=None, limit=None):
         """Records of one state (or all), pending in claim order. Unreadable files are skipped."""

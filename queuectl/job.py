@@ -1,6 +1,6 @@
 """The job record: states, validation of input, new records. No I/O here.
 
-SPEC "The job record" is the contract; every error names the field it is about.
+docs/contract.md "The job record" is the contract; every error names the field it is about.
 """
 import enum
 import json

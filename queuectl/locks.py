@@ -2,13 +2,12 @@
 
 - portalocker: an exclusive, non-blocking flock on the open job file, held by the worker for
   the whole attempt. The kernel drops it when the process dies, so "lock free" means "owner
-  dead" (SPEC: a lost worker's job is taken back). Every mover of a job file takes it first.
+  dead" (a lost worker's job is taken back). Every mover of a job file takes it first.
 - filelock: spool-wide critical sections on small lock files (config writes, id reservation
   clean-up), blocking with a timeout.
 - fcntl.flock directly, for the two things the quick commands do (enqueue holds its
   owner lock; status probes whether a worker's registration is locked): importing
-  portalocker costs more than all of `enqueue` otherwise does (issue 4: start-up). It is the
-  same flock, so both sides see each other's locks.
+  portalocker costs more than all of `enqueue` otherwise does. It is the same flock, so both sides see each other's locks.
 
 filelock's UnixFileLock and portalocker both use flock, never POSIX record locks: mixing the
 two kinds misbehaves on GlusterFS, where a spool may later live.

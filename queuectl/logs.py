@@ -55,7 +55,8 @@ def cap(fd, max_bytes, cut_so_far=None):
     note_len = head.find(b"\n") + 1 if _CUT_NOTE.match(head) else 0
     total = cut_so_far + cut - note_len  # the previous note was ours, not output
     os.ftruncate(fd, 0)
-    note = f"[queuectl: at least {total} bytes of older output cut at {timeutil.iso(timeutil.now())} (log-max-bytes {max_bytes})]\n"
+    when = timeutil.iso(timeutil.now())
+    note = f"[queuectl: at least {total} bytes of older output cut at {when} (log-max-bytes {max_bytes})]\n"
     os.write(fd, note.encode() + tail)
     return total
 

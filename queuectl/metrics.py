@@ -1,4 +1,4 @@
-"""`queuectl metrics`: numbers about a spool, computed mostly from file names (issue 5).
+"""`queuectl metrics`: numbers about a spool, computed mostly from file names.
 
 What is read, so it stays fast on a spool of a million files:
 - counts: folder listings (no file opened), as `status`.

@@ -38,7 +38,6 @@ class Held:
             self.fd = None
 
 
-
 class Moves(Inventory):
     """Moves job files of one spool. A worker sets `pool` (pool.Pool): its lazy moves then
     recycle the inodes they displace instead of creating files."""
@@ -149,7 +148,7 @@ class Moves(Inventory):
             raise fsutil.translate(exc, f"{state}/{name}") from None
         try:
             if os.fstat(fd).st_uid != os.geteuid():
-                raise Corrupt(state, name, "owned by another user; not run (SPEC: Safety)")
+                raise Corrupt(state, name, "owned by another user; not run (see docs/contract.md, Safety)")
             try:
                 locks.try_lock(fd)
             except Busy:
@@ -262,13 +261,13 @@ class Moves(Inventory):
             raise
 
     def finish(self, held, exit_code=None, error=None, backoff=None):
-        """End an attempt: completed if exit_code == 0 and no error, else failed/dead (SPEC
-        "Running a job"). `backoff` = (base, max, jitter). Raises LostRace when fenced off."""
+        """End an attempt: completed if exit_code == 0 and no error, else failed/dead
+        (docs/contract.md "Running a job"). `backoff` = (base, max, jitter). Raises LostRace when fenced off."""
         record = dict(held.record)
         now = timeutil.now()
         record.update(finished_at=timeutil.iso(now), exit_code=exit_code)
         if exit_code == 0 and error is None:
-            record.update(last_error=None, run_at=None)  # SPEC: run_at is the *next* attempt's
+            record.update(last_error=None, run_at=None)  # run_at is the *next* attempt's
             return self.move(held, State.COMPLETED, names.final_name(record["id"]), record, kind="complete")
         record["last_error"] = error or f"exit code {exit_code}"
         return self._fail(held, record, now, backoff)
@@ -396,7 +395,7 @@ class Moves(Inventory):
         raise WrongState(f"job {job_id!r} keeps moving; try again")
 
     def adopt(self, name):
-        """A whole record put into pending/ by hand (`mv dead/ID.json pending/`, SPEC: plain
+        """A whole record put into pending/ by hand (`mv dead/ID.json pending/`, docs/contract.md: plain
         mv works): file it under its proper name as a new try, like `dlq retry` (attempts 0,
         due now). Raises Corrupt when it is not a record of a job that exists nowhere else
         (the worker then checks it as a dropped file), LostRace/Busy when someone else has it."""
@@ -456,7 +455,6 @@ class Moves(Inventory):
         crashpoint("reject.moved")
         fsutil.fsync_dir(self.layout.rejected)
         return dst_name
-
 
 
 class Corrupt(LostRace):

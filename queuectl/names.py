@@ -1,4 +1,4 @@
-"""File names of job files: the claim order lives in the name (SPEC: "The spool on disk").
+"""File names of job files: the claim order lives in the name (docs/contract.md "The spool on disk").
 
     pending/    PPP_DUE_SEQ_ID.json        010_20261124T130119.123Z_1795957279123456789_backup.json
     failed/     NEXT_ID.json               20261124T130121.123Z_backup.json
@@ -46,6 +46,8 @@ class ProcessingName(NamedTuple):
     host: str
     pid: int
     attempt: int
+
+
 _PENDING = re.compile(r"(\d{3})_(\d{8}T\d{6}\.\d{3}Z)_(\d{19})_(.+)\.json")
 _FAILED = re.compile(r"(\d{8}T\d{6}\.\d{3}Z)_(.+)\.json")
 _PROCESSING = re.compile(r"(.+)_([A-Za-z0-9.-]+)_(\d+)_a(\d+)\.json")

@@ -1,4 +1,4 @@
-"""Where the spool is and what is in it; creation (0700) and the safety check of SPEC "Safety"."""
+"""Where the spool is and what is in it; creation (0700) and the safety check of docs/contract.md "Safety"."""
 import os
 import stat
 

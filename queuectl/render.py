@@ -102,7 +102,7 @@ def fsck(problems, root, repaired):
     return table(rows, ("PROBLEM", "PATH", "DETAIL", "REPAIR")) + "\n" + tail
 
 
-# ---------------------------------------------------------------- metrics (issue 5)
+# ---------------------------------------------------------------- metrics
 
 def seconds(value):
     """A duration for people: 0.012s, 4.20s, 3m05s, 2h10m."""
@@ -146,7 +146,7 @@ def metrics(info):
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- colour (issue 5)
+# ---------------------------------------------------------------- colour
 
 EVENT_COLOURS = {"completed": "32", "failed": "33", "dead": "31", "taken back": "35"}
 _EVENT = re.compile(r"\S+ \S+ job \S+ (completed|failed|dead|taken back)\b")  # TIME WHO job ID EVENT

@@ -1,4 +1,4 @@
-"""One attempt of one command (SPEC "Running a job").
+"""One attempt of one command (docs/contract.md "Running a job").
 
 /bin/sh -c COMMAND in its own session and process group (posix_spawn), stdin /dev/null,
 stdout+stderr appended to the job's log. The worker waits on a pidfd (no polling for the exit) together with a wake-up
@@ -33,7 +33,7 @@ class Interrupt(str, enum.Enum):
 class Outcome:
     def __init__(self, exit_code=None, error=None, interrupted=None, duration=0.0):
         self.exit_code = exit_code      # None when killed or not started
-        self.error = error              # None on success, else SPEC's last_error
+        self.error = error              # None on success, else the record's last_error
         self.interrupted = interrupted  # an Interrupt when the worker cut it short
         self.duration = duration
 

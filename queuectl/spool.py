@@ -241,4 +241,3 @@ def _finished_at(held) -> float:
         return timeutil.parse_iso(stamp)
     except (TypeError, ValueError):
         return os.fstat(held.fd).st_mtime
-

@@ -1,4 +1,4 @@
-"""Wall-clock times as the ISO-8601 UTC strings of the job record (SPEC: "The job record").
+"""Wall-clock times as the ISO-8601 UTC strings of the job record (docs/contract.md "The job record").
 
 Durations (timeouts, backoff waits) use time.monotonic() in the worker; only run_at and the
 record's timestamps use the wall clock.

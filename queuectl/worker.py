@@ -4,7 +4,7 @@ Idle, it sleeps until the earliest due time found in pending/ and failed/, a fil
 event (waker.py), a signal, or the periodic rescan (RESCAN seconds: the safety net for
 missed events and for other hosts' changes on a network filesystem), whichever is first.
 Signals only set flags: the first SIGTERM/SIGINT stops after the running job, the second
-kills it and puts it back in pending/ uncounted (SPEC "worker start").
+kills it and puts it back in pending/ uncounted (docs/contract.md "Commands").
 """
 import os
 import signal
