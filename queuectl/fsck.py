@@ -18,7 +18,7 @@ from . import fsutil, ingest, locks, names, pool, registry
 from .errors import LostRace, QueuectlError
 from .job import STATES, check_record
 from .paths import ALL_DIRS
-from .moves import Corrupt
+from .moves import MOVE_PREFIX, Corrupt
 
 MOVE_GRACE = 5.0        # a mover may sit between its two renames this long (seconds)
 ENQUEUE_GRACE = 60.0    # an enqueue's staged files younger than this may be in use
@@ -76,7 +76,7 @@ def _permissions(spool):
     for name in ("",) + tuple(ALL_DIRS):
         path = os.path.join(spool.path, name) if name else spool.path
         try:
-            st = os.lstat(path)
+            st = os.stat(path) if not name else os.lstat(path)  # the root may be reached by a symlink
         except FileNotFoundError:
             continue
         if stat.S_ISLNK(st.st_mode):
@@ -103,8 +103,8 @@ def _tmp_leftovers(spool, now):
             age = now - os.lstat(path).st_mtime
         except FileNotFoundError:
             continue
-        if name.startswith("mv-") and name.endswith(".json"):
-            if age >= MOVE_GRACE and not _locked(path):  # locked: its mover is alive
+        if name.startswith(MOVE_PREFIX) and name.endswith(".json"):
+            if age >= MOVE_GRACE and not _mover_alive(spool, path):
                 out.append(Problem("tmp-leftover", path, "the new record of an interrupted move",
                                    lambda path=path: _finish_move(spool, path)))
         elif name.startswith(ingest.PREFIX):
@@ -175,7 +175,7 @@ def _state_folder(spool, state, seen):
             continue
         seen.setdefault(job_id, []).append((state, name))
         if state == "processing":
-            if _unlocked(path):
+            if not spool.moves.job_locked(job_id):
                 out.append(Problem("orphan-processing", path, "no live worker holds it",
                                    lambda name=name: _take_back(spool, name)))
         elif record.get("state") != state:
@@ -215,11 +215,19 @@ def _id_markers(spool, seen):
                            lambda path=path: _create_marker(path)))
     for job_id in sorted(markers - set(seen)):
         path = os.path.join(spool.layout.ids, job_id)
-        if spool.moves.marker_owner_alive(path):
-            continue  # an enqueue in progress
+        if spool.moves.marker_owner_alive(path) or spool.moves.job_locked(job_id):
+            continue  # an enqueue in progress, or a job being moved right now
         out.append(Problem("stale-id-marker", path, "an id marker without a job (harmless)",
-                           lambda path=path: _remove(path)))
+                           lambda path=path, job_id=job_id: _remove_stale_marker(spool, path, job_id)))
     return out
+
+
+def _remove_stale_marker(spool, path, job_id):
+    """Look again first: the folders were listed one after another, so a job moving between
+    them may have been missed; its marker is its lock and must stay."""
+    if spool.moves.job_locked(job_id) or spool.find(job_id) is not None or spool.moves.marker_owner_alive(path):
+        return "kept: its job exists (it was moving while fsck looked)"
+    return _remove(path)
 
 
 def _orphan_logs(spool, seen):
@@ -239,7 +247,7 @@ def _stale_workers(spool):
     live = {w["name"] for w in registry.live_workers(spool.layout, supervisors=True)}
     busy = {registry.worker_name(p.host, p.pid) for p in map(names.parse_processing, spool.names("processing")) if p}
     for name in sorted(fsutil.listdir(spool.layout.workers)):
-        owner = name.split(".", 1)[0]
+        owner = registry.owner_of(name)
         if owner in live or name.endswith(".job") and owner in busy:
             continue  # a .job note is kept until its job is taken back (it names the job's group)
         path = os.path.join(spool.layout.workers, name)
@@ -272,12 +280,13 @@ def _create_marker(path):
     return "created"
 
 
-def _locked(path):
-    return locks.path_is_locked(path)
-
-
-def _unlocked(path):
-    return os.path.lexists(path) and not locks.path_is_locked(path)
+def _mover_alive(spool, path):
+    """A staged record's job is locked: its mover is alive (or a worker runs the job)."""
+    try:
+        job_id = fsutil.read_json(path).get("id")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(job_id, str) and spool.moves.job_locked(job_id)
 
 
 def _take_back(spool, name):

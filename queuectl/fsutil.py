@@ -48,6 +48,15 @@ def write_new(path, data, sync=True, mode=0o600):
     return fd
 
 
+def close_quiet(fd):
+    """close(2) whose error does not matter: on a network filesystem closing a file that
+    another host has since removed can fail (GlusterFS: ENOENT from the flush)."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def write_file(path, data, sync=True, mode=0o600):
     os.close(write_new(path, data, sync=sync, mode=mode))
 
@@ -91,7 +100,7 @@ def read_fd_path(path, limit=1 << 20):
     try:
         return read_fd(fd, limit)
     finally:
-        os.close(fd)
+        close_quiet(fd)
 
 
 def read_json(path):
@@ -99,7 +108,7 @@ def read_json(path):
     try:
         return read_json_fd(fd)
     finally:
-        os.close(fd)
+        close_quiet(fd)
 
 
 def listdir(path):

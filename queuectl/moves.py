@@ -15,27 +15,35 @@ import time
 
 from . import config as configmod
 from . import fsutil, locks, names, timeutil
-from .errors import Busy, DuplicateJob, FieldError, LostRace, SpoolError, WrongState, JobNotFound
+from .errors import Busy, DuplicateJob, FieldError, JobNotFound, LostRace, WrongState
 from .faults import crashpoint
 from .inventory import Inventory
 from .job import State, check_record, due_time
 
 MAX_DROP_BYTES = 1024 * 1024
+MOVE_PREFIX = "mv-"  # tmp/mv-ID-PID-HEX.json: the new record of a move in progress
+MARKER_WRITE_GRACE = 60.0  # a marker still empty this long after creation was left by a crash
 # the moves a worker makes are not fsynced; every other move is (docs/protocol.md "Durability")
 LAZY_MOVES = frozenset({"claim", "complete", "fail", "bury", "kill", "requeue", "promote", "takeback",
                         "takeback-dead", "unclaim"})
 
 
 class Held:
-    """A job file this process has locked: its folder, name, open fd and record."""
+    """A job this process holds: the lock on its id marker (`lock_fd`), and its file's folder,
+    name, record and open fd (`fd`, the inode a worker's pool may keep; may be None)."""
 
-    def __init__(self, state, name, fd, record):
+    def __init__(self, state, name, fd, record, lock_fd=None):
         self.state, self.name, self.fd, self.record = state, name, fd, record
+        self.lock_fd = lock_fd
 
     def close(self):
+        """Close the file and release the job's lock."""
         if self.fd is not None:
-            os.close(self.fd)
+            fsutil.close_quiet(self.fd)
             self.fd = None
+        if self.lock_fd is not None:
+            fsutil.close_quiet(self.lock_fd)
+            self.lock_fd = None
 
 
 class Moves(Inventory):
@@ -96,23 +104,21 @@ class Moves(Inventory):
             for job_id in reserved:
                 _unlink_quiet(os.path.join(lay.ids, job_id))
             if owner_fd is not None:
-                os.close(owner_fd)
+                fsutil.close_quiet(owner_fd)
                 _unlink_quiet(owner_path)
 
     def reserve_id(self, job_id, token):
-        """Create ids/ID atomically with its content: link(2) of a complete tmp file fails with
-        EEXIST when the id is taken, and a rival never sees a half-written marker."""
+        """Create ids/ID with O_EXCL: of racing enqueuers exactly one wins, on a network
+        filesystem too (link(2) is not exclusive there). The marker then holds `token`, the
+        name of the enqueuer's lock file; a rival that reads it still empty treats it as being
+        written. The marker is never replaced: it is also the job's lock file."""
         marker = os.path.join(self.layout.ids, job_id)
-        tmp = os.path.join(self.layout.tmp, f"{token}-id-{os.urandom(3).hex()}")
-        fsutil.write_file(tmp, token.encode(), sync=False)
         try:
-            os.link(tmp, marker)
+            fsutil.write_file(marker, token.encode(), sync=False)
             return
         except FileExistsError:
             pass
-        finally:
-            _unlink_quiet(tmp)
-        # The id is taken, unless its marker was left by a crash (rule 6).
+        # The id is taken, unless its marker was left by a crash.
         with locks.spool_lock(self.layout.ids_lock):
             if self.marker_owner_alive(marker):
                 raise DuplicateJob(job_id, "being enqueued")
@@ -121,53 +127,95 @@ class Moves(Inventory):
                 if found:
                     raise DuplicateJob(job_id, found[0])
                 time.sleep(0.005)
-            fsutil.write_file(tmp, token.encode(), sync=False)
-            os.rename(tmp, marker)
+            fd = fsutil.open_nofollow(marker, os.O_RDWR)  # rewritten in place: same inode, same lock
+            try:
+                os.pwrite(fd, token.encode(), 0)
+                os.ftruncate(fd, len(token))
+            finally:
+                fsutil.close_quiet(fd)
 
-    def marker_owner_alive(self, marker):
+    def marker_owner_alive(self, marker, now=None):
+        """Whether an enqueue that created this marker may still be running: its owner's lock
+        file is locked, or the marker is young and still empty (being written)."""
         try:
-            owner = fsutil.read_fd_path(marker).decode("ascii", "replace").strip()
+            fd = fsutil.open_nofollow(marker)
         except OSError:
             return False
+        try:
+            owner = fsutil.read_fd(fd, 256).decode("ascii", "replace").strip()
+            age = (time.time() if now is None else now) - os.fstat(fd).st_mtime
+        finally:
+            fsutil.close_quiet(fd)
+        if not owner:
+            return age < MARKER_WRITE_GRACE
         if not owner.startswith("enq-") or "/" in owner:
             return False
         return locks.path_is_locked(os.path.join(self.layout.tmp, owner + ".lock"))
 
+    def job_locked(self, job_id):
+        """Whether a live process holds job `job_id` (its id marker's lock)."""
+        return locks.path_is_locked(os.path.join(self.layout.ids, job_id))
+
     # ---------------------------------------------------------------- transitions
 
-    def lock(self, state, name):
-        """Open and lock a job file (rule 2). Raises LostRace (gone) or Busy (locked)."""
+    def lock(self, state, name, job_id=None):
+        """Take job STATE/NAME: lock its id marker, then read its file. The lock is on the
+        marker, never on the job file, because the marker's inode never changes while a job
+        file's does at every move (a host with a stale cache could lock an old inode).
+        Raises LostRace (gone), Busy (a live process holds the job) or Corrupt."""
         path = os.path.join(self.layout.state_dir(state), name)
+        if job_id is None:
+            job_id = names.id_of(state, name)
+        if job_id is None:
+            raise Corrupt(state, name, "a name that is not a job's")
+        lock_fd = self._lock_marker(job_id)
         try:
             fd = fsutil.open_nofollow(path, os.O_RDWR)
         except FileNotFoundError:
+            fsutil.close_quiet(lock_fd)
             raise LostRace(f"{state}/{name} is gone") from None
         except OSError as exc:
+            fsutil.close_quiet(lock_fd)
             if exc.errno in (errno.ELOOP, errno.EINVAL, errno.EISDIR, errno.ENXIO):
                 raise Corrupt(state, name, "not a regular file (a symlink is never followed)") from None
             raise fsutil.translate(exc, f"{state}/{name}") from None
         try:
             if os.fstat(fd).st_uid != os.geteuid():
                 raise Corrupt(state, name, "owned by another user; not run (see docs/contract.md, Safety)")
-            try:
-                locks.try_lock(fd)
-            except Busy:
-                if _same_inode(path, fd):
-                    raise
-                raise LostRace(f"{state}/{name} was replaced") from None  # e.g. kept by a worker's pool
-            if not _same_inode(path, fd):
-                raise LostRace(f"{state}/{name} was replaced")
             record = fsutil.read_json_fd(fd)
+            if not isinstance(record, dict):
+                raise Corrupt(state, name, "not a JSON object")
+            if record.get("id") != job_id:  # an inode since reused by a worker's pool: moved on
+                raise LostRace(f"{state}/{name} was replaced")
+        except FileNotFoundError:
+            # GlusterFS opens lazily (open-behind): a file moved away since reads as ENOENT
+            fsutil.close_quiet(fd)
+            fsutil.close_quiet(lock_fd)
+            raise LostRace(f"{state}/{name} is gone") from None
         except (ValueError, UnicodeDecodeError) as exc:
-            os.close(fd)
+            fsutil.close_quiet(fd)
+            fsutil.close_quiet(lock_fd)
             raise Corrupt(state, name, f"not valid JSON: {exc}") from None
         except BaseException:
-            os.close(fd)
+            fsutil.close_quiet(fd)
+            fsutil.close_quiet(lock_fd)
             raise
-        if not isinstance(record, dict):
-            os.close(fd)
-            raise Corrupt(state, name, "not a JSON object")
-        return Held(state, name, fd, record)
+        return Held(state, name, fd, record, lock_fd)
+
+    def _lock_marker(self, job_id):
+        """Open and lock ids/ID (created if missing: a job without its marker still gets one).
+        Raises Busy when a live process holds it."""
+        path = os.path.join(self.layout.ids, job_id)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | fsutil.NOFOLLOW | fsutil.CLOEXEC, 0o600)
+        except OSError as exc:
+            raise fsutil.translate(exc, f"ids/{job_id}") from None
+        try:
+            locks.try_lock(fd)
+        except BaseException:
+            fsutil.close_quiet(fd)
+            raise
+        return fd
 
     def move(self, held, dst_state, dst_name, record, kind, keep_lock=False):
         """Rule 3: fenced rename of a held job file, then its new content. Returns the new Held.
@@ -180,8 +228,8 @@ class Moves(Inventory):
         dst_dir = lay.state_dir(dst_state)
         dst = os.path.join(dst_dir, dst_name)
         record = dict(record, state=str(dst_state), updated_at=timeutil.iso(timeutil.now()))
-        tmp = os.path.join(lay.tmp, f"mv-{record['id']}-{os.getpid()}-{os.urandom(3).hex()}.json")
-        # a locked mv-* file in tmp/ is a move in progress: recovery keeps off
+        tmp = os.path.join(lay.tmp, f"{MOVE_PREFIX}{record['id']}-{os.getpid()}-{os.urandom(3).hex()}.json")
+        # an mv-* file in tmp/ whose job is locked is a move in progress: recovery keeps off
         pool = None if durable else self.pool
         if pool is not None:
             new_fd = pool.write_new(tmp, fsutil.dumps(record))
@@ -189,12 +237,8 @@ class Moves(Inventory):
             new_fd = fsutil.write_new(tmp, fsutil.dumps(record), sync=durable)
         crashpoint(f"{kind}.staged")
         try:
-            if pool is None:
-                locks.hold(new_fd)
-            if os.path.lexists(dst) and dst != src:
-                if not os.path.lexists(src):
-                    raise LostRace(f"{held.state}/{held.name} was moved by someone else")
-                raise SpoolError(f"{dst_state}/{dst_name} already exists")
+            # no look at dst first: on a network filesystem a stat may be stale; the rename of
+            # src alone decides, and dst names carry the job's id, so they are the job's own
             try:
                 os.rename(src, dst)          # a: the state change, and the fence
             except FileNotFoundError:
@@ -215,21 +259,24 @@ class Moves(Inventory):
                 fsutil.fsync_dir(os.path.dirname(src))
             crashpoint(f"{kind}.synced")
         except BaseException:
-            os.close(new_fd)
+            fsutil.close_quiet(new_fd)
             if tmp:
                 _unlink_quiet(tmp)
             raise
+        lock_fd, held.lock_fd = held.lock_fd, None
         held.close()
         if keep_lock:
-            return Held(str(dst_state), dst_name, new_fd, record)
-        os.close(new_fd)
+            return Held(str(dst_state), dst_name, new_fd, record, lock_fd)
+        fsutil.close_quiet(new_fd)
+        if lock_fd is not None:
+            fsutil.close_quiet(lock_fd)
         return Held(str(dst_state), dst_name, None, record)
 
     def rewrite(self, held, record):
         """Replace the record of a held job file where it is (fsck's repair of a lagging
         state). Same rules: a new file in tmp/, renamed over the name."""
         folder = self.layout.state_dir(held.state)
-        tmp = os.path.join(self.layout.tmp, f"mv-{record['id']}-{os.getpid()}-{os.urandom(3).hex()}.json")
+        tmp = os.path.join(self.layout.tmp, f"{MOVE_PREFIX}{record['id']}-{os.getpid()}-{os.urandom(3).hex()}.json")
         fsutil.write_file(tmp, fsutil.dumps(record))
         os.rename(tmp, os.path.join(folder, held.name))
         fsutil.fsync_dir(folder)
@@ -395,11 +442,19 @@ class Moves(Inventory):
         raise WrongState(f"job {job_id!r} keeps moving; try again")
 
     def adopt(self, name):
-        """A whole record put into pending/ by hand (`mv dead/ID.json pending/`, docs/contract.md: plain
-        mv works): file it under its proper name as a new try, like `dlq retry` (attempts 0,
-        due now). Raises Corrupt when it is not a record of a job that exists nowhere else
-        (the worker then checks it as a dropped file), LostRace/Busy when someone else has it."""
-        held = self.lock("pending", name)
+        """A whole record put into pending/ by hand (`mv dead/ID.json pending/`: plain mv
+        works, docs/contract.md): file it under its proper name as a new try, like `dlq
+        retry` (attempts 0, due now). Raises Corrupt when it is not a record of a job that
+        exists nowhere else (the worker then checks it as a dropped file), LostRace/Busy when
+        someone else has it."""
+        path = os.path.join(self.layout.pending, name)
+        try:
+            job_id = check_record(fsutil.read_json(path))["id"]  # its lock is the id's marker
+        except FileNotFoundError:
+            raise LostRace(f"pending/{name} is gone") from None
+        except (OSError, ValueError, UnicodeDecodeError, TypeError, KeyError, FieldError) as exc:
+            raise Corrupt("pending", name, f"not a job record: {exc}") from None
+        held = self.lock("pending", name, job_id)
         try:
             check_record(held.record)
             job_id = held.record["id"]
@@ -409,10 +464,7 @@ class Moves(Inventory):
         except FieldError as exc:
             held.close()
             raise Corrupt("pending", name, str(exc)) from None
-        marker = os.path.join(self.layout.ids, job_id)
-        if not os.path.lexists(marker):  # a record from elsewhere: its id is reserved now
-            fsutil.write_file(marker, b"adopted", sync=False)
-        now = timeutil.now()
+        now = timeutil.now()  # its id is reserved now: lock() made the marker if it was missing
         record = dict(held.record, attempts=0, run_at=timeutil.iso(now), exit_code=None, finished_at=None)
         try:
             return self.move(held, State.PENDING, self.pending_name(record, now), record, kind="adopt")

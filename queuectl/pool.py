@@ -8,16 +8,18 @@ a drain that frees inodes makes each later create slower: 0.02 ms at first, 0.5-
 few thousand jobs on (bench/). Recycled, a job creates no record file at all.
 
 A spare is a hard link in tmp/ named `free-WORKER-N` (WORKER = HOST_PID of the registered
-worker), linked between the two renames of a move while the mover holds the old file's
-lock, and kept open with that lock held: nobody else can lock or move it. It is reused by
-writing the new record over it and only then renaming it to the staged `mv-*` name, so a
-crash never leaves old content under a staged name. A reader that opened the old name just
-before may read the new content: inventory.py checks the id. Spares of a worker that is
-gone are removed by fsck's recovery.
+worker), linked between the two renames of a move while the mover holds the job's lock, and
+kept open. It is reused by writing the new record over it and only then renaming it to the
+staged `mv-*` name, so a crash never leaves old content under a staged name. A reader that
+opened the old name just before may read the new content: readers check the id. Spares of a
+worker that is gone are removed by fsck's recovery.
+
+Only on a local filesystem: a hard link is not exclusive on a distributed volume, and
+another host may read a reused inode's new content under the old name for a second.
 """
 import os
 
-from . import fsutil, locks
+from . import fsutil
 
 PREFIX = "free-"
 LIMIT = 8  # spares kept at most: a job displaces two inodes and takes two
@@ -32,8 +34,8 @@ class Pool:
 
     def keep(self, path, held):
         """Keep the inode now at `path`, about to be displaced by a rename over it; `held`
-        is its spool.Held, whose open and locked fd the pool takes over (the lock stays ours,
-        so no one else can act on the old name's inode). Returns the entry, or None."""
+        is its moves.Held, whose open fd of that inode the pool takes over. Returns the entry,
+        or None."""
         if len(self._free) >= LIMIT or held.fd is None:
             return None
         self._n += 1
@@ -55,8 +57,7 @@ class Pool:
         os.close(entry[1])
 
     def write_new(self, path, data):
-        """Like fsutil.write_new (not synced): `path` created with `data`; its fd returned,
-        locked by this process."""
+        """Like fsutil.write_new (not synced): `path` created with `data`; its fd returned."""
         while self._free:
             spare, fd = self._free.pop()
             try:
@@ -67,14 +68,7 @@ class Pool:
             except OSError:
                 os.close(fd)
                 _unlink_quiet(spare)
-        fd = fsutil.write_new(path, data, sync=False)
-        try:
-            locks.hold(fd)
-        except BaseException:
-            os.close(fd)
-            _unlink_quiet(path)
-            raise
-        return fd
+        return fsutil.write_new(path, data, sync=False)
 
     def close(self):
         """Free the spares (a worker's exit)."""

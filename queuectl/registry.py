@@ -15,9 +15,13 @@ watches workers/ (inotify hint) and also checks on each tick while a job runs.
 import enum
 import json
 import os
+import re
 
 from . import fsutil, locks, timeutil
 from .errors import Busy
+
+
+_ENTRY = re.compile(r"(.+_\d+)\.(?:json|stop|job|cancel\..*)$")
 
 
 class StopMode(str, enum.Enum):
@@ -30,6 +34,13 @@ class StopMode(str, enum.Enum):
 
 def worker_name(host, pid):
     return f"{host}_{pid}"
+
+
+def owner_of(entry):
+    """The worker name (HOST_PID) of a file in workers/: NAME.json, NAME.stop, NAME.job or
+    NAME.cancel.ID. Host names may contain dots, so the name is cut at its pid."""
+    m = _ENTRY.match(entry)
+    return m.group(1) if m else entry.split(".", 1)[0]
 
 
 def register(layout, host, pid, extra=None):

@@ -28,7 +28,7 @@ class Waker:
     """Collects which watched folders changed, and the names added to or removed from them."""
 
     def __init__(self, folders, track_names=("pending",)):
-        self.folders = {os.path.realpath(f): os.path.basename(f) for f in folders}
+        self.folders = {os.path.realpath(f): os.path.basename(os.path.normpath(f)) for f in folders}
         self.track_names = frozenset(track_names)  # only these folders' names are kept (memory)
         self._dirty = set()
         self._added = {}    # folder name -> names created or moved in since take_names()
@@ -108,13 +108,16 @@ class Waker:
                 else:
                     waker.note(src, added=kind == "created", removed=kind == "deleted")
 
+        observer = PollingObserver(timeout=1.0)
         try:
-            observer = PollingObserver(timeout=1.0)
             for folder in self.folders:
                 observer.schedule(Handler(), folder, recursive=False)
             observer.daemon = True
             observer.start()
         except (OSError, RuntimeError):
+            # emitters of the folders scheduled before the failure are running: stop them too
+            observer.unschedule_all()
+            observer.stop()
             return
         self.observer, self.mechanism = observer, "poll"
 

@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 
-from . import fsck, ingest, names, pool, registry, runner, timeutil
+from . import fsck, fsinfo, ingest, names, pool, registry, runner, timeutil
 from .errors import LostRace, QueuectlError
 from .moves import Corrupt
 from .pending import PendingIndex
@@ -115,7 +115,8 @@ class Worker:
         self.layout.check_safe()
         runner.close_inherited()
         self._reg_fd = registry.register(self.layout, self.host, self.pid)
-        self.moves.pool = pool.Pool(self.layout.tmp, self.name)  # registered first: fsck keeps its spares
+        if not fsinfo.is_network(self.layout.root):  # spare inodes only on a local disk (pool.py)
+            self.moves.pool = pool.Pool(self.layout.tmp, self.name)  # registered first: fsck keeps its spares
         self._job_note = registry.JobNote(self.layout, self.host, self.pid)
         self.waker = Waker([self.layout.incoming, self.layout.pending, self.layout.failed,
                             self.layout.workers]).start()
@@ -127,7 +128,8 @@ class Worker:
             try:
                 self._record_previous()
             finally:
-                self.moves.pool.close()
+                if self.moves.pool is not None:
+                    self.moves.pool.close()
             self.moves.pool = None
             self.waker.stop()
             self._job_note.close()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import job_files, tree_snapshot
+from helpers import STATE_FOLDERS, find_job, job_files, read_job_file, state_counts, tree_snapshot
 from queuectl import fsck
 from queuectl import Spool, fsutil, locks, names, registry, timeutil
 from queuectl.errors import (Busy, DuplicateJob, FieldError, InvalidInput, JobNotFound, LostRace,
@@ -17,41 +17,20 @@ from queuectl.job import due_time
 from queuectl.paths import ALL_DIRS
 from queuectl.moves import Held
 
-STATES = ("pending", "processing", "failed", "completed", "dead")
 NO_BACKOFF = (1, 0, 0)  # retry delay 0
 
 
-def read_state_file(spool, state, name):
-    with open(os.path.join(spool.path, state, name), "rb") as fh:
-        return json.loads(fh.read())
-
-
-def where(spool, job_id):
-    found = spool.find(job_id)
-    assert found, f"job {job_id} not found"
-    return found
-
-
 def claim(spool, job_id, host="hostA", pid=1001):
-    state, name = where(spool, job_id)
+    state, name = find_job(spool, job_id)
     assert state == "pending"
     return spool.moves.claim(name, host, pid)
 
 
 def to_pending(spool, job_id):
     """Promote a failed job back to pending (regardless of its retry time)."""
-    state, name = where(spool, job_id)
+    state, name = find_job(spool, job_id)
     assert state == "failed"
     spool.moves.promote(name)
-
-
-def state_counts(spool):
-    return {s: len(job_files(spool.path, s)) for s in STATES}
-
-
-def protocol_snapshot(spool):
-    """Everything a user or another worker could see, minus the implementation's root lock files."""
-    return tree_snapshot(spool.path)
 
 
 def iso_ts(text):
@@ -90,7 +69,7 @@ def test_enqueue_creates_a_pending_file_whose_name_and_record_agree(spool):
     assert len(files) == 1
     name = files[0]
     prio, due, seq, job_id = names.parse_pending(name)
-    on_disk = read_state_file(spool, "pending", name)
+    on_disk = read_job_file(spool.path, "pending", name)
     assert on_disk == rec
     assert (job_id, prio) == ("job1", 3)
     assert due == pytest.approx(due_time(on_disk), abs=0.001)
@@ -140,7 +119,7 @@ def test_claim_puts_the_counted_attempt_in_place_before_it_returns(spool):
     spool.enqueue("true", id="counted")
     held = spool.moves.claim(spool.names("pending")[0], "h", 1)
     try:
-        on_disk = read_state_file(spool, "processing", held.name)
+        on_disk = read_job_file(spool.path, "processing", held.name)
         assert on_disk["attempts"] == 1 and on_disk["state"] == "processing"
         assert on_disk["worker"] == "h:1"
     finally:
@@ -164,7 +143,7 @@ def test_enqueue_validates_fields(spool):
     with pytest.raises(FieldError) as info:
         spool.enqueue("true", bogus=1)
     assert info.value.field == "bogus"
-    assert state_counts(spool) == dict.fromkeys(STATES, 0)
+    assert state_counts(spool.path) == dict.fromkeys(STATE_FOLDERS, 0)
     assert not os.path.exists(os.path.join(os.path.dirname(spool.path), "escape"))
 
 
@@ -186,28 +165,28 @@ def make_job_in_state(spool, job_id, state):
         spool.moves.finish(held, 0)
     else:
         spool.moves.finish(held, 1, backoff=(2, 3600, 0))
-    assert where(spool, job_id)[0] == state
+    assert find_job(spool, job_id)[0] == state
     return None
 
 
-@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("state", STATE_FOLDERS)
 def test_duplicate_id_refused_naming_the_state_and_nothing_changes(spool, state):
     held = make_job_in_state(spool, "dup", state)
     spool.enqueue("true", id="other")
-    before = protocol_snapshot(spool)
-    counts = state_counts(spool)
+    before = tree_snapshot(spool.path)
+    counts = state_counts(spool.path)
     with pytest.raises(DuplicateJob) as info:
         spool.enqueue("echo again", id="dup")
     exc = info.value
     assert isinstance(exc, InvalidInput) and exc.exit_code == 2
     assert exc.state == state and state in str(exc) and "dup" in str(exc)
-    assert state_counts(spool) == counts
-    assert protocol_snapshot(spool) == before
+    assert state_counts(spool.path) == counts
+    assert tree_snapshot(spool.path) == before
     # a batch containing it is refused whole, too
     with pytest.raises(DuplicateJob):
         spool.enqueue_many([{"command": "true", "id": "fresh1"}, {"command": "true", "id": "dup"},
                             {"command": "true", "id": "fresh2"}])
-    assert protocol_snapshot(spool) == before
+    assert tree_snapshot(spool.path) == before
     if held:
         held.close()
 
@@ -261,6 +240,7 @@ def _race_process(spool_dir, barrier, queue, count):
     queue.put((os.getpid(), out))
 
 
+@pytest.mark.process  # forks
 def test_two_processes_enqueue_the_same_id_exactly_one_wins(spool, spool_dir):
     ctx = multiprocessing.get_context("fork")
     barrier, queue = ctx.Barrier(2), ctx.Queue()
@@ -278,19 +258,20 @@ def test_two_processes_enqueue_the_same_id_exactly_one_wins(spool, spool_dir):
 
 
 def test_enqueuer_paused_right_after_reserving_the_id_still_wins(spool, spool_dir, monkeypatch):
-    """The first enqueuer has linked ids/ID (complete, naming its live lock) but its job is not
-    in pending/ yet: a rival must see the id as taken ("being enqueued"), not as a crash's."""
-    import queuectl.spool as spoolmod
-    real_link = os.link
+    """The first enqueuer has made ids/ID (naming its live lock) but its job is not in
+    pending/ yet: a rival must see the id as taken ("being enqueued"), not as a crash's."""
+    import queuectl.moves as movesmod
     created, resume = threading.Event(), threading.Event()
 
-    def slow_link(src, dst, *args, **kwargs):
-        real_link(src, dst, *args, **kwargs)
-        if threading.current_thread().name == "first":
-            created.set()
-            resume.wait(10)  # preempted here
+    real_write = movesmod.fsutil.write_file
 
-    monkeypatch.setattr(spoolmod.os, "link", slow_link)
+    def slow_write(path, *args, **kwargs):
+        real_write(path, *args, **kwargs)
+        if threading.current_thread().name == "first" and os.path.basename(os.path.dirname(path)) == "ids":
+            created.set()
+            resume.wait(10)  # preempted here, the marker made
+
+    monkeypatch.setattr(movesmod.fsutil, "write_file", slow_write)
     outcome = {}
 
     def first():
@@ -318,8 +299,11 @@ def test_enqueuer_paused_right_after_reserving_the_id_still_wins(spool, spool_di
 
 @pytest.mark.parametrize("content", [b"", b"garbage", b"enq-1-deadbeef", b"enq-../../x", b"\xff\xfe"])
 def test_stale_id_marker_does_not_block_enqueue(spool, content):
-    with open(os.path.join(spool.path, "ids", "ghost"), "wb") as fh:
+    marker = os.path.join(spool.path, "ids", "ghost")
+    with open(marker, "wb") as fh:
         fh.write(content)
+    old = time.time() - 120  # an empty marker is "being written" for a minute, then stale
+    os.utime(marker, (old, old))
     rec = spool.enqueue("true", id="ghost")
     assert spool.get("ghost")["id"] == rec["id"] == "ghost"
     assert len(job_files(spool.path, "pending")) == 1
@@ -331,7 +315,7 @@ def test_marker_of_a_crashed_enqueuer_whose_lock_file_is_left_is_taken_over(spoo
     with open(os.path.join(spool.path, "ids", "crashed"), "w") as fh:
         fh.write(token)
     spool.enqueue("true", id="crashed")
-    assert where(spool, "crashed")[0] == "pending"
+    assert find_job(spool, "crashed")[0] == "pending"
 
 
 def test_marker_of_a_live_enqueuer_blocks(spool):
@@ -344,11 +328,11 @@ def test_marker_of_a_live_enqueuer_blocks(spool):
         with pytest.raises(DuplicateJob) as info:
             spool.enqueue("true", id="busy")
         assert "being enqueued" in str(info.value)
-        assert state_counts(spool)["pending"] == 0
+        assert state_counts(spool.path)["pending"] == 0
     finally:
         os.close(fd)
     spool.enqueue("true", id="busy")  # its owner is gone now
-    assert where(spool, "busy")[0] == "pending"
+    assert find_job(spool, "busy")[0] == "pending"
 
 
 def test_purged_id_can_be_enqueued_again(spool):
@@ -356,21 +340,21 @@ def test_purged_id_can_be_enqueued_again(spool):
     spool.moves.finish(claim(spool, "again"), 0)
     assert spool.purge("completed") == 1
     spool.enqueue("true", id="again")
-    assert where(spool, "again")[0] == "pending"
+    assert find_job(spool, "again")[0] == "pending"
 
 
 # ---------------------------------------------------------------- batches
 
 def test_enqueue_many_all_or_nothing(spool):
     spool.enqueue("true", id="existing")
-    before = protocol_snapshot(spool)
+    before = tree_snapshot(spool.path)
     items = [{"command": "true", "id": f"b{i}"} for i in range(5)]
     items[2] = {"command": "true", "id": "b2", "priority": "high"}
     with pytest.raises(FieldError) as info:
         spool.enqueue_many(items)
     assert "job 3" in str(info.value) and "priority" in str(info.value)
     assert info.value.field.startswith("job 3")
-    assert protocol_snapshot(spool) == before
+    assert tree_snapshot(spool.path) == before
 
 
 @pytest.mark.parametrize("bad", [
@@ -380,32 +364,32 @@ def test_enqueue_many_all_or_nothing(spool):
     ["not", "an", "object"],
 ])
 def test_enqueue_many_bad_item_names_job_3(spool, bad):
-    before = protocol_snapshot(spool)
+    before = tree_snapshot(spool.path)
     items = [{"command": "true", "id": f"b{i}"} for i in range(5)]
     items[2] = bad
     with pytest.raises(InvalidInput) as info:
         spool.enqueue_many(items)
     assert "job 3" in str(info.value)
-    assert protocol_snapshot(spool) == before
+    assert tree_snapshot(spool.path) == before
 
 
 def test_enqueue_many_refuses_an_id_twice_in_the_batch(spool):
-    before = protocol_snapshot(spool)
+    before = tree_snapshot(spool.path)
     with pytest.raises(FieldError) as info:
         spool.enqueue_many([{"command": "true", "id": "x"}, {"command": "true", "id": "y"},
                             {"command": "true", "id": "x"}])
     assert "job 3" in str(info.value)
-    assert protocol_snapshot(spool) == before
+    assert tree_snapshot(spool.path) == before
 
 
 def test_enqueue_many_duplicate_of_an_existing_job_changes_nothing(spool):
     spool.enqueue("true", id="b3")
-    before = protocol_snapshot(spool)
+    before = tree_snapshot(spool.path)
     items = [{"command": "true", "id": f"b{i}"} for i in range(5)]
     with pytest.raises(DuplicateJob) as info:
         spool.enqueue_many(items)
     assert "b3" in str(info.value)
-    assert protocol_snapshot(spool) == before
+    assert tree_snapshot(spool.path) == before
 
 
 def test_enqueue_many_success(spool):
@@ -426,14 +410,14 @@ def test_claim_persists_attempts_before_the_command_starts(spool):
         assert held.name == names.processing_name("c1", "hostA", 1234, 1)
         assert job_files(spool.path, "processing") == [held.name]
         assert job_files(spool.path, "pending") == []
-        on_disk = read_state_file(spool, "processing", held.name)
+        on_disk = read_job_file(spool.path, "processing", held.name)
         assert on_disk["attempts"] == 1
         assert on_disk["state"] == "processing"
         assert on_disk["worker"] == "hostA:1234"
         assert on_disk["started_at"] is not None and on_disk["finished_at"] is None
         assert held.record == on_disk
-        # the processing file is locked while held, so nobody can take it
-        assert locked_by_someone(os.path.join(spool.path, "processing", held.name))
+        # the job (its id marker) is locked while held, so nobody can take it
+        assert locked_by_someone(os.path.join(spool.path, "ids", "c1"))
         with pytest.raises(Busy):
             spool.moves.take_back(held.name)
         assert spool.get("c1")["state"] == "processing"
@@ -443,21 +427,21 @@ def test_claim_persists_attempts_before_the_command_starts(spool):
 
 def test_claim_of_a_gone_or_locked_pending_file(spool):
     spool.enqueue("true", id="c2")
-    name = where(spool, "c2")[1]
+    name = find_job(spool, "c2")[1]
     held = spool.moves.claim(name, "h", 1)
     with pytest.raises(LostRace):
         spool.moves.claim(name, "h", 2)  # already moved
     held.close()
     spool.enqueue("true", id="c3")
-    name = where(spool, "c3")[1]
-    fd = fsutil.open_nofollow(os.path.join(spool.path, "pending", name))
+    name = find_job(spool, "c3")[1]
+    fd = fsutil.open_nofollow(os.path.join(spool.path, "ids", "c3"))
     locks.try_lock(fd)  # another claimer in progress
     try:
         with pytest.raises(Busy):
             spool.moves.claim(name, "h", 3)
     finally:
         os.close(fd)
-    assert where(spool, "c3") == ("pending", name)
+    assert find_job(spool, "c3") == ("pending", name)
 
 
 def test_finish_success_goes_to_completed(spool):
@@ -466,11 +450,11 @@ def test_finish_success_goes_to_completed(spool):
     new = spool.moves.finish(held, 0)
     assert held.fd is None
     assert new.state == "completed" and new.name == "ok1.json"
-    rec = read_state_file(spool, "completed", "ok1.json")
+    rec = read_job_file(spool.path, "completed", "ok1.json")
     assert rec["state"] == "completed" and rec["exit_code"] == 0
     assert rec["last_error"] is None
     assert rec["attempts"] == 1 and rec["finished_at"] is not None
-    assert state_counts(spool) == {"pending": 0, "processing": 0, "failed": 0, "completed": 1, "dead": 0}
+    assert state_counts(spool.path) == {"pending": 0, "processing": 0, "failed": 0, "completed": 1, "dead": 0}
     assert [n for n in os.listdir(os.path.join(spool.path, "tmp")) if n.startswith("mv-")] == []
 
 
@@ -487,7 +471,7 @@ def test_exponential_backoff_then_dead(spool):
         assert rec["attempts"] == attempt and rec["exit_code"] == 3 and rec["last_error"] == "exit code 3"
         if attempt <= 2:
             assert new.state == "failed"
-            on_disk = read_state_file(spool, "failed", new.name)
+            on_disk = read_job_file(spool.path, "failed", new.name)
             assert on_disk == rec
             run_at = iso_ts(rec["run_at"])
             d = 10 ** attempt
@@ -497,9 +481,9 @@ def test_exponential_backoff_then_dead(spool):
             to_pending(spool, "bk")
         else:
             assert new.state == "dead"
-            assert read_state_file(spool, "dead", "bk.json")["last_error"] == "exit code 3"
+            assert read_job_file(spool.path, "dead", "bk.json")["last_error"] == "exit code 3"
     assert delays == [10, 100]
-    assert state_counts(spool)["dead"] == 1 and sum(state_counts(spool).values()) == 1
+    assert state_counts(spool.path)["dead"] == 1 and sum(state_counts(spool.path).values()) == 1
 
 
 def test_backoff_is_capped_by_backoff_max(spool):
@@ -559,7 +543,7 @@ def test_promote_moves_a_failed_job_back_to_pending(spool):
     prio, due, _, job_id = names.parse_pending(new.name)
     assert (prio, job_id) == (4, "p1")
     assert due == pytest.approx(run_at, abs=0.002)  # still not due before its retry time
-    rec = read_state_file(spool, "pending", new.name)
+    rec = read_job_file(spool.path, "pending", new.name)
     assert rec["state"] == "pending" and rec["attempts"] == 1 and rec["last_error"] == "exit code 1"
     with pytest.raises(LostRace):
         spool.moves.promote(failed.name)
@@ -602,11 +586,11 @@ def test_take_back_of_a_held_file_is_busy(spool):
     spool.enqueue("sleep 60", id="busy")
     held = claim(spool, "busy")
     try:
-        before = protocol_snapshot(spool)
+        before = tree_snapshot(spool.path)
         with pytest.raises(Busy):
             spool.moves.take_back(held.name)
         assert spool.moves.take_back_lost() == []
-        assert protocol_snapshot(spool) == before
+        assert tree_snapshot(spool.path) == before
     finally:
         held.close()
 
@@ -619,15 +603,15 @@ def test_take_back_lost_takes_only_free_ones(spool):
     lost.close()
     taken = spool.moves.take_back_lost()
     assert [r["id"] for r in taken] == ["lost"]
-    assert where(spool, "lost")[0] == "dead"
-    assert where(spool, "alive")[0] == "processing"
+    assert find_job(spool, "lost")[0] == "dead"
+    assert find_job(spool, "alive")[0] == "processing"
     alive.close()
 
 
 def test_take_back_of_a_claim_interrupted_between_its_renames_is_uncounted(spool):
     """Rule 5: a processing/ file still holding the pending record goes back to pending/."""
     rec = spool.enqueue("true", id="half")
-    name = where(spool, "half")[1]
+    name = find_job(spool, "half")[1]
     pname = names.processing_name("half", "hostZ", 31337, 1)
     os.rename(os.path.join(spool.path, "pending", name), os.path.join(spool.path, "processing", pname))
     new = spool.moves.take_back(pname)
@@ -644,17 +628,17 @@ def test_fencing_a_late_finish_after_take_back_and_reclaim(spool):
     to_pending(spool, "fence")
     second = claim(spool, "fence", "hostB", 2002)   # and a second worker runs it
     try:
-        before = protocol_snapshot(spool)
+        before = tree_snapshot(spool.path)
         newer = spool.get("fence")
         assert newer["state"] == "processing" and newer["attempts"] == 2
         for code, error in ((0, None), (1, None), (None, "timed out after 5s")):
             with pytest.raises(LostRace):
                 spool.moves.finish(first, code, error, backoff=NO_BACKOFF)
             assert spool.get("fence") == newer
-            assert protocol_snapshot(spool) == before
+            assert tree_snapshot(spool.path) == before
         with pytest.raises(LostRace):
             spool.moves.requeue(first)
-        assert protocol_snapshot(spool) == before
+        assert tree_snapshot(spool.path) == before
         assert not [n for n in os.listdir(os.path.join(spool.path, "tmp")) if n.startswith("mv-")]
         # the rightful owner still finishes normally
         assert spool.moves.finish(second, 0).state == "completed"
@@ -667,10 +651,10 @@ def test_fencing_a_late_finish_after_take_back_to_failed(spool):
     first = claim(spool, "fence2")
     first.close()
     spool.moves.take_back(first.name)
-    before = protocol_snapshot(spool)
+    before = tree_snapshot(spool.path)
     with pytest.raises(LostRace):
         spool.moves.finish(first, 0)
-    assert protocol_snapshot(spool) == before
+    assert tree_snapshot(spool.path) == before
     assert spool.get("fence2")["last_error"].startswith("worker lost")
 
 
@@ -689,10 +673,10 @@ def test_fencing_a_late_finish_after_the_job_already_ended(spool, final):
     else:
         spool.moves.finish(second, 1, backoff=NO_BACKOFF)
     first.record["max_retries"] = 0  # worker 1's copy: out of retries too, so it also targets dead/
-    before = protocol_snapshot(spool)
+    before = tree_snapshot(spool.path)
     with pytest.raises(LostRace):
         spool.moves.finish(first, 0 if final == "completed" else 1, backoff=NO_BACKOFF)
-    assert protocol_snapshot(spool) == before
+    assert tree_snapshot(spool.path) == before
 
 
 @pytest.mark.parametrize("how", ["completed", "dead", "cancelled"])
@@ -724,11 +708,11 @@ def test_cancel_pending_or_failed_goes_to_dead(spool, state):
 def test_cancel_of_a_running_job_is_wrong_state(spool):
     held = make_job_in_state(spool, "run", "processing")
     try:
-        before = protocol_snapshot(spool)
+        before = tree_snapshot(spool.path)
         with pytest.raises(WrongState) as info:
             spool.cancel("run")
         assert "processing" in str(info.value)
-        assert protocol_snapshot(spool) == before
+        assert tree_snapshot(spool.path) == before
     finally:
         held.close()
 
@@ -738,7 +722,7 @@ def test_cancel_of_a_final_job_is_wrong_state(spool, state):
     make_job_in_state(spool, "fin", state)
     with pytest.raises(WrongState):
         spool.cancel("fin")
-    assert where(spool, "fin")[0] == state
+    assert find_job(spool, "fin")[0] == state
 
 
 def test_cancel_unknown_job(spool):
@@ -753,9 +737,9 @@ def test_retry_dead_goes_back_to_pending_with_attempts_zero(spool):
     rec = spool.retry_dead("rd")
     assert rec["state"] == "pending" and rec["attempts"] == 0
     assert t0 - 0.002 <= iso_ts(rec["run_at"]) <= time.time() + 0.002
-    assert where(spool, "rd")[0] == "pending"
+    assert find_job(spool, "rd")[0] == "pending"
     assert job_files(spool.path, "dead") == []
-    assert names.pending_due(where(spool, "rd")[1]) <= time.time()
+    assert names.pending_due(find_job(spool, "rd")[1]) <= time.time()
     # and it can run again
     assert spool.moves.finish(claim(spool, "rd"), 0).state == "completed"
 
@@ -773,7 +757,7 @@ def _finish_with_time(spool, job_id, finished_at):
     spool.enqueue(f"echo {job_id}", id=job_id)
     spool.moves.finish(claim(spool, job_id), 0)
     path = os.path.join(spool.path, "completed", f"{job_id}.json")
-    rec = read_state_file(spool, "completed", f"{job_id}.json")
+    rec = read_job_file(spool.path, "completed", f"{job_id}.json")
     rec["finished_at"] = rec["updated_at"] = timeutil.iso(finished_at)
     with open(path, "w") as fh:
         json.dump(rec, fh)
@@ -794,11 +778,11 @@ def test_purge_deletes_only_old_jobs_with_their_logs_and_frees_the_id(spool):
     with pytest.raises(JobNotFound):
         spool.get("old")
     spool.enqueue("true", id="old")  # the id is free again
-    assert where(spool, "old")[0] == "pending"
+    assert find_job(spool, "old")[0] == "pending"
     assert spool.purge("dead") == 0
     assert spool.purge("completed") == 1
     assert job_files(spool.path, "completed") == []
-    assert where(spool, "waiting")[0] == "pending"
+    assert find_job(spool, "waiting")[0] == "pending"
 
 
 def test_purge_dead_and_a_fixed_now(spool):
@@ -810,8 +794,8 @@ def test_purge_dead_and_a_fixed_now(spool):
 
 def test_purge_skips_a_locked_file(spool):
     make_job_in_state(spool, "lk", "completed")
-    fd = fsutil.open_nofollow(os.path.join(spool.path, "completed", "lk.json"))
-    locks.try_lock(fd)
+    fd = fsutil.open_nofollow(os.path.join(spool.path, "ids", "lk"))
+    locks.try_lock(fd)  # someone moves the job
     try:
         assert spool.purge("completed") == 0
     finally:
@@ -888,7 +872,7 @@ def test_get_unknown_id_raises_job_not_found(spool):
 
 
 def test_get_state_comes_from_the_folder(spool):
-    for state in STATES:
+    for state in STATE_FOLDERS:
         held = make_job_in_state(spool, f"s-{state}", state)
         assert spool.get(f"s-{state}")["state"] == state
         if held:
@@ -955,12 +939,12 @@ def test_recovery_finishes_a_move_interrupted_between_its_two_renames(spool):
               os.path.join(spool.path, "completed", "half-done.json"))   # step (a) only
     held.close()                                                         # and the mover dies
     assert spool.get("half-done")["state"] == "completed"                # the folder says so
-    assert read_state_file(spool, "completed", "half-done.json")["state"] == "processing"
+    assert read_job_file(spool.path, "completed", "half-done.json")["state"] == "processing"
     os.utime(tmp, (time.time() - 60,) * 2)
     assert len(fsck.recover(spool)) == 1
-    assert read_state_file(spool, "completed", "half-done.json") == new
+    assert read_job_file(spool.path, "completed", "half-done.json") == new
     assert os.listdir(os.path.join(spool.path, "tmp")) == []
-    assert sum(state_counts(spool).values()) == 1
+    assert sum(state_counts(spool.path).values()) == 1
 
 
 def test_recovery_drops_an_obsolete_record_and_keeps_fresh_ones(spool):
@@ -973,7 +957,7 @@ def test_recovery_drops_an_obsolete_record_and_keeps_fresh_ones(spool):
     fresh = os.path.join(spool.path, "tmp", "mv-moved-on-2-bbbbbb.json")
     with open(fresh, "w") as fh:
         json.dump(dict(rec, state="failed"), fh)  # a mover may be between its renames right now
-    before = read_state_file(spool, "pending", where(spool, "moved-on")[1])
+    before = read_job_file(spool.path, "pending", find_job(spool, "moved-on")[1])
     assert len(fsck.recover(spool)) == 1
     assert not os.path.exists(stale) and os.path.exists(fresh)
-    assert read_state_file(spool, "pending", where(spool, "moved-on")[1]) == before
+    assert read_job_file(spool.path, "pending", find_job(spool, "moved-on")[1]) == before

@@ -1,0 +1,359 @@
+"""A multi-host test bed on one machine: a GlusterFS or MooseFS volume served in a network
+namespace, and several "hosts", each a FUSE client of that volume in a network namespace of
+its own. A host's processes run under their own host name (a UTS namespace).
+
+    python3 testbed/bed.py up --fs glusterfs --hosts 3     # prints where each host's mount is
+    python3 testbed/bed.py down                            # stops all it started, by PID
+    python3 testbed/bed.py status
+
+Layout (addresses exist only inside the namespaces made here; nothing is routed):
+
+    namespace qb-sw    a bridge
+    namespace qb-srv   10.77.0.1   the file servers (glusterd and bricks, or mfsmaster and a chunkserver)
+    namespace qb-hN    10.77.0.1N  host N's FUSE client; its mount is visible machine-wide at
+                                   BED/mnt/hostN (nsenter --net keeps the mount namespace shared)
+
+Cutting host N off the network (a partition) is `cut(N)`; `heal(N)` undoes it. Needs root,
+/dev/fuse, iproute2, and the filesystem's Debian packages (installed on first use).
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+PREFIX = os.environ.get("QUEUECTL_BED_PREFIX", "qb")
+BED_DIR = os.environ.get("QUEUECTL_BED_DIR", "/tmp/queuectl-bed")
+SUBNET = "10.77.0"
+SERVER_IP = f"{SUBNET}.1"
+PACKAGES = {
+    "glusterfs": (["glusterd", "glusterfs", "gluster"], ["glusterfs-server", "glusterfs-client"]),
+    "moosefs": (["mfsmaster", "mfschunkserver", "mfsmount"],
+                ["moosefs-master", "moosefs-chunkserver", "moosefs-client"]),
+}
+FILESYSTEMS = tuple(PACKAGES)
+
+
+class BedError(RuntimeError):
+    pass
+
+
+def _run(*argv, check=True, timeout=60, **kw):
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise BedError(f"{' '.join(argv)}: exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:400]}")
+    return proc
+
+
+def ns(name):
+    return f"{PREFIX}-{name}"
+
+
+def in_net(name, *argv):
+    """argv run inside network namespace `name`, mount namespace shared (unlike `ip netns exec`)."""
+    return ["nsenter", f"--net=/run/netns/{ns(name)}", *argv]
+
+
+def unavailable():
+    """Why the bed cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the multi-host test bed needs root (network namespaces, FUSE mounts)"
+    if not os.path.exists("/dev/fuse"):
+        return "the multi-host test bed needs /dev/fuse"
+    if not shutil.which("ip") or not shutil.which("nsenter") or not shutil.which("unshare"):
+        return "the multi-host test bed needs iproute2 and util-linux (ip, nsenter, unshare)"
+    return None
+
+
+def ensure_packages(fs):
+    binaries, packages = PACKAGES[fs]
+    if all(shutil.which(b) for b in binaries):
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    _run("apt-get", "update", "-qq", timeout=600, env=env)
+    _run("apt-get", "install", "-y", "-qq", *packages, timeout=900, env=env)
+    missing = [b for b in binaries if not shutil.which(b)]
+    if missing:
+        raise BedError(f"installed {packages}, but {missing} are still missing")
+
+
+# ---------------------------------------------------------------- network
+
+def _network_up(hosts):
+    _run("ip", "netns", "add", ns("sw"))
+    _run("ip", "-n", ns("sw"), "link", "add", "br0", "type", "bridge")
+    _run("ip", "-n", ns("sw"), "link", "set", "br0", "up")
+    for name, ip in [("srv", SERVER_IP)] + [(f"h{i}", f"{SUBNET}.{10 + i}") for i in range(1, hosts + 1)]:
+        _run("ip", "netns", "add", ns(name))
+        veth = f"v{PREFIX}-{name}"
+        _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "e0", "netns", ns(name))
+        _run("ip", "link", "set", veth, "netns", ns("sw"))
+        _run("ip", "-n", ns("sw"), "link", "set", veth, "master", "br0")
+        _run("ip", "-n", ns("sw"), "link", "set", veth, "up")
+        _run("ip", "-n", ns(name), "addr", "add", f"{ip}/24", "dev", "e0")
+        _run("ip", "-n", ns(name), "link", "set", "e0", "up")
+        _run("ip", "-n", ns(name), "link", "set", "lo", "up")
+
+
+def cut(host_index):
+    """Cut host N off the network: its link to the switch goes down."""
+    _run("ip", "-n", ns("sw"), "link", "set", f"v{PREFIX}-h{host_index}", "down")
+
+
+def heal(host_index):
+    _run("ip", "-n", ns("sw"), "link", "set", f"v{PREFIX}-h{host_index}", "up")
+
+
+# ---------------------------------------------------------------- servers
+
+def _daemon_pid(pidfile, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(pidfile) as fh:
+                return int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            time.sleep(0.1)
+    raise BedError(f"no pid in {pidfile} after {timeout:g}s")
+
+
+def _gluster_up(state, bed):
+    bricks = os.path.join(bed, "bricks")
+    os.makedirs(bricks, exist_ok=True)
+    pidfile = os.path.join(bed, "glusterd.pid")
+    # glusterd keeps its state in /var/lib/glusterd: one volume of ours at a time, removed at down
+    _run(*in_net("srv", "glusterd", "-p", pidfile))
+    state["pids"].append(_daemon_pid(pidfile))
+    _save(state, bed)
+    deadline = time.monotonic() + 20
+    while True:  # glusterd needs a moment before it answers
+        probe = _run(*in_net("srv", "gluster", "--mode=script", "volume", "info"), check=False)
+        if probe.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    volume = state["volume"]
+    _run(*in_net("srv", "gluster", "--mode=script", "volume", "create", volume, "transport", "tcp",
+                 f"{SERVER_IP}:{bricks}/b1", f"{SERVER_IP}:{bricks}/b2", "force"))
+    for option, value in state.get("options", {}).items():
+        _run(*in_net("srv", "gluster", "--mode=script", "volume", "set", volume, option, value))
+    _run(*in_net("srv", "gluster", "--mode=script", "volume", "start", volume))
+    state["brick_pids"] = _pids_matching(f"{bricks}/b")
+    state["pids"] += state["brick_pids"]
+
+
+def _gluster_mount(state, host):
+    log = os.path.join(state["dir"], f"{host['name']}-client.log")
+    pidfile = os.path.join(state["dir"], f"{host['name']}-client.pid")
+    _run(*in_net(host["netns_short"], "glusterfs", f"--volfile-server={SERVER_IP}",
+                 f"--volfile-id={state['volume']}", f"--log-file={log}", f"--pid-file={pidfile}", host["mount"]))
+    host["fuse_pid"] = _daemon_pid(pidfile)
+
+
+def _moosefs_up(state, bed):
+    conf = os.path.join(bed, "mfs")
+    data = os.path.join(bed, "mfs-master")
+    chunks = os.path.join(bed, "mfs-chunks")
+    cs_data = os.path.join(bed, "mfs-cs")
+    for path in (conf, data, chunks, cs_data):
+        os.makedirs(path, exist_ok=True)
+    shutil.copy("/var/lib/mfs/metadata.mfs.empty", os.path.join(data, "metadata.mfs"))
+    sustain = state.get("options", {}).get("SESSION_SUSTAIN_TIME", "86400")
+    _write(os.path.join(conf, "mfsexports.cfg"), "*\t/\trw,alldirs,admin,maproot=0:0\n")
+    _write(os.path.join(conf, "mfsmaster.cfg"),
+           f"WORKING_USER = root\nWORKING_GROUP = root\nDATA_PATH = {data}\n"
+           f"EXPORTS_FILENAME = {conf}/mfsexports.cfg\nTOPOLOGY_FILENAME = {conf}/mfstopology.cfg\n"
+           f"SESSION_SUSTAIN_TIME = {sustain}\n")
+    _write(os.path.join(conf, "mfstopology.cfg"), "")
+    _write(os.path.join(conf, "mfshdd.cfg"), f"{chunks}\n")
+    _write(os.path.join(conf, "mfschunkserver.cfg"),
+           f"WORKING_USER = root\nWORKING_GROUP = root\nDATA_PATH = {cs_data}\nHDD_CONF_FILENAME = {conf}/mfshdd.cfg\n"
+           f"MASTER_HOST = {SERVER_IP}\nHDD_LEAVE_SPACE_DEFAULT = 64MiB\n")
+    _run(*in_net("srv", "mfsmaster", "-c", f"{conf}/mfsmaster.cfg", "start"))
+    state["pids"].append(_pid_of_cmd("mfsmaster", f"{conf}/mfsmaster.cfg"))
+    _run(*in_net("srv", "mfschunkserver", "-c", f"{conf}/mfschunkserver.cfg", "start"))
+    state["pids"].append(_pid_of_cmd("mfschunkserver", f"{conf}/mfschunkserver.cfg"))
+
+
+def _moosefs_mount(state, host):
+    _run(*in_net(host["netns_short"], "mfsmount", host["mount"], "-H", SERVER_IP, "-o", "mfsioretries=5"))
+    host["fuse_pid"] = _pid_of_cmd("mfsmount", host["mount"])
+
+
+def _pid_of_cmd(program, needle, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = _pids_matching(needle, program)
+        if pids:
+            return pids[0]
+        time.sleep(0.1)
+    raise BedError(f"{program} with {needle} did not start")
+
+
+def _pids_matching(needle, program=None):
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                args = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if args and (program is None or os.path.basename(args[0]) == program) and any(needle in a for a in args):
+            out.append(int(entry))
+    return sorted(out)
+
+
+def _write(path, text):
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+# ---------------------------------------------------------------- up / down
+
+def _save(state, bed):
+    _write(os.path.join(bed, "state.json"), json.dumps(state, indent=1))
+
+
+def load(bed=BED_DIR):
+    try:
+        with open(os.path.join(bed, "state.json")) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def up(fs="glusterfs", hosts=3, bed=BED_DIR, options=None):
+    """Start the bed; returns its state: {"fs", "hosts": [{"name", "mount", "fuse_pid", ...}], ...}."""
+    reason = unavailable()
+    if reason:
+        raise BedError(reason)
+    if fs not in FILESYSTEMS:
+        raise BedError(f"--fs: one of {', '.join(FILESYSTEMS)}")
+    ensure_packages(fs)
+    down(bed)
+    os.makedirs(bed, exist_ok=True)
+    state = {"fs": fs, "dir": bed, "prefix": PREFIX, "volume": f"{PREFIX}vol", "pids": [], "hosts": [],
+             "options": dict(options or {})}
+    _save(state, bed)
+    try:
+        _network_up(hosts)
+        (_gluster_up if fs == "glusterfs" else _moosefs_up)(state, bed)
+        for i in range(1, hosts + 1):
+            host = {"index": i, "name": f"host{i}", "netns_short": f"h{i}", "ip": f"{SUBNET}.{10 + i}",
+                    "mount": os.path.join(bed, "mnt", f"host{i}")}
+            os.makedirs(host["mount"], exist_ok=True)
+            (_gluster_mount if fs == "glusterfs" else _moosefs_mount)(state, host)
+            state["hosts"].append(host)
+            _save(state, bed)
+        _wait_mounted(state)
+    except BaseException:
+        _save(state, bed)
+        down(bed)
+        raise
+    _save(state, bed)
+    return state
+
+
+def _wait_mounted(state, timeout=30.0):
+    probe = os.path.join(state["hosts"][0]["mount"], ".bed-probe")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _write(probe, "x")
+            if all(os.path.exists(os.path.join(h["mount"], ".bed-probe")) for h in state["hosts"]):
+                os.unlink(probe)
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise BedError(f"the volume did not become usable on every host within {timeout:g}s")
+        time.sleep(0.2)
+
+
+def down(bed=BED_DIR):
+    """Stop what `up` started (by PID), unmount, remove the namespaces. Safe to run twice."""
+    state = load(bed) or {"hosts": [], "pids": [], "fs": None}
+    for host in state.get("hosts", []):
+        _run("umount", "-l", host["mount"], check=False)
+        if host.get("fuse_pid"):
+            _kill(host["fuse_pid"])
+    for pid in reversed(state.get("pids", [])):
+        _kill(pid)
+    if state.get("fs") == "glusterfs":
+        volume_dir = os.path.join("/var/lib/glusterd/vols", state.get("volume", ""))
+        if state.get("volume") and os.path.isdir(volume_dir):
+            shutil.rmtree(volume_dir, ignore_errors=True)
+    existing = _run("ip", "netns", "list", check=False).stdout
+    for line in existing.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(PREFIX + "-"):
+            _run("ip", "netns", "del", name, check=False)
+    if os.path.isdir(bed):
+        for sub in ("mnt",):
+            path = os.path.join(bed, sub)
+            if os.path.isdir(path):
+                for m in os.listdir(path):
+                    _run("umount", "-l", os.path.join(path, m), check=False)
+        shutil.rmtree(bed, ignore_errors=True)
+
+
+def _kill(pid, timeout=10.0):
+    """SIGTERM, then SIGKILL; a zombie counts as gone (PID 1 may reap late)."""
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, timeout)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if _gone(pid):
+                return
+            time.sleep(0.05)
+
+
+def _gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def host_command(host_name, argv):
+    """argv run under host name `host_name` (its own UTS namespace)."""
+    return ["unshare", "--uts", "sh", "-c", f'hostname "$0" && exec "$@"', host_name, *argv]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    p_up = sub.add_parser("up", help="start a volume and its hosts")
+    p_up.add_argument("--fs", choices=FILESYSTEMS, default="glusterfs")
+    p_up.add_argument("--hosts", type=int, default=3)
+    p_up.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="a volume option (glusterfs) or master setting (moosefs)")
+    sub.add_parser("down", help="stop everything the bed started")
+    sub.add_parser("status", help="print the bed's state")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "up":
+            options = dict(o.split("=", 1) for o in args.option)
+            state = up(args.fs, args.hosts, options=options)
+            for host in state["hosts"]:
+                print(f"{host['name']}: {host['mount']}")
+        elif args.action == "down":
+            down()
+        else:
+            print(json.dumps(load(), indent=1))
+    except (BedError, subprocess.TimeoutExpired) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
