@@ -166,8 +166,10 @@ def worker_start(ctx, count, detach, burst):
     Ctrl+C: running jobs finish, then exit; a second Ctrl+C kills them (back to pending/).
     """
     from . import supervisor
+    from .worker import check_filesystem
     spool = get_spool(ctx)
     spool.layout.check_safe()
+    check_filesystem(spool.layout)  # once here, rather than once per worker that would be refused
     count = count or spool.config()["worker-count"]
     if detach:
         pid, live, log_path = supervisor.start_detached(spool, count, burst=burst)
@@ -352,6 +354,36 @@ def fsck(ctx, repair, as_json):
     else:
         click.echo(render.fsck(problems, spool.path, repair))
     ctx.exit(0 if not remaining else 1)
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def doctor(ctx, as_json):
+    """Check that the spool's filesystem gives what queuectl needs: exclusive create, atomic
+    rename between folders, locks that exclude other processes (on other hosts too), and a
+    clock that agrees with this host's. One line each: what holds, what does not, the fix.
+    Workers run the same checks when they start. Exit 0 when all hold, 1 otherwise.
+
+    \b
+    Example:
+      queuectl --spool /mnt/gluster/spool doctor
+    """
+    from . import doctor as doctormod
+    spool = get_spool(ctx)
+    checks = doctormod.run(spool.layout)
+    fs = doctormod.describe(spool.layout)
+    ok = all(c.ok for c in checks)
+    if as_json:
+        echo_json({"spool": spool.path, "filesystem": fs, "checks": [c.as_dict() for c in checks], "ok": ok})
+    else:
+        click.echo(f"spool {spool.path}: {fs['summary']}")
+        for c in checks:
+            click.echo(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}" + ("" if c.ok else f"; fix: {c.fix}"))
+        if fs["shared"]:
+            click.echo("note: inotify sees no other host's change; idle workers look every rescan-interval "
+                       "(config, default 2 s)")
+    ctx.exit(0 if ok else 1)
 
 
 # ---------------------------------------------------------------- config

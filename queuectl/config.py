@@ -20,6 +20,8 @@ KEYS = {
     "job-timeout": (0, float, 0, "default timeout_seconds; 0 = none"),
     "worker-count": (1, int, 1, "workers started by `worker start`"),
     "log-max-bytes": (10 * 1024 * 1024, int, 0, "cap of a job's log; 0 = no cap"),
+    "rescan-interval": (2, float, 0.05, "seconds between idle workers' looks for what inotify misses"),
+    "contact-timeout": (10, float, 1, "shared spool: kill the job after this long without an answer"),
 }
 MAXIMUM = {"backoff-jitter": 1, "max-retries": 1_000_000, "worker-count": 256}
 

@@ -126,7 +126,9 @@ def translate(exc, what):
         reason = "no space left on device"
     elif exc.errno == errno.EROFS:
         reason = "read-only filesystem"
-    return SpoolError(f"{what}: {reason}")
+    error = SpoolError(f"{what}: {reason}")
+    error.errno = exc.errno  # kept: a worker tells a network filesystem's outage by it
+    return error
 
 
 def syncfs(path):

@@ -51,11 +51,29 @@ def job_env(record, spool_path, base=None):
     return env
 
 
+# With a guard, the command runs under a small shell that kills the job's whole process group
+# when the guard pipe's write end closes: when the worker dies, even by kill -9, its job dies
+# with it. Another host cannot kill a lost worker's job, so on a shared spool this is what
+# keeps a taken-back job from running twice. The job's exit status passes through (a job
+# killed by a signal is re-killed by the same signal).
+GUARD_SCRIPT = """/bin/sh -c "$0" 3<&- &
+job=$!
+{ read -r _ <&3; kill -KILL 0; } &
+guard=$!
+exec 3<&-
+wait "$job"; code=$?
+kill "$guard" 2>/dev/null
+if [ "$code" -gt 128 ] && [ "$code" -lt 160 ]; then kill -$((code - 128)) $$; fi
+exit "$code"
+"""
+
+
 def run(record, log_path, spool_path, worker_id, timeout=None, log_max_bytes=0,
-        interrupt=lambda: None, wakeup_fds=(), on_tick=None, base_env=None, on_start=None):
+        interrupt=lambda: None, wakeup_fds=(), on_tick=None, base_env=None, on_start=None, guard=False):
     """Run one attempt; returns an Outcome. `interrupt()` returns None or an Interrupt; it
     is called on every tick and whenever one of `wakeup_fds` is readable, and must consume
-    what made it readable (the worker's waker does).
+    what made it readable (the worker's waker does). With `guard`, the job dies with this
+    process (GUARD_SCRIPT).
     Raises LogError when the log cannot be opened (e.g. a planted symlink: never followed)."""
     try:
         log_fd = logs.open_for_append(log_path)
@@ -65,19 +83,34 @@ def run(record, log_path, spool_path, worker_id, timeout=None, log_max_bytes=0,
     try:
         os.write(log_fd, logs.header(record, worker_id))
         cwd = record.get("cwd") or os.path.expanduser("~")
+        guard_r = guard_w = None
+        if guard:
+            guard_r, guard_w = os.pipe2(os.O_CLOEXEC)
+            argv = ["/bin/sh", "-c", GUARD_SCRIPT, record["command"]]
+        else:
+            argv = ["/bin/sh", "-c", record["command"]]
         try:
-            pid = spawn(["/bin/sh", "-c", record["command"]], cwd, job_env(record, spool_path, base_env), log_fd)
+            pid = spawn(argv, cwd, job_env(record, spool_path, base_env), log_fd, guard_fd=guard_r)
         except OSError as exc:
+            if guard:
+                os.close(guard_r)
+                os.close(guard_w)
             error = f"cannot start: cwd {cwd}: {exc.strerror}" if exc.filename == cwd else \
                 f"cannot start: {exc.strerror}"
             logs.append_line(log_fd, f"[queuectl: {error}]")
             return Outcome(None, error, duration=time.monotonic() - started)
-        cut = [logs.cap(log_fd, log_max_bytes)]  # the running total of what the cap cut
-        if on_start:
-            on_start(pid)  # the job's process group id (it leads its own session and group)
-        outcome = _wait(pid, timeout, log_fd, log_max_bytes, interrupt, wakeup_fds, on_tick, started, cut)
-        logs.cap(log_fd, log_max_bytes, cut[0])
-        return outcome
+        if guard:
+            os.close(guard_r)  # the job has it; the write end stays here until the job is over
+        try:
+            cut = [logs.cap(log_fd, log_max_bytes)]  # the running total of what the cap cut
+            if on_start:
+                on_start(pid)  # the job's process group id (it leads its own session and group)
+            outcome = _wait(pid, timeout, log_fd, log_max_bytes, interrupt, wakeup_fds, on_tick, started, cut)
+            logs.cap(log_fd, log_max_bytes, cut[0])
+            return outcome
+        finally:
+            if guard:
+                os.close(guard_w)
     finally:
         os.close(log_fd)
 
@@ -153,7 +186,7 @@ _DEFAULT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ", "SIG
                                                       "SIGQUIT", "SIGUSR1", "SIGUSR2") if hasattr(signal, n))
 
 
-def spawn(argv, cwd, env, out_fd):
+def spawn(argv, cwd, env, out_fd, guard_fd=None):
     """Start argv in `cwd` in a new session (its own process group), stdin /dev/null, stdout and
     stderr on out_fd; returns the pid. OSError (with .filename = cwd when cwd is the problem).
 
@@ -174,9 +207,12 @@ def spawn(argv, cwd, env, out_fd):
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, cwd) from None
         try:
+            actions = [(os.POSIX_SPAWN_DUP2, out_fd, 1), (os.POSIX_SPAWN_DUP2, out_fd, 2),
+                       (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+            if guard_fd is not None:
+                actions.append((os.POSIX_SPAWN_DUP2, guard_fd, 3))
             return os.posix_spawn(argv[0], argv, env, setsid=True, setsigmask=(), setsigdef=_DEFAULT_SIGNALS,
-                                  file_actions=[(os.POSIX_SPAWN_DUP2, out_fd, 1), (os.POSIX_SPAWN_DUP2, out_fd, 2),
-                                                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)])
+                                  file_actions=actions)
         finally:
             os.fchdir(here)
     finally:

@@ -1,25 +1,32 @@
 """One worker process: take dropped files, promote due retries, claim the next due job, run it.
 
 Idle, it sleeps until the earliest due time found in pending/ and failed/, a filesystem
-event (waker.py), a signal, or the periodic rescan (RESCAN seconds: the safety net for
+event (waker.py), a signal, or the periodic rescan (config rescan-interval: the safety net for
 missed events and for other hosts' changes on a network filesystem), whichever is first.
 Signals only set flags: the first SIGTERM/SIGINT stops after the running job, the second
 kills it and puts it back in pending/ uncounted (docs/contract.md "Commands").
 """
+import errno
 import os
 import signal
 import sys
 import time
 
-from . import fsck, fsinfo, ingest, names, pool, registry, runner, timeutil
-from .errors import LostRace, QueuectlError
+from . import doctor, fsck, fsinfo, fsutil, ingest, names, pool, registry, runner, timeutil
+from .errors import LostRace, QueuectlError, SpoolError
 from .moves import Corrupt
 from .pending import PendingIndex
 from .registry import StopMode
 from .runner import Interrupt
 from .waker import Waker
+from .contact import ContactWatch
 
-RESCAN = float(os.environ.get("QUEUECTL_RESCAN", "2.0"))
+RESCAN_OVERRIDE = os.environ.get("QUEUECTL_RESCAN")  # tests shorten the config's rescan-interval
+# errors of a shared spool that is unreachable for a while: the worker waits and carries on
+# (EBADFD: GlusterFS's answer on a file opened before the client lost its server)
+OUTAGE_ERRNOS = frozenset({errno.ENOTCONN, errno.EIO, errno.EBADFD, errno.ETIMEDOUT, errno.ESTALE,
+                           errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED,
+                           errno.ECONNRESET, errno.ECONNREFUSED})
 ALL = frozenset({"incoming", "pending", "failed", "workers"})
 
 
@@ -36,6 +43,7 @@ class Attempt:
         self.cfg = cfg            # the config the attempt started with
         self.outcome = None       # runner.Outcome once the command has exited
         self.announced = False    # its "started" line is printed
+        self.pgid = None          # the command's process group, once it runs
 
     @property
     def record(self):
@@ -68,6 +76,8 @@ class Worker:
         self._running = None      # the Attempt whose command runs now
         self._unrecorded = None   # the Attempt whose command has exited, result not yet recorded
         self.waker = None
+        self.shared = False       # the spool is on a network filesystem (fsinfo.py)
+        self.contact = None       # its ContactWatch then
         self._base_env = dict(os.environ)  # a plain dict: cheaper to copy per job than os.environ
 
     # ---------------------------------------------------------------- control
@@ -113,10 +123,15 @@ class Worker:
 
     def run(self):
         self.layout.check_safe()
+        check_filesystem(self.layout)
         runner.close_inherited()
         self._reg_fd = registry.register(self.layout, self.host, self.pid)
-        if not fsinfo.is_network(self.layout.root):  # spare inodes only on a local disk (pool.py)
+        self.shared = fsinfo.is_network(self.layout.root)
+        if not self.shared:  # spare inodes only on a local disk (pool.py)
             self.moves.pool = pool.Pool(self.layout.tmp, self.name)  # registered first: fsck keeps its spares
+        else:  # another host cannot kill our job if we die or lose contact: we must (contact.py)
+            self.contact = ContactWatch(os.path.join(self.layout.workers, self.name + ".json"),
+                                        self.config()["contact-timeout"], on_kill=self._lost_contact).start()
         self._job_note = registry.JobNote(self.layout, self.host, self.pid)
         self.waker = Waker([self.layout.incoming, self.layout.pending, self.layout.failed,
                             self.layout.workers]).start()
@@ -131,13 +146,45 @@ class Worker:
                 if self.moves.pool is not None:
                     self.moves.pool.close()
             self.moves.pool = None
+            if self.contact is not None:
+                self.contact.stop()
             self.waker.stop()
             self._job_note.close()
-            registry.unregister(self.layout, self.host, self.pid, self._reg_fd)
+            try:
+                registry.unregister(self.layout, self.host, self.pid, self._reg_fd)
+            except OSError:  # the spool is gone or unreachable: the lock dies with us anyway
+                pass
             self._log(f"worker {self.id} stopped")
         return 0
 
     def _loop(self):
+        while True:
+            try:
+                return self._serve()
+            except OSError as exc:
+                if not self.shared or exc.errno not in OUTAGE_ERRNOS or self.stopping:
+                    raise
+                self._log(f"spool unreachable ({exc.strerror}); trying again")
+                self.waker.wait(1.0)
+                self._rejoin()
+
+    def _rejoin(self):
+        """After an outage the filesystem may have dropped our registration's lock (it frees a
+        silent client's locks): register again, so that `status` and `worker stop` see us."""
+        try:
+            fd = registry.register(self.layout, self.host, self.pid)
+            note = registry.JobNote(self.layout, self.host, self.pid)
+        except OSError:
+            return
+        fsutil.close_quiet(self._reg_fd)
+        self._reg_fd = fd
+        try:
+            self._job_note.close()
+        except OSError:
+            pass
+        self._job_note = note
+
+    def _serve(self):
         looked_again = False
         while True:
             self._check_requests()
@@ -196,7 +243,7 @@ class Worker:
     def _maintain(self, startup=False):
         """The periodic rescan: take back lost jobs, finish crashed moves, look at everything."""
         self._dirty |= ALL | {"rescan"}
-        self._next_rescan = time.monotonic() + RESCAN
+        self._next_rescan = time.monotonic() + self._rescan_interval()
         self._take_back_lost()
         if startup:  # after the take-back: it reads the dead workers' notes that this clears
             for problem in fsck.recover(self.spool):
@@ -286,9 +333,20 @@ class Worker:
         total = record["max_retries"] + 1
         self._log(f"job {record['id']} started (attempt {record['attempts']}/{total}): {record['command']}")
 
+    def _rescan_interval(self):
+        return float(RESCAN_OVERRIDE) if RESCAN_OVERRIDE else self.config()["rescan-interval"]
+
+    def _lost_contact(self, pgid, silent):
+        """Called by the contact watch's thread: it has just killed our running job."""
+        self._log(f"no answer from the spool for {silent:.0f}s: job process group {pgid} killed; "
+                  "it is left for a take-back")
+
     def _started(self, pgid, attempt):
         """The command runs: note its process group, then record the previous attempt's result
         while this one runs."""
+        attempt.pgid = pgid
+        if self.contact is not None:
+            self.contact.running(pgid)
         self._job_note.set(pgid, attempt.job_id)
         self._record_previous()
         self._announce(attempt)
@@ -312,7 +370,7 @@ class Worker:
                 return runner.run(record, log_path, self.spool.path, self.id,
                                   timeout=timeout or None, log_max_bytes=cfg["log-max-bytes"],
                                   interrupt=self._interrupt, wakeup_fds=self.waker.control_fds,
-                                  on_tick=self._tick, base_env=self._base_env,
+                                  on_tick=self._tick, base_env=self._base_env, guard=self.shared,
                                   on_start=lambda pgid: self._started(pgid, attempt))
             except runner.LogError as exc:
                 # something that is not a regular file sits where the log goes: set it aside
@@ -326,6 +384,10 @@ class Worker:
     def _finish(self, attempt):
         held, outcome, cfg = attempt.held, attempt.outcome, attempt.cfg
         job_id = attempt.job_id
+        if self.contact is not None and attempt.pgid in self.contact.killed:
+            # killed for lost contact: another host may run it by now; record nothing
+            self._log(f"job {job_id} not recorded (killed for lost contact); left for a take-back")
+            return
         try:
             if outcome.interrupted == Interrupt.NOW:
                 self.moves.requeue(held)
@@ -351,9 +413,11 @@ class Worker:
             self._log(f"job {job_id} dead ({rec['last_error']}) after {rec['attempts']} attempt(s)")
 
     def _tick(self):
-        """While a job runs: take back other workers' lost jobs on the rescan's schedule."""
+        """While a job runs: on the rescan's schedule, take back other workers' lost jobs and
+        look for requests (a stop or cancel written on another host raises no event here)."""
         if time.monotonic() >= self._next_rescan:
-            self._next_rescan = time.monotonic() + RESCAN
+            self._next_rescan = time.monotonic() + self._rescan_interval()
+            self._dirty.add("workers")
             self._take_back_lost()
 
     def _take_back_lost(self):
@@ -388,6 +452,15 @@ class Worker:
 
     def _log(self, text):
         self.emit(f"{time.strftime('%H:%M:%S')} {self.id} {text}")
+
+
+def check_filesystem(layout):
+    """The checks of `queuectl doctor`: a filesystem that fails one is refused, in one line."""
+    failed = doctor.failures(layout)
+    if failed:
+        first = failed[0]
+        raise SpoolError(f"the spool's filesystem fails `queuectl doctor`: {first.name}: {first.detail}; "
+                         f"fix: {first.fix}")
 
 
 def run_worker(spool, burst=False, out=None):

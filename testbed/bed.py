@@ -202,7 +202,8 @@ def _pids_matching(needle, program=None):
                 args = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
         except OSError:
             continue
-        if args and (program is None or os.path.basename(args[0]) == program) and any(needle in a for a in args):
+        # mfsmount rewrites its title: "mfsmount (mounted on: PATH)"
+        if args and (program is None or os.path.basename(args[0].split()[0]) == program) and any(needle in a for a in args):
             out.append(int(entry))
     return sorted(out)
 
@@ -325,7 +326,7 @@ def _gone(pid):
 
 def host_command(host_name, argv):
     """argv run under host name `host_name` (its own UTS namespace)."""
-    return ["unshare", "--uts", "sh", "-c", f'hostname "$0" && exec "$@"', host_name, *argv]
+    return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host_name, *argv]
 
 
 def main(argv=None):

@@ -1,283 +1,91 @@
-"""Shared fixtures: a fresh spool per test, the real CLI in a subprocess, bounded waits."""
-import json
+"""Fixtures and hooks of the test suite; the helper functions and classes are in helpers.py.
+
+Two loops:
+    pytest -m "not process"   the fast loop: the core in process, the CLI's parsing via CliRunner
+    pytest -m process         the real-process loop: the CLI in subprocesses, workers, jobs,
+                              signals, crashes, Chromium
+
+A test is marked `process` automatically when it uses a fixture of PROCESS_FIXTURES (the `cli`
+fixture); a module or test that starts processes another way (subprocess, run_cli,
+multiprocessing, a worker or runner.run in process: they run jobs) says so itself with
+`pytestmark = pytest.mark.process` or `@pytest.mark.process`.
+
+Every test using `spool_dir` (directly, or through `spool`, `cli`, ...) fails if a process of
+its spool outlives it: see no_leaked_processes.
+"""
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
+from helpers import Cli, leaked_processes, pids
 from queuectl import Spool
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROCESS_FIXTURES = {"cli"}  # fixtures that start real processes: their tests are `process`
+LEAK_GRACE = 2.0  # seconds a test's processes get to exit after its teardown
+MARKERS = {  # as in setup.cfg [tool:pytest] markers; registered here if that file lacks one
+    "slow": "long end-to-end tests (CI runs them too)",
+    "process": "starts real processes (the CLI in a subprocess, workers, jobs, signals, Chromium); "
+               "-m 'not process' is the fast in-process loop",
+}
 
 
-def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
-    """Poll `predicate` until it returns a truthy value; fail the test after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+def pytest_configure(config):
+    known = {line.split(":")[0].split("(")[0].strip() for line in config.getini("markers")}
+    for name, text in MARKERS.items():
+        if name not in known:
+            config.addinivalue_line("markers", f"{name}: {text}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.process)
 
 
 @pytest.fixture
 def spool_dir(tmp_path):
+    """A path for this test's spool (not created): tmp_path/spool."""
     path = tmp_path / "spool"
     return str(path)
 
 
 @pytest.fixture
 def spool(spool_dir):
+    """The in-process API on a fresh spool at spool_dir."""
     return Spool(spool_dir)
-
-
-def cli_env(spool_dir, **extra):
-    env = dict(os.environ)
-    env["QUEUECTL_SPOOL"] = spool_dir
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("QUEUECTL_RESCAN", "0.5")
-    env.pop("NO_COLOR", None)
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-class Cli:
-    """Runs `python -m queuectl` against one spool; starts background workers and always stops them."""
-
-    def __init__(self, spool_dir):
-        self.spool_dir = spool_dir
-        self.procs = []
-        self.extra_kills = []  # (pid or pidfile, group): see kill_at_teardown
-
-    def __call__(self, *args, input=None, timeout=60, env=None, cwd=None):
-        return subprocess.run([sys.executable, "-m", "queuectl", *args], input=input,
-                              capture_output=True, text=True, timeout=timeout,
-                              env=cli_env(self.spool_dir, **(env or {})), cwd=cwd or ROOT)
-
-    def json(self, *args, **kw):
-        result = self(*args, "--json", **kw)
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
-
-    def start(self, *args, env=None):
-        """Start a long-running command (e.g. `worker start`) in the background."""
-        proc = subprocess.Popen([sys.executable, "-m", "queuectl", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True,
-                                env=cli_env(self.spool_dir, **(env or {})), cwd=ROOT,
-                                start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def start_tailed(self, *args, env=None):
-        """`start`, with a Tail (proc.tail) draining and keeping its output."""
-        proc = self.start(*args, env=env)
-        proc.tail = Tail(proc)
-        return proc
-
-    def kill_at_teardown(self, pid_or_pidfile, group=True):
-        """SIGKILL this process (group) first at teardown: a detached supervisor (it would replace
-        the workers being killed), or a job whose pid a file holds (orphaned by a killed worker)."""
-        self.extra_kills.append((pid_or_pidfile, group))
-
-    def _kill_extra(self):
-        for what, group in self.extra_kills:
-            try:
-                if isinstance(what, int):
-                    pid = what
-                else:
-                    with open(what) as fh:
-                        pid = int(fh.read().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue
-            try:
-                (os.killpg if group else os.kill)(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-    def live_workers(self):
-        return self.json("status")["workers"]
-
-    def cleanup(self):
-        self._kill_extra()
-        for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            if proc.stdout:
-                proc.stdout.close()
-        # workers live in their own process groups, and a supervisor killed just now may have
-        # started one that is not registered yet: find them by this test's unique spool path
-        # in their command line, and stop them by pid (twice, for late replacements)
-        for _ in range(2):
-            for pid in spool_processes(self.spool_dir):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.05)
-        self._kill_extra()  # jobs left behind by killed workers
-
-
-def spool_processes(spool_dir):
-    """Pids of queuectl processes started with `--spool SPOOL_DIR` or QUEUECTL_SPOOL=SPOOL_DIR."""
-    needle, env_needle = spool_dir.encode(), f"QUEUECTL_SPOOL={spool_dir}".encode()
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                args = fh.read().split(b"\0")
-            if b"queuectl" not in args:
-                continue
-            if needle in args:
-                out.append(int(entry))
-                continue
-            with open(f"/proc/{entry}/environ", "rb") as fh:
-                if env_needle in fh.read().split(b"\0"):
-                    out.append(int(entry))
-        except OSError:
-            continue
-    return out
 
 
 @pytest.fixture
 def cli(spool_dir):
+    """The real CLI on spool_dir (helpers.Cli); kills what it started at teardown."""
     runner = Cli(spool_dir)
     yield runner
     runner.cleanup()
 
 
-def job_files(spool_dir, state):
-    return sorted(n for n in os.listdir(os.path.join(spool_dir, state)) if n.endswith(".json"))
-
-
-# ---------------------------------------------------------------- helpers of the end-to-end tests
-
-def spool_snapshot(spool_dir, ignore=(".ids.lock", ".config.lock")):
-    """Every entry under the spool: relative path -> (kind, size, content digest). For
-    "nothing was changed" checks; lock files of spool-wide critical sections are ignored."""
-    import hashlib
-    out = {}
-    for root, dirs, files in os.walk(spool_dir):
-        for name in dirs + files:
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, spool_dir)
-            if rel in ignore:
-                continue
-            st = os.lstat(path)
-            if os.path.isdir(path) and not os.path.islink(path):
-                out[rel] = ("dir", 0, "")
-            else:
-                with open(path, "rb") as fh:
-                    digest = hashlib.sha1(fh.read()).hexdigest()
-                out[rel] = ("file", st.st_size, digest)
-    return out
-
-
-def pid_gone(pid):
-    """True when no process `pid` exists any more (a zombie counts as gone: PID 1 may not reap)."""
-    try:
-        with open(f"/proc/{int(pid)}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return True
-
-
-class Tail:
-    """Reads a started process's output in a thread, so a full pipe never blocks it, and keeps
-    it for assertions. Reads its own dup of the fd: closing proc.stdout does not disturb it."""
-
-    def __init__(self, proc):
-        import threading
-        self.proc = proc
-        self._fd = os.dup(proc.stdout.fileno())
-        self._chunks = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        try:
-            while True:
-                chunk = os.read(self._fd, 65536)
-                if not chunk:
-                    break
-                self._chunks.append(chunk)
-        except OSError:
-            pass
-        finally:
-            os.close(self._fd)
-
-    def text(self):
-        return b"".join(self._chunks).decode("utf-8", "replace")
-
-    def wait_for(self, needle, timeout=10.0):
-        return wait_until(lambda: needle in self.text(), timeout, what=f"{needle!r} in the output")
-
-
-def tree_snapshot(root, skip_root_dotfiles=True):
-    """{relative path: bytes | 'dir' | 'link->TARGET'} of everything under `root` (symlinks not
-    followed). Root-level dot-files (lock files of the implementation) are left out by default."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in dirnames + filenames:
-            rel = os.path.normpath(os.path.join(rel_dir, name))
-            if skip_root_dotfiles and rel_dir == "." and name.startswith("."):
-                continue
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path):
-                out[rel] = "link->" + os.readlink(path)
-            elif os.path.isdir(path):
-                out[rel] = "dir"
-            elif os.path.isfile(path):
-                with open(path, "rb") as fh:
-                    out[rel] = fh.read()
-            else:
-                out[rel] = "special"
-    return out
-
-
-STATE_FOLDERS = ("pending", "processing", "failed", "completed", "dead")
-
-
-def read_job(spool_dir, job_id):
-    """(folder, record) of a job read straight from the spool, or (None, None). The record is
-    None while a move is between its two renames (its content still says the old state)."""
-    from queuectl import names
-    for state in STATE_FOLDERS:
-        folder = os.path.join(spool_dir, state)
-        for name in os.listdir(folder) if os.path.isdir(folder) else ():
-            if job_id not in name or names.id_of(state, name) != job_id:
-                continue
+@pytest.fixture(autouse=True)
+def no_leaked_processes(request):
+    """Fail a test that leaves a live process of its spool behind (a worker, a job, a grandchild
+    of a job): after the test's own teardown (the `cli` fixture's cleanup included), any process
+    that has QUEUECTL_SPOOL=<spool_dir> in its environment or the spool's path on its command
+    line, and is still alive (not a zombie) after up to LEAK_GRACE s, is killed (SIGKILL) and
+    named in an error at teardown. Only for tests that use spool_dir: no temporary folder is
+    made for the others."""
+    if "spool_dir" not in request.fixturenames:
+        yield
+        return
+    before = pids()  # a process of this test's spool is created during the test
+    # requested here, so that spool_dir outlives this fixture: torn down after the check below
+    spool_dir = request.getfixturevalue("spool_dir")
+    yield
+    leaked = leaked_processes(spool_dir, among=pids() - before, grace=LEAK_GRACE)
+    if leaked:
+        for pid in leaked:
             try:
-                with open(os.path.join(folder, name)) as fh:
-                    record = json.load(fh)
-            except (OSError, ValueError):
-                return state, None
-            return state, record if isinstance(record, dict) and record.get("state") == state else None
-    return None, None
-
-
-def wait_job(spool_dir, job_id, states, timeout=10.0, what=None):
-    """Wait until the job sits in one of `states` with its move finished; returns the record."""
-    states = (states,) if isinstance(states, str) else tuple(states)
-
-    def settled():
-        state, record = read_job(spool_dir, job_id)
-        return record if state in states and record else None
-    return wait_until(settled, timeout, what=what or f"job {job_id} in {'/'.join(states)}")
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        pytest.fail(f"the test left {len(leaked)} process(es) of its spool running (now killed): "
+                    + "; ".join(f"pid {pid}: {cmd}" for pid, cmd in sorted(leaked.items())), pytrace=False)

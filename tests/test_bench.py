@@ -1,12 +1,15 @@
-"""The benchmark script works (issue 4): CI runs its --quick mode; the figures come from a
-full run by hand (README "Performance"), never from timed assertions."""
+"""The benchmark script works: CI runs its --quick mode, so the script a user runs by hand to get
+the README's figures (README "Performance") cannot rot; the figures themselves never come
+from timed assertions."""
 import json
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, cli_env
+from helpers import ROOT, cli_env
+
+pytestmark = pytest.mark.process
 
 
 @pytest.mark.slow

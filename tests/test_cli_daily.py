@@ -1,12 +1,13 @@
-"""Daily use (issue 5): logs --follow across attempts, colours on a terminal only, shell completion."""
+"""Daily use: logs --follow across attempts, colours on a terminal only, shell completion."""
 import os
 import pty
 import select
 import subprocess
-import sys
 import time
 
-from conftest import ROOT, cli_env, wait_job
+import pytest
+
+from helpers import QUEUECTL, ROOT, cli_env, wait_job
 from queuectl import render
 
 # ---------------------------------------------------------------- logs --follow
@@ -71,7 +72,7 @@ def test_colour_only_on_a_terminal_without_no_color():
 def run_on_pty(args, env, timeout=30):
     """Run the CLI with stdout and stderr on a pseudo-terminal; returns everything it printed."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "queuectl", *args], stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([*QUEUECTL, *args], stdin=subprocess.DEVNULL,
                             stdout=slave, stderr=slave, env=env, cwd=ROOT, start_new_session=True)
     os.close(slave)
     chunks, deadline = [], time.monotonic() + timeout
@@ -121,8 +122,7 @@ def test_worker_start_colours_events_on_a_terminal_only(cli, spool_dir):
 
 def complete(spool_dir, words, cword):
     env = cli_env(spool_dir, _QUEUECTL_COMPLETE="bash_complete", COMP_WORDS=words, COMP_CWORD=str(cword))
-    result = subprocess.run([sys.executable, "-m", "queuectl"], env=env, capture_output=True, text=True,
-                            timeout=30, cwd=ROOT)
+    result = subprocess.run(QUEUECTL, env=env, capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     return [line.split(",", 1)[1] for line in result.stdout.splitlines() if "," in line]
 
@@ -147,8 +147,8 @@ def test_completion_of_commands_states_and_ids(cli, spool_dir):
     assert complete(spool_dir, "queuectl show zzz", 2) == []
 
 
+@pytest.mark.process
 def test_bash_completion_script_is_generated(tmp_path):
     env = cli_env(str(tmp_path / "spool"), _QUEUECTL_COMPLETE="bash_source")
-    result = subprocess.run([sys.executable, "-m", "queuectl"], env=env, capture_output=True, text=True,
-                            timeout=30, cwd=ROOT)
+    result = subprocess.run(QUEUECTL, env=env, capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert result.returncode == 0 and "_queuectl_completion" in result.stdout and "complete " in result.stdout

@@ -1,4 +1,4 @@
-"""Spool settings (SPEC `config`): Spool.set_config / unset_config / config()."""
+"""Spool settings (docs/contract.md "Commands", `config`): Spool.set_config / unset_config / config()."""
 import json
 import os
 
@@ -8,7 +8,8 @@ from queuectl import Spool
 from queuectl.errors import FieldError, InvalidInput
 
 DEFAULTS = {"max-retries": 3, "backoff-base": 2, "backoff-max": 3600, "backoff-jitter": 0,
-            "job-timeout": 0, "worker-count": 1, "log-max-bytes": 10 * 1024 * 1024}
+            "job-timeout": 0, "worker-count": 1, "log-max-bytes": 10 * 1024 * 1024,
+            "rescan-interval": 2, "contact-timeout": 10}
 
 
 def config_bytes(spool):

@@ -1,4 +1,4 @@
-"""Crash at every step (issue 3): the process dies right after each filesystem operation of
+"""Crash at every step: the process dies right after each filesystem operation of
 every transition (QUEUECTL_CRASH_AT, see queuectl/faults.py); after recovery every job is
 in exactly one state folder with a record that agrees with it, and nothing is lost.
 
@@ -12,10 +12,9 @@ import time
 
 import pytest
 
-from conftest import ROOT, wait_until
+from helpers import ROOT, drop, job_places, read_job_file, wait_until
 from queuectl import Spool, faults, fsck, names
 from queuectl.worker import Worker
-from queuectl.job import STATES
 
 PACKAGE = os.path.join(ROOT, "queuectl")
 KIND_KEYWORDS = {"kind", "retry_kind", "dead_kind"}
@@ -89,10 +88,7 @@ def scenario(point, cli, spool, tmp_path, env):
         return cli("enqueue", "--file", "-", input=lines, env=env), ["e0", "e1", "e2"]
     if kind in ("ingest", "reject"):
         body = b'{"id": "dropped", "command": "true"}' if kind == "ingest" else b"{not json"
-        staged = os.path.join(spool.path, "tmp", "drop.json")
-        with open(staged, "wb") as fh:
-            fh.write(body)
-        os.rename(staged, os.path.join(spool.path, "incoming", "drop.json"))
+        drop(spool.path, "drop.json", body)
         return run_worker_burst(cli, env), ["dropped"] if kind == "ingest" else []
     if kind in ("claim", "complete"):
         spool.enqueue("true", id="j")
@@ -160,16 +156,6 @@ SCENARIO_KINDS = {"enqueue", "ingest", "reject", "claim", "complete", "fail", "b
                   "purge", "config", "adopt"}
 
 
-def where_is(spool_dir, job_id):
-    """Every (state, name) holding job_id, read from names."""
-    out = []
-    for state in STATES:
-        for name in os.listdir(os.path.join(spool_dir, state)):
-            if names.id_of(state, name) == job_id:
-                out.append((state, name))
-    return out
-
-
 def age_tmp(spool_dir, seconds=7200):
     """Make every leftover look old: recovery leaves young ones to their (live) owners."""
     tmp = os.path.join(spool_dir, "tmp")
@@ -195,22 +181,21 @@ def test_crash_then_recover(point, cli, spool_dir, tmp_path):
     assert Worker(spool, burst=True).run() == 0
 
     for job_id in ids:
-        places = where_is(spool_dir, job_id)
+        places = job_places(spool_dir, job_id)
         if point.startswith("enqueue.") and not places:
             # the enqueue died before reporting success; all of the batch or none of it is
             # visible only once renamed, and a job never half-exists
             continue
         assert len(places) == 1, f"{point}: job {job_id} is in {places}"
         state, name = places[0]
-        with open(os.path.join(spool_dir, state, name)) as fh:
-            record = json.load(fh)
+        record = read_job_file(spool_dir, state, name)
         assert record["state"] == state, f"{point}: {state}/{name} says {record['state']}"
         assert record["id"] == job_id
     if point.startswith(("ingest.", "reject.")):
         # a dropped file is never lost: a job, back in incoming/, or in rejected/
         left = [n for n in os.listdir(os.path.join(spool_dir, "incoming")) if not n.startswith(".")]
         rejected = [n for n in os.listdir(os.path.join(spool_dir, "rejected")) if not n.endswith(".error")]
-        jobs = [i for i in ids if where_is(spool_dir, i)]
+        jobs = [i for i in ids if job_places(spool_dir, i)]
         assert len(left) + len(rejected) + len(jobs) >= 1, f"{point}: the dropped file is gone"
         if point.startswith("ingest."):
             assert jobs == ["dropped"], f"{point}: {left} {rejected}"

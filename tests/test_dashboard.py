@@ -1,17 +1,16 @@
-"""`queuectl dashboard` (issue 5): read-only, escaped, paginated; end to end in headless Chromium."""
+"""`queuectl dashboard`: read-only, escaped, paginated; end to end in headless Chromium."""
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
 
 import pytest
 
-from conftest import ROOT, cli_env, tree_snapshot, wait_job, wait_until
+from helpers import QUEUECTL, ROOT, cli_env, tree_snapshot, wait_job, wait_until, write_final
 from queuectl import Spool, dashboard, fsutil
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -44,25 +43,11 @@ def get(url, headers=None):
         return exc.code, exc.headers["Content-Type"], exc.read().decode("utf-8")
 
 
-def write_final(spool, state, job_id, **fields):
-    """A finished job file written the way the spool holds one (for read-only views)."""
-    rec = {"id": job_id, "command": fields.pop("command", f"echo {job_id}"), "state": state, "attempts": 1,
-           "max_retries": 0, "priority": 10, "run_at": None, "timeout_seconds": None, "cwd": None,
-           "env": None, "created_at": "2026-11-24T10:00:00.000Z", "updated_at": "2026-11-24T10:00:01.000Z",
-           "started_at": "2026-11-24T10:00:00.500Z", "finished_at": "2026-11-24T10:00:01.000Z",
-           "exit_code": 0 if state == "completed" else 3, "last_error": None if state == "completed" else "exit code 3",
-           "worker": "h:1"}
-    rec.update(fields)
-    with open(os.path.join(spool.path, state, job_id + ".json"), "w") as fh:
-        json.dump(rec, fh)
-    return rec
-
-
 def test_pages_show_counts_and_escape_everything(served):
     spool, base = served
     spool.enqueue("echo '<script>alert(1)</script>' & true", id="xss")
     spool.enqueue("true", id="later", run_at="+1h")
-    write_final(spool, "dead", "boom", last_error="<b>bad</b> exit code 3")
+    write_final(spool.path, "dead", "boom", last_error="<b>bad</b> exit code 3")
     status, ctype, page = get(base + "/")
     assert status == 200 and ctype.startswith("text/html")
     assert re.search(r'id="count-pending">2<', page) and re.search(r'id="count-scheduled">1<', page)
@@ -78,7 +63,7 @@ def test_pages_show_counts_and_escape_everything(served):
 
 def test_bad_ids_states_and_hosts_are_refused(served):
     spool, base = served
-    write_final(spool, "completed", "ok")
+    write_final(spool.path, "completed", "ok")
     assert get(base + "/job/..%2F..%2Fetc%2Fpasswd")[0] == 400
     assert get(base + "/job/.hidden")[0] == 400
     assert get(base + "/api/job/a%00b")[0] == 400
@@ -99,7 +84,7 @@ def test_bad_ids_states_and_hosts_are_refused(served):
 def test_pagination_reads_only_the_page(served, monkeypatch):
     spool, base = served
     for i in range(120):
-        write_final(spool, "completed", f"job{i:03d}")
+        write_final(spool.path, "completed", f"job{i:03d}")
     reads = []
     real = fsutil.read_json
     monkeypatch.setattr(fsutil, "read_json", lambda path: reads.append(path) or real(path))
@@ -117,7 +102,7 @@ def test_pagination_reads_only_the_page(served, monkeypatch):
 
 def test_api_endpoints_and_log(served):
     spool, base = served
-    write_final(spool, "completed", "ok")
+    write_final(spool.path, "completed", "ok")
     with open(spool.log_path("ok"), "wb") as fh:
         fh.write(b"=== attempt 1 ===\nhello <world>\n")
     spool.enqueue("true", id="soon", run_at="+1h")
@@ -139,12 +124,12 @@ def test_api_endpoints_and_log(served):
 def test_the_dashboard_never_writes(served, tmp_path):
     spool, base = served
     spool.enqueue("true", id="a")
-    write_final(spool, "dead", "d")
-    before = tree_snapshot(spool.path, skip_root_dotfiles=False)
+    write_final(spool.path, "dead", "d")
+    before = tree_snapshot(spool.path, ignore=())  # not even a lock file
     for path in ("/", "/state/pending", "/state/dead", "/job/a", "/job/d", "/job/d/log", "/api/status",
                  "/api/metrics", "/metrics", "/job/nope"):
         get(base + path)
-    assert tree_snapshot(spool.path, skip_root_dotfiles=False) == before
+    assert tree_snapshot(spool.path, ignore=()) == before
     # and a spool that does not exist is not created
     missing = str(tmp_path / "absent")
     server = dashboard.make_server(Spool(missing, create=False), "127.0.0.1", 0)
@@ -172,7 +157,7 @@ def test_cli_bad_input_exits_2_in_one_line(cli):
 # ---------------------------------------------------------------- end to end in Chromium
 
 def start_dashboard(spool_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "queuectl", "dashboard", "--port", "0"],
+    proc = subprocess.Popen([*QUEUECTL, "dashboard", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=cli_env(spool_dir), cwd=ROOT, start_new_session=True)
     line = []

@@ -7,28 +7,24 @@ drop box, the safety check, --help and --version.
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 
 import queuectl
-from conftest import ROOT, cli_env, job_files, read_job, spool_snapshot, wait_job, wait_until
+from helpers import QUEUECTL, ROOT, cli_env, drop, job_files, read_job, tree_snapshot, wait_job, wait_until
 from queuectl import names, timeutil
+
+pytestmark = pytest.mark.process
 
 RECORD_FIELDS = {"id", "command", "state", "attempts", "max_retries", "priority", "run_at",
                  "timeout_seconds", "cwd", "env", "created_at", "updated_at", "started_at",
                  "finished_at", "exit_code", "last_error", "worker"}
 CONFIG_KEYS = ["max-retries", "backoff-base", "backoff-max", "backoff-jitter", "job-timeout",
-               "worker-count", "log-max-bytes"]
-
-
-def show(cli, job_id):
-    return cli.json("show", job_id)
+               "worker-count", "log-max-bytes", "rescan-interval", "contact-timeout"]
 
 
 def ok(result):
@@ -45,7 +41,8 @@ def error_lines(stderr):
 
 def assert_refused(result, *fragments, code=2):
     """Refused with `code`, an error naming each fragment on stderr, never a traceback. Our own
-    errors are one line; click's usage errors come with its usage hint (SPEC allows it)."""
+    errors are one line; click's usage errors come with its usage hint (docs/contract.md
+    "Commands" allows it)."""
     out = result.stdout + result.stderr
     assert result.returncode == code, f"exit {result.returncode}: {out}"
     assert "Traceback" not in out
@@ -74,7 +71,7 @@ def test_enqueue_json_argument_prints_the_id(cli, spool_dir):
     r = ok(cli("enqueue", '{"id": "job1", "command": "echo a", "priority": 7, "max_retries": 1}'))
     assert r.stdout == "job1\n"
     assert r.stderr == ""
-    rec = show(cli, "job1")
+    rec = cli.show("job1")
     assert set(rec) == RECORD_FIELDS | {"log_path"}
     assert (rec["command"], rec["state"], rec["attempts"], rec["priority"], rec["max_retries"]) == \
         ("echo a", "pending", 0, 7, 1)
@@ -88,28 +85,28 @@ def test_enqueue_flags_give_and_override_fields(cli, spool_dir):
     t0 = time.time()
     ok(cli("enqueue", "-c", "echo b", "--id", "b1", "--priority", "3", "--run-at", "+1h",
            "--max-retries", "7", "--timeout", "2.5"))
-    rec = show(cli, "b1")
+    rec = cli.show("b1")
     assert (rec["command"], rec["priority"], rec["max_retries"], rec["timeout_seconds"]) == ("echo b", 3, 7, 2.5)
     assert t0 + 3600 - 1 <= timeutil.parse_iso(rec["run_at"]) <= time.time() + 3600 + 1
 
     # flags override the JSON argument's fields
     ok(cli("enqueue", '{"id": "c1", "command": "echo json", "priority": 50}', "--priority", "4", "-c", "echo flag"))
-    rec = show(cli, "c1")
+    rec = cli.show("c1")
     assert (rec["priority"], rec["command"]) == (4, "echo flag")
 
     # run_at: Unix seconds, ISO-8601 with an offset, without a zone (UTC)
     ok(cli("enqueue", "-c", "true", "--id", "unix", "--run-at", "1900000000"))
-    assert show(cli, "unix")["run_at"] == timeutil.iso(1900000000)
+    assert cli.show("unix")["run_at"] == timeutil.iso(1900000000)
     ok(cli("enqueue", "-c", "true", "--id", "offset", "--run-at", "2030-01-01T02:00:00+02:00"))
-    assert show(cli, "offset")["run_at"] == "2030-01-01T00:00:00.000Z"
+    assert cli.show("offset")["run_at"] == "2030-01-01T00:00:00.000Z"
     ok(cli("enqueue", '{"id": "nozone", "command": "true", "run_at": "2030-01-01T00:00:00"}'))
-    assert show(cli, "nozone")["run_at"] == "2030-01-01T00:00:00.000Z"
+    assert cli.show("nozone")["run_at"] == "2030-01-01T00:00:00.000Z"
 
     # defaults: priority 10, max_retries = config max-retries (3), generated id
     r = ok(cli("enqueue", "-c", "true"))
     gen = r.stdout.strip()
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", gen)
-    rec = show(cli, gen)
+    rec = cli.show(gen)
     assert (rec["priority"], rec["max_retries"], rec["timeout_seconds"], rec["env"]) == (10, 3, None, None)
     later = ok(cli("enqueue", "-c", "true")).stdout.strip()
     assert gen < later, "generated ids sort by creation time"
@@ -133,11 +130,11 @@ def test_enqueue_file_object_array_jsonl_and_stdin(cli, spool_dir, tmp_path):
     assert r.stdout.split() == ["s1", "s2"]
     r = ok(cli("enqueue", "--file", "-", "--priority", "2", input='[{"id": "s3", "command": "echo u"}]'))
     assert r.stdout.split() == ["s3"]
-    assert show(cli, "s3")["priority"] == 2
+    assert cli.show("s3")["priority"] == 2
 
     ids = {r["id"] for r in cli.json("list", "--state", "pending")}
     assert ids == {"o1", "a1", "a2", "l1", "l2", "l3", "s1", "s2", "s3"}
-    assert show(cli, "l3")["priority"] == 1
+    assert cli.show("l3")["priority"] == 1
     assert len(job_files(spool_dir, "pending")) == 9
 
 
@@ -146,7 +143,7 @@ def test_enqueue_json_output_is_an_array_of_records(cli, spool_dir, tmp_path):
     assert isinstance(one, list) and len(one) == 1
     assert set(one[0]) == RECORD_FIELDS
     assert one[0]["id"] == "one" and one[0]["state"] == "pending" and one[0]["attempts"] == 0
-    assert one[0] == {k: v for k, v in show(cli, "one").items() if k != "log_path"}
+    assert one[0] == {k: v for k, v in cli.show("one").items() if k != "log_path"}
 
     two = cli.json("enqueue", "--file", "-", input='{"command": "echo x"}\n{"command": "echo y"}\n')
     assert [r["command"] for r in two] == ["echo x", "echo y"]
@@ -159,10 +156,10 @@ def test_enqueue_records_the_callers_cwd_and_the_job_runs_there(cli, spool_dir, 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     ok(cli("enqueue", "-c", "pwd; echo $GREETING", "--id", "where", cwd=str(here)))
-    assert show(cli, "where")["cwd"] == str(here)
+    assert cli.show("where")["cwd"] == str(here)
     ok(cli("enqueue", json.dumps({"id": "explicit", "command": "pwd", "cwd": str(elsewhere),
                                   "env": {"GREETING": "unused"}}), cwd=str(here)))
-    assert show(cli, "explicit")["cwd"] == str(elsewhere)
+    assert cli.show("explicit")["cwd"] == str(elsewhere)
     ok(cli("enqueue", json.dumps({"id": "env", "command": "echo $GREETING-$QUEUECTL_JOB_ID",
                                   "env": {"GREETING": "hello"}})))
 
@@ -183,14 +180,14 @@ def test_job_environment(cli, spool_dir):
     assert m and m.group(1) == m.group(2), out
     assert "read-rc=1" in out.splitlines(), "stdin is /dev/null: read gets EOF at once"
     assert f"id=envy attempt=1 spool={os.path.abspath(spool_dir)} extra=x y" in out.splitlines()
-    assert show(cli, "envy")["state"] == "completed"
+    assert cli.show("envy")["state"] == "completed"
 
 
 def test_a_missing_cwd_is_a_failed_attempt(cli, spool_dir):
     ok(cli("enqueue", json.dumps({"id": "nowhere", "command": "pwd", "cwd": "/nonexistent/dir",
                                   "max_retries": 0})))
     ok(cli("worker", "start", "--burst", timeout=30))
-    rec = show(cli, "nowhere")
+    rec = cli.show("nowhere")
     assert rec["state"] == "dead" and rec["exit_code"] is None
     assert "/nonexistent/dir" in rec["last_error"]
 
@@ -201,7 +198,7 @@ def test_log_is_capped_at_log_max_bytes(cli, spool_dir):
            "--max-retries", "0"))
     r = cli("worker", "start", "--burst", timeout=30)
     assert "Traceback" not in r.stdout + r.stderr
-    rec = show(cli, "chatty")
+    rec = cli.show("chatty")
     assert (rec["state"], rec["last_error"]) == ("completed", None)
     log = ok(cli("logs", "chatty")).stdout
     assert len(log.encode()) <= 1000
@@ -246,13 +243,13 @@ BAD_ENQUEUE = [
 
 @pytest.mark.parametrize("args,fragments", BAD_ENQUEUE, ids=[" ".join(a) or "(nothing)" for a, _ in BAD_ENQUEUE])
 def test_bad_enqueue_input_exits_2_and_changes_nothing(cli, seeded, args, fragments):
-    before = spool_snapshot(seeded)
+    before = tree_snapshot(seeded)
     assert_refused(cli("enqueue", *args), *fragments)
-    assert spool_snapshot(seeded) == before
+    assert tree_snapshot(seeded) == before
 
 
 def test_bad_stdin_batches_exit_2(cli, seeded):
-    before = spool_snapshot(seeded)
+    before = tree_snapshot(seeded)
     assert_refused(cli("enqueue", "--file", "-", input=""), "no job")
     assert_refused(cli("enqueue", "--file", "-", input="not json at all\n"), "line 1")
     assert_refused(cli("enqueue", "--file", "-", input='[{"command": "true"}, 7]'), "job 2")
@@ -260,11 +257,11 @@ def test_bad_stdin_batches_exit_2(cli, seeded):
                        input='{"command": "true"}\n{"command": "false"}\n'), "--id")
     assert_refused(cli("enqueue", "--file", "-", input='{"command": "true"}\n{"command": "true", "priority": "high"}\n'),
                    "job 2", "priority")
-    assert spool_snapshot(seeded) == before
+    assert tree_snapshot(seeded) == before
 
 
 def test_batch_is_all_or_nothing(cli, seeded, tmp_path):
-    before = spool_snapshot(seeded)
+    before = tree_snapshot(seeded)
     good = [json.dumps({"id": f"g{i}", "command": "true"}) for i in range(3)]
 
     bad_json = tmp_path / "bad-json.jsonl"
@@ -285,21 +282,21 @@ def test_batch_is_all_or_nothing(cli, seeded, tmp_path):
 
     assert job_files(seeded, "pending") == [n for n in job_files(seeded, "pending") if n.endswith("_existing.json")]
     assert len(job_files(seeded, "pending")) == 1
-    assert spool_snapshot(seeded) == before
+    assert tree_snapshot(seeded) == before
     for i in range(3):
         assert cli("show", f"g{i}").returncode == 1
 
 
 def test_duplicate_id_names_the_existing_state(cli, seeded):
-    before = spool_snapshot(seeded)
+    before = tree_snapshot(seeded)
     assert_refused(cli("enqueue", "-c", "echo other", "--id", "existing"), "existing", "pending")
-    assert spool_snapshot(seeded) == before
-    assert show(cli, "existing")["command"] == "true"
+    assert tree_snapshot(seeded) == before
+    assert cli.show("existing")["command"] == "true"
 
     ok(cli("cancel", "existing"))
-    before = spool_snapshot(seeded)
+    before = tree_snapshot(seeded)
     assert_refused(cli("enqueue", '{"id": "existing", "command": "true"}'), "existing", "dead")
-    assert spool_snapshot(seeded) == before
+    assert tree_snapshot(seeded) == before
 
 
 BAD_CONFIG = [
@@ -322,9 +319,9 @@ BAD_CONFIG = [
                          ids=[" ".join(a) for a, _ in BAD_CONFIG])
 def test_bad_config_exits_2_and_changes_nothing(cli, seeded, args, fragments):
     ok(cli("config", "set", "max-retries", "4"))
-    before = spool_snapshot(seeded)
+    before = tree_snapshot(seeded)
     assert_refused(cli("config", *args), *fragments)
-    assert spool_snapshot(seeded) == before
+    assert tree_snapshot(seeded) == before
     assert ok(cli("config", "get", "max-retries")).stdout == "4\n"
 
 
@@ -348,17 +345,17 @@ BAD_USAGE = [
 
 @pytest.mark.parametrize("args,fragments", BAD_USAGE, ids=[" ".join(a) for a, _ in BAD_USAGE])
 def test_bad_usage_exits_2_and_changes_nothing(cli, seeded, args, fragments):
-    before = spool_snapshot(seeded)
+    before = tree_snapshot(seeded)
     assert_refused(cli(*args, timeout=30), *fragments)
-    assert spool_snapshot(seeded) == before
+    assert tree_snapshot(seeded) == before
 
 
 @pytest.mark.parametrize("args", [["show", "nope"], ["logs", "nope"], ["cancel", "nope"],
                                   ["dlq", "retry", "nope"], ["cancel", "nope", "--kill"]])
 def test_unknown_job_exits_1_naming_it(cli, seeded, args):
-    before = spool_snapshot(seeded)
+    before = tree_snapshot(seeded)
     assert_refused(cli(*args), "nope", code=1)
-    assert spool_snapshot(seeded) == before
+    assert tree_snapshot(seeded) == before
 
 
 # ---------------------------------------------------------------- reading
@@ -366,7 +363,7 @@ def test_unknown_job_exits_1_naming_it(cli, seeded, args):
 def test_show_text_and_json_with_absolute_log_path(cli, spool_dir):
     ok(cli("enqueue", "-c", "echo shown", "--id", "shown"))
     ok(cli("worker", "start", "--burst", timeout=30))
-    rec = show(cli, "shown")
+    rec = cli.show("shown")
     assert os.path.isabs(rec["log_path"])
     assert rec["log_path"] == os.path.join(os.path.realpath(spool_dir), "logs", "shown.log") or \
         rec["log_path"] == os.path.join(os.path.abspath(spool_dir), "logs", "shown.log")
@@ -399,7 +396,7 @@ def test_show_never_returns_a_half_moved_record(cli, spool_dir, tmp_path):
     seen = []
 
     def completed():
-        rec = show(cli, "moving")
+        rec = cli.show("moving")
         seen.append((rec["state"], rec["exit_code"], rec["finished_at"]))
         return rec["state"] == "completed" and rec
     wait_until(completed, 15, what="moving completed")
@@ -433,11 +430,11 @@ def test_list_pending_is_in_claim_order_like_ls(cli, spool_dir):
 
     # and the workers do claim in that order (e-later is not due)
     ok(cli("worker", "start", "--burst", "--count", "1", timeout=30))
-    done = [show(cli, i) for i in expected if i != "e-later"]
+    done = [cli.show(i) for i in expected if i != "e-later"]
     assert all(r["state"] == "completed" for r in done)
     starts = [timeutil.parse_iso(r["started_at"]) for r in done]
     assert starts == sorted(starts), [(r["id"], r["started_at"]) for r in done]
-    assert show(cli, "e-later")["state"] == "pending"
+    assert cli.show("e-later")["state"] == "pending"
 
 
 def test_run_at_is_respected_by_a_running_worker(cli, spool_dir):
@@ -453,7 +450,8 @@ def test_run_at_is_respected_by_a_running_worker(cli, spool_dir):
     assert started - run_at < 1.5, f"started {started - run_at:.3f}s after run_at"
 
 
-def test_status_json_has_the_keys_of_the_spec(cli, spool_dir, tmp_path):
+def test_status_json_has_the_keys_of_the_contract(cli, spool_dir, tmp_path):
+    """The keys docs/contract.md "Commands" gives `status --json`."""
     pidfile = str(tmp_path / "job.pid")
     cli.kill_at_teardown(pidfile)
     ok(cli("enqueue", "-c", f"echo $$ > {pidfile}; sleep 5", "--id", "busy"))
@@ -488,7 +486,7 @@ def test_status_counts_incoming_and_worker_start_ingests_it(cli, spool_dir):
     assert counts["incoming"] == 1 and counts["pending"] == 0
 
     ok(cli("worker", "start", "--burst", timeout=30))
-    assert show(cli, "dropped")["state"] == "completed"
+    assert cli.show("dropped")["state"] == "completed"
     assert "dropped" in cli("logs", "dropped").stdout
     assert sorted(os.listdir(incoming)) == [".partial.json", "notes.txt"], "ignored names stay untouched"
     assert cli.json("status")["counts"]["incoming"] == 0
@@ -510,6 +508,7 @@ def test_logs_follow_streams_until_the_job_is_final(cli, spool_dir):
     ok(cli("enqueue", "-c", "echo first; sleep 2; echo second", "--id", "stream"))
     follow = cli.start_tailed("logs", "stream", "--follow")
     cli.start_tailed("worker", "start", "--burst")
+
     def lines():
         return follow.tail.text().splitlines()
     wait_until(lambda: "first" in lines(), 15, what="the first line of output")
@@ -519,7 +518,7 @@ def test_logs_follow_streams_until_the_job_is_final(cli, spool_dir):
     assert follow.wait(timeout=20) == 0
     wait_until(lambda: "second" in lines(), 5, what="the rest of the log")
     assert lines().count("first") == 1 and lines().index("first") < lines().index("second")
-    assert show(cli, "stream")["state"] == "completed"
+    assert cli.show("stream")["state"] == "completed"
 
 
 def test_logs_follow_continues_across_retries_until_dead(cli, spool_dir):
@@ -531,7 +530,7 @@ def test_logs_follow_continues_across_retries_until_dead(cli, spool_dir):
     wait_until(lambda: "try-2" in follow.tail.text().splitlines(), 5, what="the second attempt's output")
     lines = follow.tail.text().splitlines()
     assert lines.count("try-1") == 1 and lines.index("try-1") < lines.index("try-2")
-    assert show(cli, "retrier")["state"] == "dead"
+    assert cli.show("retrier")["state"] == "dead"
 
 
 def test_logs_follow_of_a_final_job_returns(cli, spool_dir):
@@ -568,27 +567,27 @@ def test_purge(cli, spool_dir):
     assert cli("logs", "gone").returncode == 1
     # a purged job is gone from the spool: its id is free again
     ok(cli("enqueue", "-c", "true", "--id", "done0"))
-    assert show(cli, "done0")["state"] == "pending"
+    assert cli.show("done0")["state"] == "pending"
 
 
 def test_cancel_pending_and_failed_jobs(cli, spool_dir):
     assert ok(cli("config", "set", "backoff-base", "1000"))
     ok(cli("enqueue", "-c", "exit 1", "--id", "failing", "--max-retries", "1"))
     ok(cli("worker", "start", "--burst", timeout=30))
-    assert show(cli, "failing")["state"] == "failed"
+    assert cli.show("failing")["state"] == "failed"
     ok(cli("enqueue", "-c", "true", "--id", "waiting"))
 
     for job_id in ("waiting", "failing"):
         r = ok(cli("cancel", job_id))
         assert job_id in r.stdout
-        rec = show(cli, job_id)
+        rec = cli.show(job_id)
         assert rec["state"] == "dead" and rec["last_error"] == "cancelled"
     assert job_files(spool_dir, "pending") == [] and job_files(spool_dir, "failed") == []
 
-    before = spool_snapshot(spool_dir)
+    before = tree_snapshot(spool_dir)
     msg = assert_refused(cli("cancel", "waiting"), "waiting", code=1)
     assert "dead" in msg
-    assert spool_snapshot(spool_dir) == before
+    assert tree_snapshot(spool_dir) == before
 
 
 def test_dlq_list_and_retry_all(cli, spool_dir):
@@ -606,7 +605,7 @@ def test_dlq_list_and_retry_all(cli, spool_dir):
     r = ok(cli("dlq", "retry", "--all"))
     assert sorted(r.stdout.split()) == ["d1", "d2"]
     for job_id in ("d1", "d2"):
-        rec = show(cli, job_id)
+        rec = cli.show(job_id)
         assert rec["state"] == "pending" and rec["attempts"] == 0
         assert t0 - 1 <= timeutil.parse_iso(rec["run_at"]) <= time.time() + 1
     assert cli.json("dlq", "list") == []
@@ -619,9 +618,9 @@ def test_dlq_retry_of_several_ids_changes_nothing_when_one_is_not_dead(cli, spoo
         ok(cli("enqueue", "-c", "true", "--id", job_id))
     ok(cli("cancel", "d1"))
     ok(cli("cancel", "d2"))
-    before = spool_snapshot(spool_dir)
+    before = tree_snapshot(spool_dir)
     assert_refused(cli("dlq", "retry", "d1", "alive", "d2"), "alive", code=1)
-    assert spool_snapshot(spool_dir) == before
+    assert tree_snapshot(spool_dir) == before
 
 
 def test_config_list_get_set_unset(cli, spool_dir):
@@ -658,13 +657,13 @@ def test_backoff_max_caps_the_delay_and_jitter_adds_up_to_its_share(cli, spool_d
     ok(cli("worker", "start", "--burst", timeout=30))
     delays = []
     for i in range(4):
-        rec = show(cli, f"j{i}")
+        rec = cli.show(f"j{i}")
         assert rec["state"] == "failed" and rec["attempts"] == 1
         delays.append(timeutil.parse_iso(rec["run_at"]) - timeutil.parse_iso(rec["finished_at"]))
     assert all(10 - 0.002 <= d <= 15 + 0.002 for d in delays), delays
     # failed/ names sort by the time of the next attempt
     failed = job_files(spool_dir, "failed")
-    order = sorted(range(4), key=lambda i: show(cli, f"j{i}")["run_at"])
+    order = sorted(range(4), key=lambda i: cli.show(f"j{i}")["run_at"])
     assert [names.id_of("failed", n) for n in failed] == [f"j{i}" for i in order]
 
 
@@ -675,14 +674,6 @@ def test_config_worker_count_is_the_default_count(cli, spool_dir):
 
 
 # ---------------------------------------------------------------- the drop box
-
-def drop(spool_dir, name, content):
-    """Write in tmp/, then mv into incoming/ (SPEC: the safe way)."""
-    staged = os.path.join(spool_dir, "tmp", "." + name)
-    with open(staged, "w") as fh:
-        fh.write(content)
-    os.rename(staged, os.path.join(spool_dir, "incoming", name))
-
 
 def test_drop_box_with_a_running_worker(cli, spool_dir):
     cli.start_tailed("worker", "start")
@@ -720,7 +711,7 @@ def test_drop_box_with_a_running_worker(cli, spool_dir):
     with open(os.path.join(rejected, "bad.json")) as fh:
         assert "5000" in fh.read(), "the first rejected file was not overwritten"
     assert os.listdir(os.path.join(spool_dir, "incoming")) == []
-    assert show(cli, "dropped")["command"] == "echo from the drop box"
+    assert cli.show("dropped")["command"] == "echo from the drop box"
     assert cli.json("status")["counts"]["pending"] == 0
 
 
@@ -761,7 +752,7 @@ def test_worker_start_refuses_a_spool_writable_by_others(cli, spool_dir, where):
             assert cli.live_workers() == []
     finally:
         os.chmod(path, 0o700)
-    assert show(cli, "unsafe")["state"] == "pending"
+    assert cli.show("unsafe")["state"] == "pending"
 
 
 def test_spool_option_beats_the_environment_and_is_created_0700(cli, spool_dir, tmp_path):
@@ -790,7 +781,7 @@ def test_default_spool_is_in_home(cli, tmp_path):
     env = cli_env("unused")
     env.pop("QUEUECTL_SPOOL")
     env["HOME"] = str(home)
-    r = subprocess.run([sys.executable, "-m", "queuectl", "enqueue", "-c", "true", "--id", "homed"],
+    r = subprocess.run([*QUEUECTL, "enqueue", "-c", "true", "--id", "homed"],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=30)
     assert r.returncode == 0, r.stderr
     assert job_files(str(home / ".queuectl" / "spool"), "pending")

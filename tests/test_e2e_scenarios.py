@@ -1,4 +1,4 @@
-"""End to end: the assignment's five scenarios, driving the real CLI in subprocesses.
+"""End to end: the five basic scenarios of a job queue, driving the real CLI in subprocesses.
 
 (1) a basic job completes; (2) a failing job retries with growing backoff into the DLQ and
 `dlq retry` brings it back; (3) four workers on 200 jobs run each exactly once; (4) an
@@ -13,33 +13,18 @@ import time
 
 import pytest
 
-from conftest import job_files, read_job, wait_job, wait_until
+from helpers import job_files, read_job, state_records, wait_job, wait_until
 from queuectl import timeutil
+
+pytestmark = pytest.mark.process
 
 HEADER = re.compile(r"^=== queuectl attempt (\d+)/(\d+) of job (\S+) · worker (\S+) · (\S+) ===$", re.M)
 
 
-def show(cli, job_id):
-    return cli.json("show", job_id)
-
-
 def attempt_headers(cli, job_id):
     """[(attempt, total, worker, started wall time)] from the job's log."""
-    r = cli("logs", job_id)
-    assert r.returncode == 0, r.stderr
     return [(int(a), int(t), w, timeutil.parse_iso(ts))
-            for a, t, jid, w, ts in HEADER.findall(r.stdout) if jid == job_id]
-
-
-def read_state_dir(spool_dir, state):
-    out = []
-    for name in job_files(spool_dir, state):
-        try:
-            with open(os.path.join(spool_dir, state, name)) as fh:
-                out.append(json.load(fh))
-        except (OSError, ValueError):
-            pass  # moved away meanwhile, or between the two renames of a move
-    return out
+            for a, t, jid, w, ts in HEADER.findall(cli.log(job_id)) if jid == job_id]
 
 
 # ---------------------------------------------------------------- (1)
@@ -48,13 +33,13 @@ def test_basic_job_completes(cli, spool_dir):
     r = cli("enqueue", "-c", "echo hello from $QUEUECTL_JOB_ID attempt $QUEUECTL_ATTEMPT", "--id", "basic")
     assert r.returncode == 0, r.stderr
     assert r.stdout == "basic\n"
-    assert show(cli, "basic")["state"] == "pending"
+    assert cli.show("basic")["state"] == "pending"
 
     r = cli("worker", "start", "--burst", timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
 
-    rec = show(cli, "basic")
+    rec = cli.show("basic")
     assert rec["state"] == "completed"
     assert rec["attempts"] == 1
     assert rec["exit_code"] == 0
@@ -86,14 +71,14 @@ def test_failing_job_backs_off_into_dlq_and_dlq_retry(cli, spool_dir):
     retries = {}
 
     def dead():
-        for rec in read_state_dir(spool_dir, "failed"):
+        for rec in state_records(spool_dir, "failed"):
             if rec.get("id") == "flaky" and rec.get("state") == "failed":
                 retries[rec["attempts"]] = rec
         state, record = read_job(spool_dir, "flaky")
         return state == "dead" and record
 
     wait_until(dead, timeout=25, interval=0.01, what="flaky in dead/")
-    rec = show(cli, "flaky")
+    rec = cli.show("flaky")
     assert rec["state"] == "dead"
     assert rec["attempts"] == rec["max_retries"] + 1 == 3
     assert rec["exit_code"] == 3
@@ -129,7 +114,7 @@ def test_failing_job_backs_off_into_dlq_and_dlq_retry(cli, spool_dir):
     r = cli("dlq", "retry", "flaky")
     assert r.returncode == 0, r.stderr
     assert "flaky" in r.stdout
-    rec = show(cli, "flaky")
+    rec = cli.show("flaky")
     assert rec["state"] == "pending"
     assert rec["attempts"] == 0
     assert before - 1 <= timeutil.parse_iso(rec["run_at"]) <= time.time() + 1
@@ -184,7 +169,7 @@ def test_invalid_command_fails_with_127_then_dead(cli, spool_dir):
     r = cli("enqueue", '{"id": "badcmd", "command": "nonexistent_cmd_xyz", "max_retries": 1}')
     assert r.returncode == 0, r.stderr
     wait_job(spool_dir, "badcmd", "dead", timeout=20)
-    rec = show(cli, "badcmd")
+    rec = cli.show("badcmd")
     assert rec["state"] == "dead"
     assert rec["attempts"] == 2
     assert rec["exit_code"] == 127

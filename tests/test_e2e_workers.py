@@ -9,12 +9,10 @@ import time
 
 import pytest
 
-from conftest import job_files, pid_gone, read_job, wait_job, wait_until
+from helpers import job_files, pid_gone, read_job, wait_job, wait_until
 from queuectl import names
 
-
-def show(cli, job_id):
-    return cli.json("show", job_id)
+pytestmark = pytest.mark.process
 
 
 def wait_workers(cli, n, timeout=15):
@@ -35,12 +33,6 @@ def wait_running(cli, job_id, timeout=15):
 def read_pid(path, timeout=10):
     wait_until(lambda: os.path.exists(path) and open(path).read().strip(), timeout, what=f"pid in {path}")
     return int(open(path).read().split()[0])
-
-
-def log_of(cli, job_id):
-    r = cli("logs", job_id)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
 
 
 # ---------------------------------------------------------------- crashes
@@ -125,11 +117,11 @@ def test_poison_pill_that_kills_its_worker_ends_dead(cli, spool_dir):
     assert rec["attempts"] == 3 == rec["max_retries"] + 1
     assert rec["last_error"].startswith("worker lost"), rec["last_error"]
     assert rec["exit_code"] is None
-    assert log_of(cli, "poison").count("=== queuectl attempt ") == 3
+    assert cli.log("poison").count("=== queuectl attempt ") == 3
     assert sup.poll() is None
     wait_workers(cli, 1)  # and the queue still has a worker
     # it stays dead: no further attempt
-    assert show(cli, "poison")["attempts"] == 3
+    assert cli.show("poison")["attempts"] == 3
 
 
 # ---------------------------------------------------------------- stopping
@@ -141,9 +133,9 @@ def test_sigint_to_supervisor_lets_running_job_finish(cli, spool_dir):
     wait_running(cli, "gentle")
     os.kill(sup.pid, signal.SIGINT)
     assert sup.wait(timeout=20) == 0
-    rec = show(cli, "gentle")
+    rec = cli.show("gentle")
     assert rec["state"] == "completed" and rec["exit_code"] == 0
-    assert "done" in log_of(cli, "gentle")
+    assert "done" in cli.log("gentle")
     assert cli.live_workers() == []
     for w in workers:
         assert pid_gone(w["pid"])
@@ -185,7 +177,7 @@ def test_worker_stop_graceful_waits_for_running_job(cli, spool_dir):
     # `worker stop` returns once the workers have exited, after the job
     rec = wait_job(spool_dir, "gentle", "completed", timeout=1)
     assert rec["exit_code"] == 0
-    assert "done" in log_of(cli, "gentle")
+    assert "done" in cli.log("gentle")
     assert cli.live_workers() == []
     assert sup.wait(timeout=10) == 0
 
@@ -234,7 +226,7 @@ def test_worker_run_refuses_unsafe_spool_with_exit_2_on_stderr(cli, spool_dir):
     finally:
         os.chmod(spool_dir, 0o700)
     assert r.returncode == 2
-    assert "writable by group or others" in r.stderr  # SPEC: errors go to stderr
+    assert "writable by group or others" in r.stderr  # errors go to stderr (docs/contract.md "Commands")
     assert "error" not in r.stdout
     assert cli.live_workers() == []
 
@@ -293,10 +285,10 @@ def test_burst_exits_when_nothing_is_due(cli, spool_dir):
     r = cli("worker", "start", "--burst", "--count", "2", timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
     assert time.monotonic() - t0 < 15
-    assert show(cli, "now")["state"] == "completed"
-    later = show(cli, "later")
+    assert cli.show("now")["state"] == "completed"
+    later = cli.show("later")
     assert later["state"] == "pending" and later["attempts"] == 0
-    retry = show(cli, "retry-later")
+    retry = cli.show("retry-later")
     assert retry["state"] == "failed" and retry["attempts"] == 1
     assert cli.live_workers() == []
 
@@ -311,7 +303,7 @@ def test_timeout_kills_the_whole_process_group(cli, spool_dir, tmp_path):
     r = cli("worker", "start", "--burst", timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
     assert time.monotonic() - t0 < 10
-    rec = show(cli, "slowpoke")
+    rec = cli.show("slowpoke")
     assert rec["state"] == "dead"
     assert rec["last_error"] == "timed out after 1s"
     assert rec["exit_code"] is None
@@ -329,7 +321,7 @@ def test_timeout_sigkills_a_job_that_ignores_sigterm(cli, spool_dir, tmp_path):
     r = cli("worker", "start", "--burst", timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert time.monotonic() - t0 < 20, "SIGKILL came a few seconds after the SIGTERM"
-    rec = show(cli, "stubborn")
+    rec = cli.show("stubborn")
     assert rec["state"] == "dead" and rec["last_error"] == "timed out after 0.5s"
     wait_until(lambda: pid_gone(read_pid(pidfile, timeout=1)), 5, what="the job's shell gone")
 
@@ -378,15 +370,15 @@ def test_config_change_reaches_running_worker(cli, spool_dir):
     assert cli("enqueue", "-c", "sleep 4", "--id", "after", "--max-retries", "0").returncode == 0
     rec = wait_job(spool_dir, "after", "dead", timeout=10)
     assert rec["last_error"] == "timed out after 1s"
-    assert rec["worker"] == show(cli, "before")["worker"] == f"{w['host']}:{w['pid']}", "same worker, no restart"
+    assert rec["worker"] == cli.show("before")["worker"] == f"{w['host']}:{w['pid']}", "same worker, no restart"
     # a job's own timeout_seconds 0 means none, whatever the config says
     assert cli("enqueue", "-c", "sleep 1.3", "--id", "patient", "--timeout", "0").returncode == 0
     assert wait_job(spool_dir, "patient", ("completed", "failed", "dead"), timeout=10)["state"] == "completed"
 
 
 def test_mv_of_a_dead_job_into_pending_runs_it_again(cli, spool_dir):
-    """SPEC: plain mv works on the spool. A dead job moved into pending/ by hand is filed
-    under its proper name as a new try (like dlq retry) and runs."""
+    """Plain mv works on the spool (docs/contract.md "The spool on disk"). A dead job moved
+    into pending/ by hand is filed under its proper name as a new try (like dlq retry) and runs."""
     assert cli("status").returncode == 0  # creates the spool
     assert cli("enqueue", "-c", "test -e ok-now || exit 1", "--id", "redo", "--max-retries", "0",
                cwd=spool_dir).returncode == 0  # the job runs in the spool folder

@@ -10,14 +10,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from adversarial_util import is_one_line_error, job_places, report_line, run_cli
-from conftest import ROOT, cli_env, tree_snapshot, wait_until
+from helpers import (QUEUECTL, ROOT, cli_env, fsck_json, is_one_line_error, job_places, report_line, run_cli,
+                     tree_snapshot, wait_until)
 from queuectl import Spool, timeutil
+
+pytestmark = pytest.mark.process
 
 PAGE = 4096
 CONSISTENCY_PROBLEMS = {"state-mismatch", "duplicate", "orphan-processing", "corrupt", "name-mismatch",
@@ -65,12 +66,6 @@ def fill(mount, leave_pages, name="filler"):
     return path
 
 
-def fsck(spool_dir):
-    code, out, err = run_cli(spool_dir, ["fsck", "--json"])
-    assert "Traceback" not in err
-    return code, json.loads(out)
-
-
 def bad_problems(report):
     return [p for p in report["problems"] if p["kind"] in CONSISTENCY_PROBLEMS]
 
@@ -97,14 +92,14 @@ def test_enqueue_on_a_full_disk_is_all_or_nothing_with_a_one_line_error(tmpfs, l
         assert "no space" in err.lower(), err
         assert tree_snapshot(spool_dir) == before, "a failed enqueue left something behind"
         assert os.listdir(os.path.join(spool_dir, "tmp")) == []
-    fcode, report = fsck(spool_dir)
+    fcode, report = fsck_json(spool_dir)
     assert fcode == 0 and report["ok"], report
     # once there is room again, the same id is free: no stale reservation blocks it
     os.unlink(filler)
     if code != 0:
         code2, out2, err2 = run_cli(spool_dir, ["enqueue", "--id", "newjob", "-c", "echo hi"])
         assert code2 == 0, err2
-    assert fsck(spool_dir)[1]["ok"]
+    assert fsck_json(spool_dir)[1]["ok"]
 
 
 def test_batch_enqueue_running_out_of_space_midway_is_all_or_nothing(tmpfs, tmp_path):
@@ -131,7 +126,7 @@ def test_batch_enqueue_running_out_of_space_midway_is_all_or_nothing(tmpfs, tmp_
             assert tree_snapshot(spool_dir) == before, f"leave={leave}: a failed batch left something"
             assert not any(job_places(spool_dir, i) for i in ids)
             assert not any(os.path.exists(os.path.join(spool_dir, "ids", i)) for i in ids)
-        assert fsck(spool_dir)[1]["ok"]
+        assert fsck_json(spool_dir)[1]["ok"]
     assert all(outcomes[k] != 0 for k in (0, 5, 10, 19, 25, 30)), outcomes
     assert outcomes[80] == 0, outcomes
 
@@ -165,7 +160,7 @@ def test_job_filling_the_disk_with_its_log_leaves_consistent_state_under_worker_
     # a worker may also have claimed it while the disk was full (its log could not be
     # written): any one state but processing/ is consistent
     _assert_consistent(spool_dir, "small", ("pending", "completed", "failed", "dead"))
-    assert not bad_problems(fsck(spool_dir)[1])
+    assert not bad_problems(fsck_json(spool_dir)[1])
     if state in ("failed", "dead"):
         assert spool.get("big")["last_error"]
     # room again (the user removes the huge log): the queue carries on
@@ -180,7 +175,7 @@ def test_job_filling_the_disk_with_its_log_leaves_consistent_state_under_worker_
         wait_until(lambda: time.time() >= due, 20, what="small's retry time")
     assert _assert_consistent(spool_dir, "small", ("completed",)) == "completed"
     _assert_consistent(spool_dir, "big", ("completed", "failed", "dead"))
-    assert fsck(spool_dir)[1]["ok"]
+    assert fsck_json(spool_dir)[1]["ok"]
 
 
 def test_job_filling_the_disk_under_a_bare_worker_is_taken_back_by_the_next(tmpfs):
@@ -195,7 +190,7 @@ def test_job_filling_the_disk_under_a_bare_worker_is_taken_back_by_the_next(tmpf
     state = _assert_consistent(spool_dir, "big", ("completed", "failed", "dead", "pending", "processing"))
     if state == "processing":
         assert code != 0
-        kinds = {p["kind"] for p in fsck(spool_dir)[1]["problems"]}
+        kinds = {p["kind"] for p in fsck_json(spool_dir)[1]["problems"]}
         assert "orphan-processing" in kinds          # its owner is gone: the lock is free
     os.unlink(os.path.join(spool_dir, "logs", "big.log"))
     code2, out2, err2 = run_cli(spool_dir, ["worker", "start", "--burst"], timeout=120)
@@ -203,7 +198,7 @@ def test_job_filling_the_disk_under_a_bare_worker_is_taken_back_by_the_next(tmpf
     final = _assert_consistent(spool_dir, "big", ("completed", "failed", "dead"))
     if state == "processing":
         assert final == "dead" and spool.get("big")["last_error"].startswith("worker lost")
-    assert fsck(spool_dir)[1]["ok"]
+    assert fsck_json(spool_dir)[1]["ok"]
 
 
 # ---------------------------------------------------------------- read-only spool
@@ -295,7 +290,7 @@ def gigabyte_run(tmp_path_factory, pytestconfig):
     spool.set_config("log-max-bytes", CAP)
     spool.enqueue(f"head -c {BIG} /dev/zero", id="gig", max_retries=0)
     log = os.path.join(spool_dir, "logs", "gig.log")
-    proc = subprocess.Popen([sys.executable, "-m", "queuectl", "worker", "run", "--burst"],
+    proc = subprocess.Popen([*QUEUECTL, "worker", "run", "--burst"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
                             env=cli_env(spool_dir), start_new_session=True)
     started = time.monotonic()

@@ -7,7 +7,7 @@
   folders, over-size files) run through ingest.ingest_all: each candidate ends as exactly one
   pending job or in rejected/ beside NAME.error, nothing left in incoming/ or tmp/;
 - the CLI (`enqueue`, `config set`) in a subprocess: exit 0 or 2, no traceback, exit 2
-  changes nothing.
+  changes nothing (these tests, and the regressions that run the CLI, are marked `process`).
 
 The bugs the fuzzing found are pinned by the regression tests at the end ("found by the
 fuzzing") and fixed; known_bug() is the hook to tolerate a newly found one until it is fixed.
@@ -27,8 +27,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import HealthCheck, given, note, settings, strategies as st
 
-from adversarial_util import outside_snapshot, report_line, run_cli
-from conftest import tree_snapshot
+from helpers import outside_snapshot, report_line, run_cli, tree_snapshot
 from queuectl import Spool, config as configmod, fsutil, ingest
 from queuectl.errors import FieldError, InvalidInput
 from queuectl.job import ID_PATTERN, INPUT_FIELDS, check_record, new_record, validate_input
@@ -85,7 +84,7 @@ def _deep(n, leaf=1):
 
 json_like = st.one_of(
     st.recursive(scalars, lambda kids: st.one_of(st.lists(kids, max_size=4),
-                                                  st.dictionaries(texts, kids, max_size=4)),
+                                                 st.dictionaries(texts, kids, max_size=4)),
                  max_leaves=12),
     st.integers(50, 400).map(_deep),
 )
@@ -339,10 +338,10 @@ contents = st.one_of(
     st.tuples(st.just("file"), st.builds(_json_text, json_like.map(sanitize), st.booleans())),
     st.tuples(st.just("file"), st.binary(max_size=120)),
     st.tuples(st.just("file"), st.sampled_from([b"", b"{}", b"null", b'{"command": "true"}\n{"command": "x"}',
-                                                  b"\xef\xbb\xbf{\"command\": \"true\"}", b'{"command":"true"',
-                                                  b"[" * 5000 + b"]" * 5000, b'{"command": "\\ud800"}',
-                                                  b'{"command": "true", "id": "taken"}',
-                                                  b'{"command": "true", "id": "dup"}'])),
+                                                b"\xef\xbb\xbf{\"command\": \"true\"}", b'{"command":"true"',
+                                                b"[" * 5000 + b"]" * 5000, b'{"command": "\\ud800"}',
+                                                b'{"command": "true", "id": "taken"}',
+                                                b'{"command": "true", "id": "dup"}'])),
     st.tuples(st.just("file"), st.integers(1, 3000).map(lambda n: ("[" * n + "]" * n).encode())),
     st.tuples(st.sampled_from(["symlink", "dir", "fifo", "big", "bigvalid"]), st.just(b"")),
 )
@@ -472,7 +471,7 @@ flag_values = {
     "--id": st.one_of(valid_ids, bad_ids.filter(_argable), arg_text),
     "--priority": st.one_of(st.integers(-5, 1100).map(str), arg_text, st.sampled_from(["9" * 5000, "1e3", " 5"])),
     "--run-at": st.one_of(st.sampled_from(["+5m", "+1d", "0", "1e400", "9" * 400, "now", "2030-01-01T00:00:00Z",
-                                            "99999999999", "+99999999d"]), iso_times, arg_text),
+                                           "99999999999", "+99999999d"]), iso_times, arg_text),
     "--max-retries": st.one_of(st.integers(-5, 2_000_000).map(str), arg_text, st.just("1" * 400)),
     "--timeout": st.one_of(st.sampled_from(["0", "1.5", "nan", "inf", "-1", "1e400", "1" * 400]), arg_text),
 }
@@ -578,10 +577,12 @@ def cli_spool():
     shutil.rmtree(parent, ignore_errors=True)
 
 
+@pytest.mark.process
 def test_fuzz_cli_enqueue_exit_0_or_2(cli_spool):
     _run_counted(lambda: _prop_cli_enqueue(cli_spool), "cli enqueue", 20)
 
 
+@pytest.mark.process
 def test_fuzz_cli_config_set_exit_0_or_2(cli_spool):
     _run_counted(lambda: _prop_cli_config_set(cli_spool), "cli config set", 20)
 
@@ -604,6 +605,7 @@ def test_bug_dropped_file_with_huge_int_run_at_is_rejected(spool):
     assert sorted(os.listdir(os.path.join(spool.path, "rejected"))) == ["a.json", "a.json.error"]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("field", ["run_at", "timeout_seconds"])
 def test_bug_cli_huge_int_field_exits_2(spool_dir, field):
     code, _, err = run_cli(spool_dir, ["enqueue", '{"command": "true", "%s": 1%s}' % (field, "0" * 400)])
@@ -622,6 +624,7 @@ def test_bug_env_name_with_surrogate_is_a_field_error(spool):
         spool.enqueue_many([{"command": "true", "env": {"A\ud800": "v"}}])
 
 
+@pytest.mark.process
 def test_bug_cli_env_name_with_surrogate_exits_2(spool_dir):
     code, _, err = run_cli(spool_dir, ["enqueue", '{"command": "true", "env": {"\\ud800": "v"}}'])
     assert "Traceback" not in err
@@ -636,6 +639,7 @@ def test_bug_dropped_file_with_surrogate_env_name_is_rejected(spool):
     assert os.listdir(os.path.join(spool.path, "tmp")) == []
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("how", ["argument", "file"])
 def test_bug_cli_deeply_nested_json_line_exits_2(spool_dir, tmp_path, how):
     text = "{}\n" + "[" * 3000 + "]" * 3000
@@ -661,6 +665,7 @@ def test_bug_dropped_file_with_non_utf8_name_is_handled(spool):
     assert os.listdir(os.path.join(spool.path, "tmp")) == []
 
 
+@pytest.mark.process
 def test_bug_worker_survives_non_utf8_dropped_name(spool_dir):
     spool = Spool(spool_dir)
     inc = os.fsencode(os.path.join(spool.path, "incoming"))

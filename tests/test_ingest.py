@@ -1,4 +1,4 @@
-"""The drop box (SPEC "Dropping files"): queuectl.ingest, in process."""
+"""The drop box (docs/contract.md "Dropping files"): queuectl.ingest, in process."""
 import json
 import os
 import threading
@@ -6,24 +6,15 @@ import time
 
 import pytest
 
-from conftest import job_files, wait_until
+from helpers import drop, job_files, wait_until
 from queuectl import ingest, names
 from queuectl.errors import JobNotFound
 from queuectl.job import ID_PATTERN, new_id
 from queuectl.moves import MAX_DROP_BYTES
 
 
-def drop(spool, name, data):
-    """Write a file in tmp/ and move it into incoming/, as SPEC recommends."""
-    tmp = os.path.join(spool.path, "tmp", f".drop-{os.getpid()}-{time.monotonic_ns()}.part")
-    with open(tmp, "wb") as fh:
-        fh.write(data if isinstance(data, bytes) else data.encode())
-    os.rename(tmp, os.path.join(spool.path, "incoming", name))
-    return os.path.join(spool.path, "incoming", name)
-
-
 def drop_job(spool, name, job):
-    return drop(spool, name, json.dumps(job))
+    return drop(spool.path, name, json.dumps(job))
 
 
 def incoming(spool):
@@ -105,7 +96,7 @@ def test_dropped_job_takes_config_default_max_retries(spool):
 def test_several_files_are_all_taken_and_reported(spool):
     for i in range(5):
         drop_job(spool, f"j{i}.json", {"id": f"j{i}", "command": "true"})
-    drop(spool, "bad.json", "{")
+    drop(spool.path, "bad.json", "{")
     seen = []
     accepted, rej = ingest.ingest_all(spool, report=lambda kind, name, value: seen.append((kind, name)))
     assert sorted(r["id"] for r in accepted) == [f"j{i}" for i in range(5)]
@@ -116,7 +107,7 @@ def test_several_files_are_all_taken_and_reported(spool):
 
 def test_a_file_of_exactly_one_mebibyte_is_accepted(spool):
     body = json.dumps({"id": "big", "command": "true"})
-    drop(spool, "big.json", body + " " * (MAX_DROP_BYTES - len(body)))
+    drop(spool.path, "big.json", body + " " * (MAX_DROP_BYTES - len(body)))
     assert os.path.getsize(os.path.join(spool.path, "incoming", "big.json")) == MAX_DROP_BYTES
     accepted, rej = ingest.ingest_all(spool)
     assert rej == [] and [r["id"] for r in accepted] == ["big"]
@@ -126,7 +117,7 @@ def test_a_file_of_exactly_one_mebibyte_is_accepted(spool):
 
 @pytest.mark.parametrize("name", [".hidden.json", ".partial", "job.json.tmp", "job.txt", "job", "job.JSON"])
 def test_dot_names_and_non_json_names_are_ignored(spool, name):
-    path = drop(spool, name, json.dumps({"command": "true"}))
+    path = drop(spool.path, name, json.dumps({"command": "true"}))
     assert ingest.ingest_all(spool) == ([], [])
     assert incoming(spool) == [name]
     with open(path) as fh:
@@ -165,7 +156,7 @@ def assert_rejected(spool, name, original=None, reason_words=(), pending=0):
     (b"[" * 100000, ["JSON"]),
 ])
 def test_invalid_files_are_rejected_with_a_reason(spool, content, words):
-    drop(spool, "bad.json", content)
+    drop(spool.path, "bad.json", content)
     accepted, rej = ingest.ingest_all(spool)
     assert accepted == [] and len(rej) == 1
     assert_rejected(spool, "bad.json", content, words)
@@ -175,7 +166,7 @@ def test_invalid_files_are_rejected_with_a_reason(spool, content, words):
 def test_duplicate_id_is_rejected_naming_the_state(spool):
     spool.enqueue("echo first", id="dup")
     content = json.dumps({"id": "dup", "command": "echo second"}).encode()
-    drop(spool, "dup.json", content)
+    drop(spool.path, "dup.json", content)
     accepted, rej = ingest.ingest_all(spool)
     assert accepted == [] and len(rej) == 1
     text = assert_rejected(spool, "dup.json", None, ["dup", "already exists", "pending"], pending=1)
@@ -189,7 +180,7 @@ def test_duplicate_id_is_rejected_naming_the_state(spool):
 def test_file_over_one_mebibyte_is_rejected(spool):
     body = json.dumps({"command": "true"})
     content = (body + " " * (MAX_DROP_BYTES + 1 - len(body))).encode()
-    drop(spool, "huge.json", content)
+    drop(spool.path, "huge.json", content)
     accepted, rej = ingest.ingest_all(spool)
     assert accepted == [] and len(rej) == 1
     assert_rejected(spool, "huge.json", content, ["too large"])
@@ -267,7 +258,7 @@ def test_a_symlink_to_a_file_outside_is_not_followed(spool, tmp_path):
 def test_a_second_rejected_file_of_the_same_name_gets_a_unique_suffix(spool):
     contents = [b"{first", b"{second", b"{third"]
     for c in contents:
-        drop(spool, "same.json", c)
+        drop(spool.path, "same.json", c)
         ingest.ingest_all(spool)
     names_ = rejected(spool)
     assert names_ == sorted(["same.json", "same.json.error", "same.json.1", "same.json.1.error",
@@ -281,7 +272,7 @@ def test_a_second_rejected_file_of_the_same_name_gets_a_unique_suffix(spool):
 def test_an_existing_error_file_is_not_overwritten(spool):
     with open(os.path.join(spool.path, "rejected", "z.json.error"), "w") as fh:
         fh.write("somebody's note\n")
-    drop(spool, "z.json", b"{")
+    drop(spool.path, "z.json", b"{")
     ingest.ingest_all(spool)
     assert error_text(spool, "z.json") == "somebody's note\n"
     assert "z.json.1" in rejected(spool) and "invalid JSON" in error_text(spool, "z.json.1")
@@ -291,7 +282,7 @@ def test_nothing_dropped_is_ever_deleted(spool):
     """Every dropped file ends up as a job or in rejected/, never lost."""
     drop_job(spool, "ok.json", {"id": "ok1", "command": "true"})
     drop_job(spool, "dup.json", {"id": "ok1", "command": "true"})
-    drop(spool, "bad.json", b"nope")
+    drop(spool.path, "bad.json", b"nope")
     accepted, rej = ingest.ingest_all(spool)
     assert len(accepted) + len(rej) == 3
     assert incoming(spool) == []
@@ -302,9 +293,9 @@ def test_nothing_dropped_is_ever_deleted(spool):
 
 def test_candidates_are_only_the_offered_names(spool):
     assert ingest.candidates(spool) == []
-    drop(spool, "a.json", b"{}")
-    drop(spool, ".b.json", b"{}")
-    drop(spool, "c.txt", b"{}")
+    drop(spool.path, "a.json", b"{}")
+    drop(spool.path, ".b.json", b"{}")
+    drop(spool.path, "c.txt", b"{}")
     assert ingest.candidates(spool) == ["a.json"]
 
 
@@ -383,7 +374,7 @@ def test_recover_leaves_a_fresh_claim_alone(spool):
 
 
 def test_recover_never_overwrites_a_file_in_incoming(spool):
-    drop(spool, "same.json", b'{"command": "echo newer"}')
+    drop(spool.path, "same.json", b'{"command": "echo newer"}')
     claimed_copy(spool, "same.json", {"command": "echo older"})
     assert ingest.recover(spool) == 1
     assert len(incoming(spool)) == 2
@@ -431,7 +422,7 @@ def test_two_ingesters_take_each_file_once(spool, spool_dir):
 
 def test_an_invalid_file_with_a_long_name_is_rejected_too(spool):
     name = "a" * 245 + ".json"  # a legal name: 250 bytes
-    drop(spool, name, b"{not json")
+    drop(spool.path, name, b"{not json")
     accepted, rej = ingest.ingest_all(spool)
     assert accepted == [] and len(rej) == 1
     assert incoming(spool) == []
@@ -446,7 +437,7 @@ def test_an_invalid_file_with_a_long_name_is_rejected_too(spool):
 
 def test_a_valid_file_with_a_long_name_is_accepted(spool):
     name = "b" * 245 + ".json"
-    drop(spool, name, b'{"id": "longname", "command": "true"}')
+    drop(spool.path, name, b'{"id": "longname", "command": "true"}')
     accepted, rej = ingest.ingest_all(spool)
     assert [r["id"] for r in accepted] == ["longname"] and rej == []
     assert incoming(spool) == []

@@ -1,4 +1,4 @@
-"""The job record (SPEC "The job record"): input validation, ids, run_at forms. No I/O."""
+"""The job record (docs/contract.md "The job record"): input validation, ids, run_at forms. No I/O."""
 import math
 import time
 from datetime import datetime, timezone
@@ -200,7 +200,8 @@ def test_new_record_generates_an_id_when_absent():
     assert new_record(check({"command": "x", "id": "mine"}), NOW)["id"] == "mine"
 
 
-def test_new_record_has_every_field_of_the_spec():
+def test_new_record_has_every_field_of_the_contract():
+    """Every field of docs/contract.md "The job record"."""
     rec = new_record(check({"command": "x", "run_at": "+30s"}), NOW)
     assert set(rec) == set(job.RECORD_FIELDS)
     assert rec["state"] == "pending"

@@ -1,9 +1,11 @@
-"""`queuectl metrics` (issue 5): numbers from names and mtimes, a capped sample of records,
+"""`queuectl metrics`: numbers from names and mtimes, a capped sample of records,
 and a Prometheus text that the official client's parser accepts."""
 import json
 import os
+
 import pytest
 
+from helpers import write_final
 from queuectl import fsutil, metrics, names, timeutil
 
 NOW = 1_800_000_000.0  # a fixed "now" for the ages
@@ -11,17 +13,12 @@ STARTED = timeutil.parse_iso("2027-01-15T08:00:00.000Z")
 
 
 def finished(spool, state, job_id, runtime, mtime, attempts=1):
-    rec = {"id": job_id, "command": "true", "state": state, "attempts": attempts, "max_retries": 3,
-           "priority": 10, "run_at": None, "timeout_seconds": None, "cwd": None, "env": None,
-           "created_at": "2027-01-15T08:00:00.000Z", "updated_at": "2027-01-15T08:00:00.000Z",
-           "started_at": "2027-01-15T08:00:00.000Z",
-           "finished_at": timeutil.iso(STARTED + runtime),
-           "exit_code": 0 if state == "completed" else 1, "last_error": None if state == "completed" else "exit code 1",
-           "worker": "h:1"}
-    path = os.path.join(spool.path, state, job_id + ".json")
-    with open(path, "w") as fh:
-        json.dump(rec, fh)
-    os.utime(path, (mtime, mtime))
+    """A completed/ or dead/ job that ran `runtime` s from STARTED; its file's mtime is `mtime`."""
+    write_final(spool.path, state, job_id, mtime=mtime, command="true", attempts=attempts, max_retries=3,
+                created_at="2027-01-15T08:00:00.000Z", updated_at="2027-01-15T08:00:00.000Z",
+                started_at="2027-01-15T08:00:00.000Z", finished_at=timeutil.iso(STARTED + runtime),
+                exit_code=0 if state == "completed" else 1,
+                last_error=None if state == "completed" else "exit code 1")
 
 
 def pending(spool, job_id, entered, due=None, priority=10):

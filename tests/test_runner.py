@@ -1,13 +1,16 @@
-"""One attempt of one command (SPEC "Running a job"): queuectl.runner.run, in process."""
+"""One attempt of one command (docs/contract.md "Running a job"): queuectl.runner.run, in process
+(it starts the command's shell: these tests are in the `process` loop)."""
 import os
 import re
 import time
 
 import pytest
 
-from conftest import wait_until
-from queuectl import logs, runner
+from helpers import pid_gone, wait_until
+from queuectl import runner
 from queuectl.job import new_record, validate_input
+
+pytestmark = pytest.mark.process
 
 WORKER = "testhost:4242"
 
@@ -40,20 +43,6 @@ def run(command, log_path, spool_path, **kw):
     attempts = kw.pop("attempts", 1)
     record = make_record(command, attempts=attempts, **fields)
     return record, runner.run(record, log_path, spool_path, WORKER, **kw)
-
-
-def alive(pid):
-    """True if the process exists and is not a zombie waiting for its (foreign) parent."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
 
 
 # ---------------------------------------------------------------- outcomes
@@ -151,7 +140,7 @@ def test_a_header_line_per_attempt(log_path, spool_path):
         rec = make_record(f"echo output-{attempt}", attempts=attempt, id="hdr", max_retries=3)
         assert runner.run(rec, log_path, spool_path, WORKER).ok
     lines = read(log_path).splitlines()
-    headers = [l for l in lines if l.startswith("=== queuectl attempt")]
+    headers = [line for line in lines if line.startswith("=== queuectl attempt")]
     assert len(headers) == 3
     for attempt, header in enumerate(headers, 1):
         assert f"attempt {attempt}/4 of job hdr" in header
@@ -178,7 +167,6 @@ def test_a_symlinked_log_is_not_followed(log_path, spool_path, tmp_path):
     else:
         assert not out.ok
     assert victim.read_text() == "precious\n"
-
 
 
 def test_log_cap_keeps_the_newest_output(log_path, spool_path):
@@ -237,7 +225,7 @@ def test_timeout_kills_the_whole_group_including_a_grandchild(log_path, spool_pa
     assert 0.5 <= elapsed < 10
     assert "[queuectl: timed out after 0.5s]" in read(log_path)
     pid = int(pidfile.read_text())
-    wait_until(lambda: not alive(pid), timeout=5, what=f"grandchild {pid} to be gone")
+    wait_until(lambda: pid_gone(pid), timeout=5, what=f"grandchild {pid} to be gone")
 
 
 def test_timeout_escalates_to_sigkill(log_path, spool_path, tmp_path, monkeypatch):
@@ -249,7 +237,7 @@ def test_timeout_escalates_to_sigkill(log_path, spool_path, tmp_path, monkeypatc
     assert out.error == "timed out after 0.3s" and out.exit_code is None
     assert time.monotonic() - started < 10
     pid = int(pidfile.read_text())
-    wait_until(lambda: not alive(pid), timeout=5, what=f"stubborn grandchild {pid} to be gone")
+    wait_until(lambda: pid_gone(pid), timeout=5, what=f"stubborn grandchild {pid} to be gone")
 
 
 def test_no_timeout_by_default(log_path, spool_path):

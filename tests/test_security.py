@@ -1,23 +1,26 @@
-"""SPEC "Safety": unsafe spools are refused, symlinks are never followed, no id or file name
+"""docs/contract.md "Safety": unsafe spools are refused, symlinks are never followed, no id or file name
 escapes the spool, and job files of another user are never run.
 
 Every command a test enqueues that must NOT run touches a marker file outside the spool;
 every symlink points at a victim file outside the spool whose content and mtime are checked.
+
+Nearly every test runs the CLI or a worker: the module is in the `process` loop (the two API
+tests with it).
 """
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from adversarial_util import job_places, outside_snapshot, run_cli
-from conftest import ROOT, cli_env, tree_snapshot, wait_until
+from helpers import QUEUECTL, ROOT, cli_env, job_places, outside_snapshot, run_cli, tree_snapshot, wait_until
 from queuectl import Spool, ingest, names, registry
 from queuectl.errors import FieldError, InvalidInput
 from queuectl.job import new_record, validate_input
+
+pytestmark = pytest.mark.process
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown to another user)")
@@ -71,7 +74,7 @@ def stop_pid(proc, timeout=15):
 
 
 def start_worker(spool_dir, *args):
-    return subprocess.Popen([sys.executable, "-m", "queuectl", "worker", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([*QUEUECTL, "worker", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, cwd=ROOT, env=cli_env(spool_dir, QUEUECTL_RESCAN="0.5"),
                             start_new_session=True)
 

@@ -24,23 +24,20 @@ import time
 
 import pytest
 
-from conftest import ROOT, STATE_FOLDERS, cli_env, job_files, pid_gone, read_job, wait_until
+from helpers import (ROOT, STATE_FOLDERS, cli_env, fsck_json, job_files, pid_gone, read_job, read_job_file,
+                     state_counts, wait_until)
 from queuectl import Spool, registry, supervisor
 from queuectl.paths import Layout
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.process]
 
 HEADER = re.compile(r"^=== queuectl attempt (\d+)/\d+ of job (\S+) · worker (\S+):(\d+) · ", re.M)
 
 
 # ---------------------------------------------------------------- helpers
 
-def count(spool_dir, state):
-    return len(job_files(spool_dir, state))
-
-
 def counts(spool_dir):
-    return {state: count(spool_dir, state) for state in ("incoming",) + STATE_FOLDERS}
+    return state_counts(spool_dir, ("incoming",) + STATE_FOLDERS)
 
 
 def live_workers(spool_dir):
@@ -70,23 +67,12 @@ def write_jsonl(path, jobs):
             fh.write(json.dumps(job) + "\n")
 
 
-def read_record(spool_dir, state, job_id):
-    with open(os.path.join(spool_dir, state, job_id + ".json")) as fh:
-        return json.load(fh)
-
-
 def read_log(spool_dir, job_id):
     try:
         with open(os.path.join(spool_dir, "logs", job_id + ".log"), errors="replace") as fh:
             return fh.read()
     except FileNotFoundError:
         return ""
-
-
-def fsck(cli):
-    r = cli("fsck", "--json", timeout=120)
-    assert r.returncode in (0, 1), r.stderr
-    return json.loads(r.stdout)
 
 
 def drain_wait(spool_dir, total, timeout, what, alive=None, every=15.0):
@@ -155,7 +141,7 @@ def test_exactly_once_under_contention(cli, spool_dir, tmp_path):
 
         def alive():
             if after_enqueue[0] is None and all(p.poll() == 0 for _, p, _, _ in enqueuers):
-                after_enqueue[0] = (time.monotonic(), count(spool_dir, "completed"))
+                after_enqueue[0] = (time.monotonic(), len(job_files(spool_dir, "completed")))
             for who, proc, err, done in enqueuers:
                 code = proc.poll()
                 if code is not None and done[0] is None:
@@ -208,13 +194,12 @@ def test_exactly_once_under_contention(cli, spool_dir, tmp_path):
 
     wrong = []
     for name in job_files(spool_dir, "completed"):
-        with open(os.path.join(spool_dir, "completed", name)) as fh:
-            rec = json.load(fh)
+        rec = read_job_file(spool_dir, "completed", name)
         if rec["attempts"] != 1 or rec["state"] != "completed" or rec["exit_code"] != 0 \
                 or rec["last_error"] is not None or name != rec["id"] + ".json":
             wrong.append(rec)
     assert not wrong, f"{len(wrong)} completed record(s) not a clean single attempt, e.g. {wrong[:3]}"
-    report = fsck(cli)
+    _, report = fsck_json(spool_dir)
     assert report["ok"] and not report["problems"], report["problems"][:10]
 
 
@@ -253,7 +238,7 @@ def test_chaos_kill9_workers_and_supervisors(cli, spool_dir, tmp_path):
         marker = f"_{host}_{pid}_a"
         return {n for n in os.listdir(processing) if marker in n and n.endswith(".json")}
 
-    while count(spool_dir, "completed") < total:
+    while len(job_files(spool_dir, "completed")) < total:
         now = time.monotonic()
         assert now < deadline, (f"chaos: timed out with {counts(spool_dir)}; {len(killed)} worker kills, "
                                 f"{sup_kills} supervisor kills; live workers {live_workers(spool_dir)}")
@@ -325,7 +310,7 @@ def test_chaos_kill9_workers_and_supervisors(cli, spool_dir, tmp_path):
     killed_pids = set(killed)
     twice, unexplained, retried = {}, [], 0
     for job_id in sorted(expected):
-        rec = read_record(spool_dir, "completed", job_id)
+        rec = read_job_file(spool_dir, "completed", job_id + ".json")
         runs = seen.get(job_id, 0)
         headers = [(int(a), int(p)) for a, j, h, p in HEADER.findall(read_log(spool_dir, job_id)) if j == job_id]
         if rec["attempts"] > 1:
@@ -366,7 +351,7 @@ def test_chaos_kill9_workers_and_supervisors(cli, spool_dir, tmp_path):
                              f"(id, runs in out.txt, record, attempt headers (n, pid)): {unexplained[:5]}")
     assert latencies, "no kill hit a running job: the chaos tested nothing"
     # what kill -9 may leave behind: registrations of dead workers, a dead mover's staged copy
-    report = fsck(cli)
+    _, report = fsck_json(spool_dir)
     kinds = collections.Counter(p["kind"] for p in report["problems"])
     print(f"[chaos] fsck after the run: {dict(kinds) or 'clean'}")
     serious = [p for p in report["problems"] if p["kind"] not in ("stale-worker", "tmp-leftover")]
@@ -421,8 +406,9 @@ def test_killed_attempt_counts_as_worker_lost_then_completes(cli, spool_dir, tmp
 
 def test_worker_stop_right_after_a_crash_stops_the_replacement_too(cli, spool_dir):
     """Found by the chaos test's shutdown: an operator runs `worker stop` right after a
-    worker crashed. SPEC: it stops every worker of this spool and waits until they have
-    exited; so afterwards no worker may run, and the supervisor, with no worker left, exits.
+    worker crashed. It stops every worker of this spool and waits until they have
+    exited (docs/contract.md "Commands"); so afterwards no worker may run, and the supervisor,
+    with no worker left, exits.
     The stop is called in-process right after the kill (the CLI is a thin layer over it), so
     the race is hit every time: the replacement takes far longer to start than the listing."""
     sup = cli.start_tailed("worker", "start", "--count", "2")

@@ -1,9 +1,10 @@
-"""Time (issue 3): run_at is wall-clock, timeouts and sleeps are monotonic. A wall-clock jump
+"""Time: run_at is wall-clock, timeouts and sleeps are monotonic. A wall-clock jump
 backwards or forwards loses no scheduled job, and overdue jobs run promptly after a jump
 forward (within the rescan interval, not at the old wake-up time).
 
 The worker runs in a thread of this process, with queuectl's wall clock (timeutil.now)
-replaced by one the test can move; the monotonic clock is left alone.
+replaced by one the test can move; the monotonic clock is left alone. The worker runs its jobs'
+commands as processes: these tests are in the `process` loop.
 """
 import os
 import threading
@@ -11,8 +12,10 @@ import time
 
 import pytest
 
-from conftest import wait_until
-from queuectl import Spool, timeutil, worker as workermod
+from helpers import job_state, wait_until
+from queuectl import timeutil, worker as workermod
+
+pytestmark = pytest.mark.process
 
 
 class FakeWallClock:
@@ -30,7 +33,7 @@ class FakeWallClock:
 def clock(monkeypatch):
     fake = FakeWallClock()
     monkeypatch.setattr(timeutil, "now", fake)
-    monkeypatch.setattr(workermod, "RESCAN", 0.5)
+    monkeypatch.setattr(workermod, "RESCAN_OVERRIDE", "0.5")
     return fake
 
 
@@ -47,19 +50,14 @@ def running_worker(spool):
     assert not thread.is_alive()
 
 
-def state_of(spool, job_id):
-    found = spool.find(job_id)
-    return found[0] if found else None
-
-
 def test_forward_jump_runs_overdue_jobs_promptly(spool, clock, running_worker):
     spool.enqueue("true", id="later", run_at="+1h")
     spool.enqueue("true", id="now")
-    wait_until(lambda: state_of(spool, "now") == "completed", 10, what="the due job")
-    assert state_of(spool, "later") == "pending"  # not due: the worker sleeps till +1h or a rescan
+    wait_until(lambda: job_state(spool, "now") == "completed", 10, what="the due job")
+    assert job_state(spool, "later") == "pending"  # not due: the worker sleeps till +1h or a rescan
     clock.jump(2 * 3600)
     started = time.monotonic()
-    wait_until(lambda: state_of(spool, "later") == "completed", 5, what="the overdue job after the jump")
+    wait_until(lambda: job_state(spool, "later") == "completed", 5, what="the overdue job after the jump")
     assert time.monotonic() - started < 3  # the rescan (0.5 s here), not the old wake-up in an hour
     rec = spool.get("later")
     assert timeutil.parse_iso(rec["started_at"]) >= timeutil.parse_iso(spool.get("later")["created_at"]) + 3600
@@ -70,38 +68,38 @@ def test_backward_jump_loses_no_scheduled_job(spool, clock, running_worker):
     clock.jump(-3600)
     deadline = time.monotonic() + 3.5   # well past the job's original due time
     while time.monotonic() < deadline:
-        assert state_of(spool, "soon") == "pending"  # never lost, never run early by the new clock
+        assert job_state(spool, "soon") == "pending"  # never lost, never run early by the new clock
         time.sleep(0.1)
     assert len(spool.names("pending")) == 1
     clock.jump(3600)  # the clock comes back: the job, now overdue, runs at once
-    wait_until(lambda: state_of(spool, "soon") == "completed", 5, what="the job after the clock came back")
+    wait_until(lambda: job_state(spool, "soon") == "completed", 5, what="the job after the clock came back")
 
 
 def test_backward_jump_keeps_a_retry(spool, clock, running_worker):
     spool.set_config("backoff-base", 1)
     spool.enqueue("exit 1", id="flaky", max_retries=1)
-    wait_until(lambda: state_of(spool, "flaky") == "failed", 10, what="first failure")
+    wait_until(lambda: job_state(spool, "flaky") == "failed", 10, what="first failure")
     clock.jump(-600)
     time.sleep(1.5)
-    assert state_of(spool, "flaky") == "failed"  # waiting, not lost, not run twice
+    assert job_state(spool, "flaky") == "failed"  # waiting, not lost, not run twice
     assert spool.get("flaky")["attempts"] == 1
     clock.jump(600)
-    wait_until(lambda: state_of(spool, "flaky") == "dead", 5, what="the retry")
+    wait_until(lambda: job_state(spool, "flaky") == "dead", 5, what="the retry")
     assert spool.get("flaky")["attempts"] == 2
 
 
 def test_timeout_uses_the_monotonic_clock(spool, clock, running_worker):
     """A wall-clock jump during an attempt neither kills it early nor lets it run over."""
     spool.enqueue("sleep 0.6", id="steady", timeout_seconds=3)
-    wait_until(lambda: state_of(spool, "steady") == "processing", 10, what="start")
+    wait_until(lambda: job_state(spool, "steady") == "processing", 10, what="start")
     clock.jump(24 * 3600)
-    wait_until(lambda: state_of(spool, "steady") == "completed", 10, what="completion")
+    wait_until(lambda: job_state(spool, "steady") == "completed", 10, what="completion")
     assert spool.get("steady")["last_error"] is None
 
     spool.enqueue("sleep 30", id="stuck", timeout_seconds=1, max_retries=0)
-    wait_until(lambda: state_of(spool, "stuck") == "processing", 10, what="start")
+    wait_until(lambda: job_state(spool, "stuck") == "processing", 10, what="start")
     clock.jump(-24 * 3600)
     t0 = time.monotonic()
-    wait_until(lambda: state_of(spool, "stuck") == "dead", 10, what="the timeout")
+    wait_until(lambda: job_state(spool, "stuck") == "dead", 10, what="the timeout")
     assert time.monotonic() - t0 < 5
     assert spool.get("stuck")["last_error"] == "timed out after 1s"

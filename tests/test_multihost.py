@@ -1,0 +1,320 @@
+"""One spool, several hosts: GlusterFS and MooseFS volumes served on this machine, each host a
+FUSE client in its own network namespace, its workers under their own host name
+(testbed/bed.py). Needs root and /dev/fuse; skips with the reason otherwise.
+
+What is proven here, on each filesystem with its default options (docs/contract.md
+"Several hosts, one spool"): nothing lost and nothing run twice without a fault; a worker
+killed on one host has its job taken back by another within seconds, and the killed
+worker's copy does not run on; a host whose FUSE client dies has its job taken back; a
+host cut off by a partition kills its own copy before another host takes the job back,
+its late finish changes nothing, and it works again after the heal; `worker stop`,
+`cancel --kill` and `status` reach every host.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import ROOT, pid_gone, wait_until
+
+sys.path.insert(0, os.path.join(ROOT, "testbed"))
+import bed as testbed  # noqa: E402
+
+pytestmark = [pytest.mark.process, pytest.mark.multihost]
+
+REASON = testbed.unavailable()
+FILESYSTEMS = ["glusterfs", "moosefs"]
+
+
+@pytest.fixture(scope="module", params=FILESYSTEMS)
+def cluster(request):
+    if REASON:
+        pytest.skip(REASON)
+    # MooseFS keeps a dead client's locks for SESSION_SUSTAIN_TIME (a day by default): the
+    # operators' guide recommends 30 s, and the client-crash test needs it
+    options = {"SESSION_SUSTAIN_TIME": "30"} if request.param == "moosefs" else {}
+    state = testbed.up(request.param, hosts=3, options=options)
+    yield Cluster(state)
+    testbed.down()
+
+
+class Cluster:
+    def __init__(self, state):
+        self.state = state
+        self.fs = state["fs"]
+        self.hosts = state["hosts"]
+        self.procs = []
+        self.n = 0
+
+    def new_spool(self):
+        """A fresh spool folder on the volume; returns its name (the same on every host)."""
+        self.n += 1
+        name = f"spool{self.n}"
+        os.makedirs(self.path(0, name), mode=0o700)
+        os.makedirs(self.path(0, f"{name}-ran"), mode=0o700)
+        return name
+
+    def path(self, host, *parts):
+        return os.path.join(self.hosts[host]["mount"], *parts)
+
+    def env(self, **extra):
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        env.pop("QUEUECTL_SPOOL", None)
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def cli(self, host, spool, *args, timeout=120, input=None):
+        argv = testbed.host_command(self.hosts[host]["name"],
+                                    [sys.executable, "-m", "queuectl", "--spool", self.path(host, spool), *args])
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env(), input=input)
+
+    def json(self, host, spool, *args):
+        result = self.cli(host, spool, *args, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def start(self, host, spool, *args):
+        argv = testbed.host_command(self.hosts[host]["name"],
+                                    [sys.executable, "-m", "queuectl", "--spool", self.path(host, spool), *args])
+        log = open(os.path.join(self.state["dir"], f"proc-{len(self.procs)}.log"), "w+")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True)
+        proc.log = log
+        self.procs.append(proc)
+        return proc
+
+    def output(self, proc):
+        proc.log.flush()
+        with open(proc.log.name) as fh:
+            return fh.read()
+
+    def stop_all(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+            proc.log.close()
+        self.procs = []
+        # jobs and workers left by a killed process: found by the bed's folder in their command line
+        for pid in testbed._pids_matching(self.state["dir"]):
+            if pid not in self.fuse_pids() and pid not in self.state["pids"]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def fuse_pids(self):
+        return {h.get("fuse_pid") for h in self.hosts}
+
+
+@pytest.fixture
+def hosts(cluster):
+    yield cluster
+    cluster.stop_all()
+
+
+def marker_command(hosts, spool, extra=""):
+    """A job that leaves one file per run: ran/ID.HOST.PID (so runs are counted, by host)."""
+    ran = hosts.path(0, f"{spool}-ran")
+    return f'{extra}touch {ran}/$QUEUECTL_JOB_ID.$(hostname).$$'
+
+
+def runs(hosts, spool):
+    """{job id: [host, ...]} from the markers the jobs left."""
+    out = {}
+    for name in os.listdir(hosts.path(0, f"{spool}-ran")):
+        job_id, host, _pid = name.rsplit(".", 2)
+        out.setdefault(job_id, []).append(host)
+    return out
+
+
+def test_2000_jobs_from_two_hosts_run_once_each_on_three(hosts):
+    spool = hosts.new_spool()
+    cmd = marker_command(hosts, spool)
+    batch = "\n".join(json.dumps({"id": f"e{i:04d}", "command": cmd}) for i in range(1000))
+    result = hosts.cli(0, spool, "enqueue", "--file", "-", input=batch)
+    assert result.returncode == 0, result.stderr
+    incoming = hosts.path(1, spool, "incoming")  # dropped on host 2, as a program there would
+    staging = hosts.path(1, spool, "tmp")
+    for i in range(1000):
+        name = f"d{i:04d}.json"
+        with open(os.path.join(staging, "." + name), "w") as fh:
+            json.dump({"id": f"d{i:04d}", "command": cmd}, fh)
+        os.rename(os.path.join(staging, "." + name), os.path.join(incoming, name))
+    started = time.monotonic()
+    workers = [hosts.start(h, spool, "worker", "start", "--count", "2", "--burst") for h in range(3)]
+    for proc in workers:
+        proc.wait(900)
+    elapsed = time.monotonic() - started
+    for proc in workers:
+        assert proc.returncode == 0, hosts.output(proc)[-2000:]
+    counts = hosts.json(2, spool, "status")["counts"]
+    ran = runs(hosts, spool)
+    twice = {job: where for job, where in ran.items() if len(where) > 1}
+    print(f"\n{hosts.fs}: 2000 jobs, 3 hosts x 2 workers: {elapsed:.1f}s, {2000 / elapsed:.0f} jobs/s, "
+          f"by host {[sum(1 for w in ran.values() for h in w if h == f'host{i}') for i in (1, 2, 3)]}")
+    assert counts["completed"] == 2000 and counts["processing"] == 0 and counts["pending"] == 0, counts
+    assert len(ran) == 2000 and not twice, f"run twice: {twice}"
+    assert os.listdir(hosts.path(0, spool, "processing")) == []
+    assert [n for n in os.listdir(hosts.path(0, spool, "tmp")) if n.endswith(".json")] == []
+    fsck = hosts.cli(1, spool, "fsck")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert {h for where in ran.values() for h in where} == {"host1", "host2", "host3"}
+
+
+def running_on(hosts, spool, job_id, timeout=30, attempt=1):
+    """Wait until attempt N of job_id runs; returns (host name, worker pid) from its processing/ name."""
+    from queuectl import names
+
+    def find():
+        for name in os.listdir(hosts.path(0, spool, "processing")):
+            parsed = names.parse_processing(name)
+            if parsed and parsed.job_id == job_id and parsed.attempt == attempt:
+                return parsed.host, parsed.pid
+        return None
+    return wait_until(find, timeout, what=f"job {job_id} running")
+
+
+def job_pids(hosts, spool, job_id):
+    """Pids written by each attempt of a job (it echoes $$ into pids/ID.HOST.ATTEMPT)."""
+    folder = hosts.path(0, f"{spool}-ran")
+    out = {}
+    for name in os.listdir(folder):
+        if name.startswith(job_id + "."):
+            with open(os.path.join(folder, name)) as fh:
+                text = fh.read().split()
+            if text:
+                out[name] = int(text[0])
+    return out
+
+
+def long_job(hosts, spool, job_id, seconds=300):
+    ran = hosts.path(0, f"{spool}-ran")
+    return {"id": job_id, "command": f"echo $$ > {ran}/$QUEUECTL_JOB_ID.$(hostname).$QUEUECTL_ATTEMPT; "
+                                     f"exec sleep {seconds}", "max_retries": 3}
+
+
+def test_a_worker_killed_on_one_host_has_its_job_taken_back_by_another(hosts):
+    spool = hosts.new_spool()
+    hosts.start(1, spool, "worker", "run")  # no supervisor on that host
+    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 1, 30, what="host2's worker")
+    job = long_job(hosts, spool, "k1")
+    assert hosts.cli(0, spool, "enqueue", json.dumps(job)).returncode == 0
+    host, pid = running_on(hosts, spool, "k1")
+    assert host == "host2"
+    first = wait_until(lambda: job_pids(hosts, spool, "k1"), 15, what="the job's pid")
+    hosts.start(0, spool, "worker", "run")
+    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 2, 30, what="host1's worker")
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    first_pid = list(first.values())[0]
+    wait_until(lambda: pid_gone(first_pid), 5, what="the killed worker's job to die with it")
+    host, _ = running_on(hosts, spool, "k1", timeout=20, attempt=2)
+    taken_back = time.monotonic() - killed_at
+    record = hosts.json(0, spool, "show", "k1")
+    print(f"\n{hosts.fs}: kill -9 of a worker: job taken back and running again after {taken_back:.2f}s")
+    assert host == "host1" and record["attempts"] == 2
+    assert taken_back < 10
+    alive = [p for p in job_pids(hosts, spool, "k1").values() if not pid_gone(p)]
+    assert len(alive) == 1  # one copy at a time
+
+
+def test_a_host_whose_filesystem_client_dies_has_its_job_taken_back(hosts):
+    spool = hosts.new_spool()
+    hosts.start(2, spool, "worker", "run")
+    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 1, 30, what="host3's worker")
+    assert hosts.cli(0, spool, "enqueue", json.dumps(long_job(hosts, spool, "c1"))).returncode == 0
+    assert running_on(hosts, spool, "c1")[0] == "host3"
+    hosts.start(0, spool, "worker", "run")
+    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 2, 30, what="host1's worker")
+    fuse = hosts.hosts[2]["fuse_pid"]
+    os.kill(fuse, signal.SIGKILL)  # host 3 crashes, as far as the volume can tell
+    crashed_at = time.monotonic()
+    try:
+        limit = 15 if hosts.fs == "glusterfs" else 120  # MooseFS: its session sustain (30 s) and more
+        host, _ = running_on(hosts, spool, "c1", timeout=limit, attempt=2)
+        took = time.monotonic() - crashed_at
+        print(f"\n{hosts.fs}: FUSE client of host3 killed: job taken back after {took:.1f}s")
+        assert host == "host1"
+        assert hosts.json(0, spool, "show", "c1")["attempts"] == 2
+    finally:
+        remount(hosts, 2)
+
+
+def remount(hosts, index):
+    host = hosts.hosts[index]
+    subprocess.run(["umount", "-l", host["mount"]], capture_output=True)
+    hosts.stop_all()
+    if hosts.fs == "glusterfs":
+        testbed._gluster_mount(hosts.state, host)
+    else:
+        testbed._moosefs_mount(hosts.state, host)
+    testbed._save(hosts.state, hosts.state["dir"])
+
+
+def test_a_cut_off_host_kills_its_copy_and_rejoins_after_the_heal(hosts):
+    spool = hosts.new_spool()
+    assert hosts.cli(0, spool, "config", "set", "contact-timeout", "5").returncode == 0
+    cut_off = hosts.start(1, spool, "worker", "run")
+    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 1, 30, what="host2's worker")
+    assert hosts.cli(0, spool, "enqueue", json.dumps(long_job(hosts, spool, "p1", 600))).returncode == 0
+    assert running_on(hosts, spool, "p1")[0] == "host2"
+    first_pid = list(wait_until(lambda: job_pids(hosts, spool, "p1"), 15, what="the job's pid").values())[0]
+    hosts.start(0, spool, "worker", "run")
+    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 2, 30, what="host1's worker")
+    testbed.cut(2)
+    cut_at = time.monotonic()
+    try:
+        wait_until(lambda: pid_gone(first_pid), 15, what="the cut-off host to kill its own copy")
+        killed_after = time.monotonic() - cut_at
+        limit = 90 if hosts.fs == "glusterfs" else 150
+        host, _ = running_on(hosts, spool, "p1", timeout=limit, attempt=2)
+        taken_after = time.monotonic() - cut_at
+        print(f"\n{hosts.fs}: partition: own copy killed after {killed_after:.1f}s, "
+              f"taken back elsewhere after {taken_after:.1f}s")
+        assert host == "host1" and killed_after < taken_after
+    finally:
+        testbed.heal(2)
+    # after the heal: the cut-off worker records nothing over the newer state, and works again
+    second = hosts.json(0, spool, "show", "p1")
+    assert second["state"] == "processing" and second["attempts"] == 2
+    assert hosts.cli(0, spool, "enqueue", json.dumps({"id": "after-heal", "command": "true"})).returncode == 0
+    try:
+        wait_until(lambda: hosts.json(0, spool, "show", "after-heal")["state"] == "completed", 120,
+                   what="a job done after the heal")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the cut-off worker said:\n{hosts.output(cut_off)[-3000:]}") from None
+    assert cut_off.poll() is None, hosts.output(cut_off)[-2000:]
+    assert hosts.json(0, spool, "show", "p1")["attempts"] == 2  # the late finish changed nothing
+    assert "killed" in hosts.output(cut_off)
+
+
+def test_stop_cancel_and_status_reach_every_host(hosts):
+    spool = hosts.new_spool()
+    for h in range(3):
+        hosts.start(h, spool, "worker", "start", "--count", "2")
+    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 6, 60, what="6 workers")
+    status = hosts.json(1, spool, "status")
+    assert sorted({w["host"] for w in status["workers"]}) == ["host1", "host2", "host3"]
+    for i in range(6):
+        assert hosts.cli(0, spool, "enqueue", json.dumps(long_job(hosts, spool, f"s{i}", 600))).returncode == 0
+    wait_until(lambda: hosts.json(2, spool, "status")["counts"]["processing"] == 6, 60, what="6 jobs running")
+    remote = [w for w in hosts.json(0, spool, "status")["workers"] if w["host"] != "host1" and w["job"]][0]
+    result = hosts.cli(0, spool, "cancel", "--kill", remote["job"], "--timeout", "60")
+    assert result.returncode == 0, result.stderr
+    assert hosts.json(0, spool, "show", remote["job"])["last_error"] == "cancelled"
+    result = hosts.cli(0, spool, "worker", "stop", "--now", "--timeout", "90")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert hosts.json(2, spool, "status")["workers"] == []
+    counts = hosts.json(1, spool, "status")["counts"]
+    assert counts["processing"] == 0 and counts["pending"] == 5 and counts["dead"] == 1, counts
