@@ -23,6 +23,7 @@ from .moves import MOVE_PREFIX, Corrupt
 MOVE_GRACE = 5.0        # a mover may sit between its two renames this long (seconds)
 ENQUEUE_GRACE = 60.0    # an enqueue's staged files younger than this may be in use
 STALE_TMP_AGE = 3600.0  # other tmp/ files are somebody's work in progress until then
+REGISTRATION_GRACE = 30.0  # a worker's registration this young is never judged dead
 
 
 class Problem:
@@ -242,19 +243,29 @@ def _orphan_logs(spool, seen):
     return out
 
 
-def _stale_workers(spool):
+def _stale_workers(spool, now=None):
     out = []
+    now = time.time() if now is None else now
     live = {w["name"] for w in registry.live_workers(spool.layout, supervisors=True)}
     busy = {registry.worker_name(p.host, p.pid) for p in map(names.parse_processing, spool.names("processing")) if p}
     for name in sorted(fsutil.listdir(spool.layout.workers)):
         owner = registry.owner_of(name)
         if owner in live or name.endswith(".job") and owner in busy:
             continue  # a .job note is kept until its job is taken back (it names the job's group)
+        if _young(os.path.join(spool.layout.workers, owner + ".json"), now):
+            continue  # just registered: another host's cache may not show the file or its lock yet
         path = os.path.join(spool.layout.workers, name)
         what = "registration" if name.endswith(".json") else "request or note"
         out.append(Problem("stale-worker", path, f"{what} of a worker that is gone",
                            lambda path=path: _remove(path)))
     return out
+
+
+def _young(path, now):
+    try:
+        return now - os.lstat(path).st_mtime < REGISTRATION_GRACE
+    except FileNotFoundError:
+        return False
 
 
 # ---------------------------------------------------------------- the repairs

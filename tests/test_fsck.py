@@ -616,6 +616,8 @@ def test_stale_worker_files_of_a_dead_worker_are_removed(spool, held):
     write(os.path.join(workers, dead + ".stop"), b"graceful")
     write(os.path.join(workers, dead + ".cancel.j"), b"cancel")
     write(os.path.join(workers, dead + ".job"), b"4243 gone".ljust(160) + b"\n")
+    old = time.time() - 2 * fsck.REGISTRATION_GRACE  # a young registration is never judged dead
+    os.utime(os.path.join(workers, dead + ".json"), (old, old))
     live = live_worker(spool, held)
     write(os.path.join(workers, live + ".stop"), b"now")  # a live worker's request is kept
     problems = fsck.check(spool)
@@ -626,6 +628,14 @@ def test_stale_worker_files_of_a_dead_worker_are_removed(spool, held):
     assert details[f"workers/{dead}.stop"] == "request or note of a worker that is gone"
     assert repaired(problems) == ["removed"] * 4
     assert sorted(os.listdir(workers)) == [live + ".json", live + ".stop"]
+    assert found(spool, fsck.check(spool)) == []
+
+
+def test_a_young_registration_seen_unlocked_is_not_judged_dead(spool):
+    """Another host's cache may not show a just-made registration, or its lock, for a moment."""
+    young = f"{DEAD_HOST}_{DEAD_PID}"
+    write(os.path.join(spool.layout.workers, young + ".json"), {"host": DEAD_HOST, "pid": DEAD_PID})
+    write(os.path.join(spool.layout.workers, young + ".job"), b"1 x".ljust(160) + b"\n")
     assert found(spool, fsck.check(spool)) == []
 
 

@@ -1,0 +1,106 @@
+"""What a worker costs a (shared) filesystem: metadata operations per job, and per second
+when idle, counted with `strace -f -c` on a real worker.
+
+    python3 bench/fs_cost.py SPOOL_PARENT [--jobs 300] [--idle 10]
+
+SPOOL_PARENT is a folder on the filesystem to measure (a local disk, or a mount of the
+multi-host test bed: /tmp/queuectl-bed/mnt/host1). Prints one table: operations per job
+by kind (opens, renames, links, unlinks, fsyncs, listings, stats, locks), and the same per
+second for an idle worker. Needs strace (Debian `strace`).
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KINDS = {
+    "open": ("openat", "open", "creat"),
+    "rename": ("rename", "renameat", "renameat2"),
+    "link": ("link", "linkat"),
+    "unlink": ("unlink", "unlinkat"),
+    "fsync": ("fsync", "fdatasync", "syncfs"),
+    "listing": ("getdents64", "getdents"),
+    "stat": ("stat", "lstat", "newfstatat", "statx", "fstat", "access", "faccessat2", "utimensat"),
+    "lock": ("flock", "fcntl"),
+    "read/write": ("read", "write", "pread64", "pwrite64"),
+}
+
+
+TRACED = "trace=" + ",".join(sorted({c for calls in KINDS.values() for c in calls}))
+
+
+def strace_counts(path, spool):
+    """{syscall: calls that name a path in the spool} from `strace -f -y` output (-y prints
+    the path of each descriptor, so reads of a job file count, the job's own exec does not)."""
+    counts = {}
+    call = re.compile(r"^(?:\[pid\s+\d+\]\s+|\d+\s+)?(\w+)\(")
+    with open(path, errors="replace") as fh:
+        for line in fh:
+            m = call.match(line)
+            if m and spool in line:
+                counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    return counts
+
+
+def by_kind(counts):
+    return {kind: sum(counts.get(c, 0) for c in calls) for kind, calls in KINDS.items()}
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=ROOT)
+
+
+def queuectl(spool, *args, **kw):
+    return subprocess.run([sys.executable, "-m", "queuectl", "--spool", spool, *args], env=env(),
+                          capture_output=True, text=True, check=True, **kw)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("parent")
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--idle", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    if not shutil.which("strace"):
+        print("strace is not installed (apt-get install strace)", file=sys.stderr)
+        return 2
+    spool = tempfile.mkdtemp(prefix="fscost-", dir=args.parent)
+    os.chmod(spool, 0o700)
+    out = tempfile.mkdtemp(prefix="fscost-strace-")
+    try:
+        jobs = "\n".join(json.dumps({"command": "true"}) for _ in range(args.jobs))
+        queuectl(spool, "enqueue", "--file", "-", input=jobs)
+        trace = os.path.join(out, "drain")
+        started = time.monotonic()
+        subprocess.run(["strace", "-f", "-y", "-qq", "-e", TRACED, "-o", trace, sys.executable, "-m", "queuectl",
+                        "--spool", spool, "worker", "run", "--burst"], env=env(), capture_output=True, check=True)
+        elapsed = time.monotonic() - started
+        drain = by_kind(strace_counts(trace, spool))
+        idle_trace = os.path.join(out, "idle")
+        proc = subprocess.Popen(["strace", "-f", "-y", "-qq", "-e", TRACED, "-o", idle_trace, sys.executable, "-m", "queuectl",
+                                 "--spool", spool, "worker", "run"], env=env(), start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(2.0 + args.idle)  # start-up, then idle
+        os.killpg(proc.pid, signal.SIGTERM)  # the worker stops; strace writes its summary
+        proc.wait(30)
+        idle = by_kind(strace_counts(idle_trace, spool))
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+    print(f"filesystem of {args.parent}: {args.jobs} jobs drained by one worker in {elapsed:.1f}s "
+          f"(under strace, so slower than without); calls on the spool's files only")
+    print(f"{'operation':<12}{'per job':>10}{'idle, per s':>14}")
+    for kind in KINDS:
+        print(f"{kind:<12}{drain[kind] / args.jobs:>10.1f}{idle[kind] / (args.idle + 2.0):>14.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
