@@ -42,7 +42,8 @@ class ContactWatch:
         return time.monotonic() - self.last_ok
 
     def running(self, pgid):
-        """The job now running (its process group), or None."""
+        """The job now running (its process group), or None once it has exited: a process
+        group id is reused after its group is gone, so the watch must forget it."""
         with self._lock:
             self._pgid = pgid
 

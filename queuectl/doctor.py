@@ -43,8 +43,9 @@ def run(layout):
 def describe(layout):
     """What the filesystem is (a line for `doctor`, not a check)."""
     kind, point, source = fsinfo.mount_of(layout.root)
-    where = "shared between hosts" if kind in fsinfo.NETWORK_TYPES else "local to this host"
-    return {"type": kind, "mount_point": point, "source": source, "shared": kind in fsinfo.NETWORK_TYPES,
+    shared = fsinfo.is_network(layout.root)
+    where = "shared between hosts" if shared else "local to this host"
+    return {"type": kind, "mount_point": point, "source": source, "shared": shared,
             "summary": f"{kind} mounted on {point} ({where})"}
 
 

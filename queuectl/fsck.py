@@ -249,6 +249,8 @@ def _stale_workers(spool, now=None):
     live = {w["name"] for w in registry.live_workers(spool.layout, supervisors=True)}
     busy = {registry.worker_name(p.host, p.pid) for p in map(names.parse_processing, spool.names("processing")) if p}
     for name in sorted(fsutil.listdir(spool.layout.workers)):
+        if name.startswith(".doctor-"):
+            continue  # a check of `doctor` in progress (it removes its own files)
         owner = registry.owner_of(name)
         if owner in live or name.endswith(".job") and owner in busy:
             continue  # a .job note is kept until its job is taken back (it names the job's group)

@@ -168,7 +168,7 @@ class Moves(Inventory):
             job_id = names.id_of(state, name)
         if job_id is None:
             raise Corrupt(state, name, "a name that is not a job's")
-        lock_fd = self._lock_marker(job_id)
+        lock_fd = self._lock_marker(job_id, path)
         try:
             fd = fsutil.open_nofollow(path, os.O_RDWR)
         except FileNotFoundError:
@@ -202,12 +202,19 @@ class Moves(Inventory):
             raise
         return Held(state, name, fd, record, lock_fd)
 
-    def _lock_marker(self, job_id):
-        """Open and lock ids/ID (created if missing: a job without its marker still gets one).
-        Raises Busy when a live process holds it."""
+    def _lock_marker(self, job_id, job_path):
+        """Open and lock ids/ID. A missing marker is made only while the job file exists (a
+        job without its marker gets one; a job gone since leaves none behind). Raises Busy
+        when a live process holds it, LostRace when the job is gone."""
         path = os.path.join(self.layout.ids, job_id)
+        flags = os.O_RDWR | fsutil.NOFOLLOW | fsutil.CLOEXEC
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | fsutil.NOFOLLOW | fsutil.CLOEXEC, 0o600)
+            try:
+                fd = os.open(path, flags)
+            except FileNotFoundError:
+                if not os.path.lexists(job_path):
+                    raise LostRace(f"{job_path} is gone") from None
+                fd = os.open(path, flags | os.O_CREAT, 0o600)
         except OSError as exc:
             raise fsutil.translate(exc, f"ids/{job_id}") from None
         try:

@@ -86,8 +86,10 @@ def live_workers(layout, cleanup=False, supervisors=False):
             info = json.loads(fsutil.read_fd(fd, 65536)) if alive else None
         except ValueError:
             info = None
+        except OSError:  # replaced under us (GlusterFS reads a file opened lazily): not counted now
+            continue
         finally:
-            os.close(fd)
+            fsutil.close_quiet(fd)
         if alive and isinstance(info, dict):
             info["name"] = entry[:-5]
             if supervisors or info.get("role") != "supervisor":

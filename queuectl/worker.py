@@ -322,6 +322,8 @@ class Worker:
             raise
         finally:
             self._running = None
+            if self.contact is not None:
+                self.contact.running(None)  # its group is gone: the id may be reused
         if not attempt.announced:  # the command could not start: on_start never ran
             self._record_previous()
             self._announce(attempt)

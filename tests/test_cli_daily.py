@@ -129,7 +129,7 @@ def complete(spool_dir, words, cword):
 
 def test_completion_of_commands_states_and_ids(cli, spool_dir):
     assert complete(spool_dir, "queuectl st", 1) == ["status"]
-    assert set(complete(spool_dir, "queuectl d", 1)) == {"dashboard", "dlq"}
+    assert set(complete(spool_dir, "queuectl d", 1)) == {"dashboard", "dlq", "doctor"}
     assert complete(spool_dir, "queuectl list --state ", 3) == ["pending", "processing", "failed", "completed", "dead"]
     assert not os.path.exists(spool_dir), "completion does not create the spool"
     assert cli("config", "set", "backoff-base", "600").returncode == 0

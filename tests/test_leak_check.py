@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from helpers import ROOT, leaked_processes, pid_gone, pids, process_state, wait_until
+from helpers import ROOT, command_line, leaked_processes, pid_gone, pids, process_state, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -50,6 +50,7 @@ def test_a_process_with_the_spool_on_its_command_line_is_found(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--spool", spool_dir],
                             start_new_session=True)
     try:
+        wait_until(lambda: spool_dir in command_line(proc.pid), 10, what="the child's exec")
         leaked = leaked_processes(spool_dir, grace=0.2)
         assert list(leaked) == [proc.pid] and spool_dir in leaked[proc.pid]
     finally:
