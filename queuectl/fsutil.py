@@ -1,7 +1,8 @@
 """Small filesystem primitives: safe joins, no-follow opens, atomic writes, directory fsync.
 
-Every write of a job file goes: write into tmp/ -> fsync the file -> rename into place ->
-fsync the folder(s). Opens use O_NOFOLLOW so a planted symlink is never followed.
+A job file is written into tmp/ and renamed into place; whether the file and its folders
+are fsynced depends on the move (docs/protocol.md, "Durability"). Opens use O_NOFOLLOW so a
+planted symlink is never followed.
 """
 import errno
 import json

@@ -2,7 +2,7 @@
 
 One file at a time: rename incoming/NAME -> tmp/ingest-ID-NAME (the claim: of several workers
 exactly one gets it; ID is the id a job without one will get), look at it without following
-a symlink or blocking on a FIFO, read at most 1 MiB, check it, store the job (spool.py rule
+a symlink or blocking on a FIFO, read at most 1 MiB, check it, store the job (docs/protocol.md, rule
 6), then remove the claimed copy. Whatever is not a valid job is moved to rejected/ beside
 NAME.error; nothing is deleted unread. After a crash, recover() puts claimed copies whose
 job does not exist back into incoming/.

@@ -49,7 +49,7 @@ class Inventory:
         raise JobNotFound(job_id)
 
     def _read(self, state, name):
-        """A job file's record. Between the two renames of a move (spool.py rule 3) the file
+        """A job file's record. Between the two renames of a move (docs/protocol.md, rule 3) the file
         still holds the previous record while the new one waits in tmp/mv-ID-*.json: wait a
         moment for it to land, else read it from tmp/; label the record by its folder."""
         path = os.path.join(self.layout.state_dir(state), name)

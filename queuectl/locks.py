@@ -1,8 +1,9 @@
 """The only module that takes locks. One lock API for everything: flock(2).
 
-- portalocker: an exclusive, non-blocking flock on the open job file, held by the worker for
-  the whole attempt. The kernel drops it when the process dies, so "lock free" means "owner
-  dead" (a lost worker's job is taken back). Every mover of a job file takes it first.
+- portalocker: an exclusive, non-blocking flock on a job's id marker (ids/ID), held by the
+  worker for the whole attempt. The kernel (or the filesystem's server) drops it when the
+  process dies, so "lock free" means "owner dead" (a lost worker's job is taken back).
+  Every mover of a job file takes it first.
 - filelock: spool-wide critical sections on small lock files (config writes, id reservation
   clean-up), blocking with a timeout.
 - fcntl.flock directly, for the two things the quick commands do (enqueue holds its
@@ -19,7 +20,8 @@ from .errors import Busy, SpoolError
 
 
 def try_lock(fd):
-    """Lock an open job file for this process, or raise Busy if a live process holds it."""
+    """Lock an open file (a job's id marker) for this process, or raise Busy if a live
+    process holds it."""
     import portalocker  # imported on first use: CLI start-up stays light
     try:
         portalocker.lock(fd, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
@@ -57,8 +59,13 @@ def path_is_locked(path):
         return False
     try:
         return is_locked(fd)
+    except OSError:  # gone since the open (GlusterFS opens lazily and fails at the first use)
+        return False
     finally:
-        os.close(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def spool_lock(path, timeout=30):

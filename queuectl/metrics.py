@@ -4,7 +4,7 @@ What is read, so it stays fast on a spool of a million files:
 - counts: folder listings (no file opened), as `status`.
 - waiting ages (pending/ and failed/): a pending name carries the time the job entered
   pending/ (SEQ, ns); a failed file's mtime is when its failure was recorded (job files are
-  written once and renamed, never rewritten: spool.py rule 1). So a pending job costs no
+  written once and renamed, never rewritten: docs/protocol.md, rule 1). So a pending job costs no
   syscall and a failed job one lstat; no record is read.
 - completions in the last minute/hour: the mtime of completed/ and dead/ files (written when
   the job finished): one lstat each, exact, no record read.

@@ -23,7 +23,8 @@ from .job import State, check_record, due_time
 MAX_DROP_BYTES = 1024 * 1024
 MOVE_PREFIX = "mv-"  # tmp/mv-ID-PID-HEX.json: the new record of a move in progress
 MARKER_WRITE_GRACE = 60.0  # a marker still empty this long after creation was left by a crash
-# the moves a worker makes are not fsynced; every other move is (docs/protocol.md "Durability")
+# kinds of move that are not fsynced (a worker's claim, finish, promotion, take-back, ...);
+# every other kind is (docs/protocol.md "Durability")
 LAZY_MOVES = frozenset({"claim", "complete", "fail", "bury", "kill", "requeue", "promote", "takeback",
                         "takeback-dead", "unclaim"})
 

@@ -1,7 +1,7 @@
 """Spare inodes for a worker's moves: a displaced record file is kept and rewritten instead
 of freed, and the next staged record is written into it instead of a new file.
 
-Why: every move writes a new record in tmp/ and renames it over the old one (spool.py rule
+Why: every move writes a new record in tmp/ and renames it over the old one (docs/protocol.md, rule
 3), so a job would create two files and free two. On ext4 without a journal (the kind of
 disk these machines have) a new file skips over every inode freed in the last minutes, so
 a drain that frees inodes makes each later create slower: 0.02 ms at first, 0.5-1.4 ms a

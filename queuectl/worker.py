@@ -92,9 +92,11 @@ class Worker:
         if self.waker:
             self.waker.poke()
 
-    def _check_requests(self):
+    def _check_requests(self, force=False):
+        """Take the waker's news; look for a stop request when workers/ changed (or `force`:
+        a request written on another host raises no event here)."""
         self._dirty |= self.waker.take()
-        if "workers" in self._dirty:
+        if force or "workers" in self._dirty:
             self._dirty.discard("workers")
             request = registry.stop_requested(self.layout, self.name)
             if request and (self.stopping is None or request == StopMode.NOW):
@@ -194,6 +196,8 @@ class Worker:
             now_m = time.monotonic()
             if now_m >= self._next_rescan:
                 self._maintain()
+                if self.stopping:
+                    continue  # asked on the rescan (a request from another host): stop now
             dirty, self._dirty = self._dirty, set()
             if "incoming" in dirty:
                 accepted, _ = ingest.ingest_all(self.spool, report=self._report_ingest)
@@ -244,6 +248,7 @@ class Worker:
         """The periodic rescan: take back lost jobs, finish crashed moves, look at everything."""
         self._dirty |= ALL | {"rescan"}
         self._next_rescan = time.monotonic() + self._rescan_interval()
+        self._check_requests(force=True)
         self._take_back_lost()
         if startup:  # after the take-back: it reads the dead workers' notes that this clears
             for problem in fsck.recover(self.spool):
