@@ -53,7 +53,9 @@ def cap(fd, max_bytes, cut_so_far=None):
         tail = tail[nl + 1:]
     head = os.pread(fd, 200, 0)
     note_len = head.find(b"\n") + 1 if _CUT_NOTE.match(head) else 0
-    total = cut_so_far + cut - note_len  # the previous note was ours, not output
+    # what the job appended since the fstat above is cut too: count it, just before the cut
+    appended = max(0, os.fstat(fd).st_size - size)
+    total = cut_so_far + cut + appended - note_len  # the previous note was ours, not output
     os.ftruncate(fd, 0)
     when = timeutil.iso(timeutil.now())
     note = f"[queuectl: at least {total} bytes of older output cut at {when} (log-max-bytes {max_bytes})]\n"

@@ -77,6 +77,7 @@ class Worker:
         self._unrecorded = None   # the Attempt whose command has exited, result not yet recorded
         self.waker = None
         self.shared = False       # the spool is on a network filesystem (fsinfo.py)
+        self.claims_won = self.claims_lost = 0
         self.contact = None       # its ContactWatch then
         self._base_env = dict(os.environ)  # a plain dict: cheaper to copy per job than os.environ
 
@@ -156,7 +157,8 @@ class Worker:
                 registry.unregister(self.layout, self.host, self.pid, self._reg_fd)
             except OSError:  # the spool is gone or unreachable: the lock dies with us anyway
                 pass
-            self._log(f"worker {self.id} stopped")
+            self._log(f"worker {self.id} stopped ({self.claims_won} job(s) claimed, "
+                      f"{self.claims_lost} claim(s) lost to other workers)")
         return 0
 
     def _loop(self):
@@ -315,7 +317,9 @@ class Worker:
             self._set_aside(exc)
             return
         except LostRace:
+            self.claims_lost += 1  # another worker was first (or holds it): normal, but counted
             return
+        self.claims_won += 1
         attempt = self._running = Attempt(held, self.config())
         timeout = attempt.record.get("timeout_seconds")
         if timeout is None:

@@ -1,0 +1,98 @@
+"""Jobs/s of a shared spool by host count, claim contention, and a worker's operations per
+job, on the multi-host test bed (testbed/bed.py; root, /dev/fuse), beside the local disk,
+in one run.
+
+    python3 bench/multihost.py [--jobs 400] [--fs glusterfs moosefs]
+
+For each filesystem: 1 host x 2 workers, 3 hosts x 2 workers, and 3 hosts x 4 workers all
+claiming the head of one pending/ (contention); each drains N `true` jobs enqueued on host 1
+(`worker start --burst`), timed from the workers' start to the last one's exit. Claims lost
+to other workers come from the workers' own count (their "stopped" line). Then
+bench/fs_cost.py on host 1's mount: operations per job and per idle second. Medians are not
+taken: each figure is one drain, so quote them with the load (printed).
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "testbed"))
+import bed  # noqa: E402
+
+
+def env():
+    return dict(os.environ, PYTHONPATH=ROOT)
+
+
+def drain(mounts, jobs, workers_per_host):
+    """Drain `jobs` enqueued through mounts[0] with workers on every mount. -> (seconds, won, lost)."""
+    spool_name = f"bench-{os.getpid()}-{time.monotonic_ns()}"
+    spools = [os.path.join(m, spool_name) for m in mounts]
+    os.makedirs(spools[0], mode=0o700)
+    batch = "\n".join(json.dumps({"command": "true"}) for _ in range(jobs))
+    subprocess.run([sys.executable, "-m", "queuectl", "--spool", spools[0], "enqueue", "--file", "-"],
+                   input=batch, text=True, env=env(), check=True, capture_output=True)
+    started = time.monotonic()
+    procs = []
+    for i, spool in enumerate(spools):
+        argv = [sys.executable, "-m", "queuectl", "--spool", spool, "worker", "start", "--count",
+                str(workers_per_host), "--burst"]
+        if len(mounts) > 1:
+            argv = bed.host_command(f"host{i + 1}", argv)
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env()))
+    outputs = [p.communicate(timeout=1800)[0] for p in procs]
+    elapsed = time.monotonic() - started
+    won = sum(int(m) for out in outputs for m in re.findall(r"\((\d+) job\(s\) claimed", out))
+    lost = sum(int(m) for out in outputs for m in re.findall(r"(\d+) claim\(s\) lost", out))
+    counts = json.loads(subprocess.run([sys.executable, "-m", "queuectl", "--spool", spools[0], "status", "--json"],
+                                       env=env(), check=True, capture_output=True, text=True).stdout)["counts"]
+    if counts["completed"] != jobs:
+        raise SystemExit(f"only {counts['completed']} of {jobs} completed: {counts}")
+    return elapsed, won, lost
+
+
+def row(label, jobs, result):
+    elapsed, won, lost = result
+    return f"| {label} | {jobs / elapsed:.0f} | {elapsed:.1f} | {lost / max(won, 1):.2f} |"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=400)
+    parser.add_argument("--fs", nargs="+", default=list(bed.FILESYSTEMS), choices=bed.FILESYSTEMS)
+    args = parser.parse_args(argv)
+    reason = bed.unavailable()
+    if reason:
+        print(f"skipped: {reason}", file=sys.stderr)
+        return 2
+    print(f"load before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores")
+    lines = ["| setup | jobs/s | seconds | claims lost per job |", "|---|---|---|---|"]
+    local = tempfile.mkdtemp(prefix="bench-local-")
+    lines.append(row("local disk, 1 host x 2 workers", args.jobs, drain([local], args.jobs, 2)))
+    costs = {}
+    for fs in args.fs:
+        state = bed.up(fs, hosts=3)
+        try:
+            mounts = [h["mount"] for h in state["hosts"]]
+            lines.append(row(f"{fs}, 1 host x 2 workers", args.jobs, drain(mounts[:1], args.jobs, 2)))
+            lines.append(row(f"{fs}, 3 hosts x 2 workers", args.jobs, drain(mounts, args.jobs, 2)))
+            lines.append(row(f"{fs}, 3 hosts x 4 workers", args.jobs, drain(mounts, args.jobs, 4)))
+            costs[fs] = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "fs_cost.py"), mounts[0],
+                                        "--jobs", "200", "--idle", "8"], env=env(), capture_output=True,
+                                       text=True).stdout
+        finally:
+            bed.down()
+    print("\n".join(lines))
+    for fs, text in costs.items():
+        print(f"\n{fs}:\n{text}")
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
