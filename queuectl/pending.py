@@ -16,6 +16,7 @@ the names (names.py), so nothing is parsed per name.
 """
 import bisect
 import os
+import random
 
 from . import names
 
@@ -30,6 +31,7 @@ class PendingIndex:
         self.later, self.later_complete = [], True
         self.strays = []      # names not in our format: the worker files or re-routes them
         self.stale = True     # a pass is needed before the next pick
+        self.spread = 1       # see pick()
 
     def refill(self, now):
         """One pass over the folder (O(names) time, O(limit) memory)."""
@@ -81,7 +83,12 @@ class PendingIndex:
             self.strays.remove(name)
 
     def pick(self, now):
-        """(name to claim or None, wall time of the next due job or inf). Pops the name."""
+        """(name to claim or None, wall time of the next due job or inf). Pops the name.
+
+        With `spread` > 1 the name is drawn at random among the first `spread` due names of
+        the best priority, instead of always the first: on a shared spool, workers of other
+        hosts claim names this view cannot see go, and all taking the head would make most
+        claims lose the race. Priority order holds; order within a priority is loosened."""
         if self.stale:
             self.refill(now)
         now_stamp = names.stamp(now)
@@ -94,8 +101,17 @@ class PendingIndex:
         if not self.due and not self.due_complete:
             self.refill(now)
         if self.due:
-            return self.due.pop(0), self.next_due()
+            return self.due.pop(self._spread_index()), self.next_due()
         return None, self.next_due()
+
+    def _spread_index(self):
+        if self.spread <= 1 or len(self.due) < 2:
+            return 0
+        priority = self.due[0][:3]
+        same = 1
+        while same < min(self.spread, len(self.due)) and self.due[same][:3] == priority:
+            same += 1
+        return random.randrange(same)
 
     def next_due(self):
         if self.later:

@@ -28,6 +28,7 @@ OUTAGE_ERRNOS = frozenset({errno.ENOTCONN, errno.EIO, errno.EBADFD, errno.ETIMED
                            errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED,
                            errno.ECONNRESET, errno.ECONNREFUSED})
 ALL = frozenset({"incoming", "pending", "failed", "workers"})
+SHARED_CLAIM_SPREAD = 16  # on a shared spool, claim at random among the first N due names of a priority
 
 
 class Attempt:
@@ -130,6 +131,8 @@ class Worker:
         runner.close_inherited()
         self._reg_fd = registry.register(self.layout, self.host, self.pid)
         self.shared = fsinfo.is_network(self.layout.root)
+        if self.shared:  # other hosts' claims are unseen here: do not all take the head (pending.py)
+            self._pending.spread = SHARED_CLAIM_SPREAD
         if not self.shared:  # spare inodes only on a local disk (pool.py)
             self.moves.pool = pool.Pool(self.layout.tmp, self.name)  # registered first: fsck keeps its spares
         else:  # another host cannot kill our job if we die or lose contact: we must (contact.py)

@@ -106,3 +106,19 @@ def test_hand_made_names_are_reported_as_strays(folder):
 def test_a_missing_folder_is_empty(tmp_path):
     index = PendingIndex(str(tmp_path / "nope"))
     assert index.pick(NOW) == (None, float("inf"))
+
+
+def test_spread_draws_among_the_first_names_of_the_best_priority_only(tmp_path):
+    """On a shared spool a worker claims at random among the first due names of the best
+    priority (other hosts' claims are invisible to its view); priority order still holds."""
+    folder = tmp_path / "pending"
+    folder.mkdir()
+    for i in range(6):
+        (folder / names.pending_name(5, NOW - 10, i, f"high{i}")).write_text("{}")
+    for i in range(6):
+        (folder / names.pending_name(50, NOW - 10, 10 + i, f"low{i}")).write_text("{}")
+    index = PendingIndex(str(folder))
+    index.spread = 4
+    picked = [names.parse_pending(index.pick(NOW)[0]).job_id for _ in range(12)]
+    assert sorted(picked[:6]) == [f"high{i}" for i in range(6)]  # every high one before any low one
+    assert sorted(picked[6:]) == [f"low{i}" for i in range(6)]
