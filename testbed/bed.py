@@ -140,7 +140,7 @@ def _gluster_up(state, bed):
     for option, value in state.get("options", {}).items():
         _run(*in_net("srv", "gluster", "--mode=script", "volume", "set", volume, option, value))
     _run(*in_net("srv", "gluster", "--mode=script", "volume", "start", volume))
-    state["brick_pids"] = _pids_matching(f"{bricks}/b")
+    state["brick_pids"] = pids_matching(f"{bricks}/b")
     state["pids"] += state["brick_pids"]
 
 
@@ -185,14 +185,14 @@ def _moosefs_mount(state, host):
 def _pid_of_cmd(program, needle, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = _pids_matching(needle, program)
+        pids = pids_matching(needle, program)
         if pids:
             return pids[0]
         time.sleep(0.1)
     raise BedError(f"{program} with {needle} did not start")
 
 
-def _pids_matching(needle, program=None):
+def pids_matching(needle, program=None):
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -247,7 +247,7 @@ def up(fs="glusterfs", hosts=3, bed=BED_DIR, options=None):
             host = {"index": i, "name": f"host{i}", "netns_short": f"h{i}", "ip": f"{SUBNET}.{10 + i}",
                     "mount": os.path.join(bed, "mnt", f"host{i}")}
             os.makedirs(host["mount"], exist_ok=True)
-            (_gluster_mount if fs == "glusterfs" else _moosefs_mount)(state, host)
+            mount(state, host)
             state["hosts"].append(host)
             _save(state, bed)
         _wait_mounted(state)
@@ -257,6 +257,12 @@ def up(fs="glusterfs", hosts=3, bed=BED_DIR, options=None):
         raise
     _save(state, bed)
     return state
+
+
+def mount(state, host):
+    """Mount the volume for one host (again, after its client was killed) and record it."""
+    (_gluster_mount if state["fs"] == "glusterfs" else _moosefs_mount)(state, host)
+    _save(state, state["dir"])
 
 
 def _wait_mounted(state, timeout=30.0):

@@ -137,15 +137,7 @@ class Cli:
         """Kill everything this test started on its spool (the `cli` fixture's teardown)."""
         self._kill_extra()
         for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+            kill_process_group(proc)
             if proc.stdout:
                 proc.stdout.close()
         # workers live in their own process groups, and a supervisor killed just now may have
@@ -273,6 +265,19 @@ def spool_processes(spool_dir, queuectl_only=False, among=None):
         if mine and not pid_gone(pid):
             out.append(pid)
     return out
+
+
+def kill_process_group(proc, timeout=10):
+    """SIGKILL a started process's group (it leads its own session) and reap it, bounded."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def command_line(pid):

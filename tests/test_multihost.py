@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, pid_gone, wait_until
+from helpers import ROOT, kill_process_group, pid_gone, wait_until
 
 sys.path.insert(0, os.path.join(ROOT, "testbed"))
 import bed as testbed  # noqa: E402
@@ -93,20 +93,11 @@ class Cluster:
 
     def stop_all(self):
         for proc in self.procs:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
+            kill_process_group(proc)
             proc.log.close()
         self.procs = []
         # jobs and workers left by a killed process: found by the bed's folder in their command line
-        for pid in testbed._pids_matching(self.state["dir"]):
+        for pid in testbed.pids_matching(self.state["dir"]):
             if pid not in self.fuse_pids() and pid not in self.state["pids"]:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -255,11 +246,7 @@ def remount(hosts, index):
     host = hosts.hosts[index]
     subprocess.run(["umount", "-l", host["mount"]], capture_output=True)
     hosts.stop_all()
-    if hosts.fs == "glusterfs":
-        testbed._gluster_mount(hosts.state, host)
-    else:
-        testbed._moosefs_mount(hosts.state, host)
-    testbed._save(hosts.state, hosts.state["dir"])
+    testbed.mount(hosts.state, host)
 
 
 def test_a_cut_off_host_kills_its_copy_and_rejoins_after_the_heal(hosts):
