@@ -10,7 +10,7 @@ import fcntl
 import os
 import time
 
-from . import fsinfo, fsutil
+from . import fsinfo, fsutil, names, registry
 
 CLOCK_SKEW_MAX = 1.0  # seconds between this host's clock and the filesystem's
 
@@ -27,7 +27,7 @@ def run(layout):
     """Every check, in order; a check that cannot run at all fails with the reason."""
     token = f".doctor-{os.getpid()}-{os.urandom(3).hex()}"
     checks = []
-    for check in (_exclusive_create, _rename_between_folders, _locks_exclude, _clock):
+    for check in (_exclusive_create, _rename_between_folders, _locks_exclude, _clock, _host_name):
         try:
             checks.append(check(layout, token))
         except OSError as exc:
@@ -126,6 +126,16 @@ def _clock(layout, token):
         return Check("clock", False, f"this host's clock and the filesystem's differ by {skew:.1f}s: due times "
                      "and take-backs would be off", "run NTP (chrony or systemd-timesyncd) on every host and the servers")
     return Check("clock", True, f"this host's clock agrees with the filesystem's ({skew:.2f}s apart)")
+
+
+def _host_name(layout, token):
+    host, machine = names.hostname(), registry.machine_identity()
+    other = registry.same_name_elsewhere(layout, host, machine)
+    if other is not None:
+        return Check("host name", False, f"workers of another machine (machine {other['machine']}, pid {other['pid']}) "
+                     f"run under this host's name {host}: worker ids and requests would collide",
+                     "give every host its own host name (hostnamectl set-hostname; a container its own --hostname)")
+    return Check("host name", True, f"no other machine runs workers under this host's name ({host})")
 
 
 def _unlink(path):

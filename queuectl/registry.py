@@ -43,9 +43,40 @@ def owner_of(entry):
     return m.group(1) if m else entry.split(".", 1)[0]
 
 
+def machine_identity():
+    """What tells this machine from another one that uses the same host name: its machine id
+    (systemd's /etc/machine-id, or D-Bus's) and its pid namespace (a container's pids are its
+    own). Empty when neither can be read."""
+    machine = ""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as fh:
+                machine = fh.read(64).strip()
+        except OSError:
+            continue
+        if machine:
+            break
+    try:
+        pid_ns = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        pid_ns = ""
+    return f"{machine}/{pid_ns.strip('pid:[]')}" if machine or pid_ns else ""
+
+
+def same_name_elsewhere(layout, host, machine):
+    """A live registration (worker or supervisor) under the host name `host` made on another
+    machine, or None. Registrations that do not say their machine are given the benefit."""
+    if not machine:
+        return None
+    for info in live_workers(layout, supervisors=True):
+        if info.get("host") == host and info.get("machine") and info["machine"] != machine:
+            return info
+    return None
+
+
 def register(layout, host, pid, extra=None):
     """Create and lock this worker's registration; returns the fd to keep open for life."""
-    info = {"host": host, "pid": pid, "started_at": timeutil.iso(timeutil.now())}
+    info = {"host": host, "pid": pid, "started_at": timeutil.iso(timeutil.now()), "machine": machine_identity()}
     info.update(extra or {})
     tmp = os.path.join(layout.tmp, f"reg-{host}-{pid}.json")
     try:
@@ -69,9 +100,10 @@ def unregister(layout, host, pid, fd):
     os.close(fd)
 
 
-def live_workers(layout, cleanup=False, supervisors=False):
+def live_workers(layout, cleanup=False, supervisors=False, own=None):
     """Registrations whose lock is held, as dicts {host, pid, started_at, name}: the workers,
-    and with `supervisors` the supervisors too. With cleanup, files of dead ones are removed."""
+    and with `supervisors` the supervisors too. With cleanup, files of dead ones are removed.
+    `own` names the caller's own registration, which is alive without a probe of its lock."""
     out = []
     for entry in sorted(fsutil.listdir(layout.workers)):
         if not entry.endswith(".json"):
@@ -82,7 +114,7 @@ def live_workers(layout, cleanup=False, supervisors=False):
         except OSError:
             continue
         try:
-            alive = locks.is_locked(fd)
+            alive = entry[:-5] == own or locks.is_locked(fd)
             info = json.loads(fsutil.read_fd(fd, 65536)) if alive else None
         except ValueError:
             info = None
@@ -206,5 +238,6 @@ def _unlink(path):
         pass
 
 
-__all__ = ["Busy", "register", "unregister", "live_workers", "request_stop", "stop_requested",
+__all__ = ["Busy", "machine_identity", "same_name_elsewhere", "register", "unregister", "live_workers",
+           "request_stop", "stop_requested",
            "request_cancel", "cancel_requested", "clear_cancel", "is_alive", "worker_name"]

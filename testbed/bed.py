@@ -17,6 +17,7 @@ Cutting host N off the network (a partition) is `cut(N)`; `heal(N)` undoes it. N
 /dev/fuse, iproute2, and the filesystem's Debian packages (installed on first use).
 """
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -330,9 +331,30 @@ def _gone(pid):
         return True
 
 
-def host_command(host_name, argv):
-    """argv run under host name `host_name` (its own UTS namespace)."""
-    return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host_name, *argv]
+def host_command(host_name, argv, machine=None):
+    """argv run as on host `host_name`: its own host name (a UTS namespace) and its own machine
+    id (a mount namespace in which /etc/machine-id is the host's), as on a machine of its own.
+    `machine` names the host whose machine id to use instead (a host that takes another's name)."""
+    machine_id = _machine_id_file(machine or host_name)
+    if machine_id is None:  # no /etc/machine-id to stand in for: the host name alone
+        return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host_name, *argv]
+    return ["unshare", "--uts", "--mount", "--propagation", "slave", "sh", "-c",
+            'hostname "$0" && mount --bind "$1" /etc/machine-id && shift && exec "$@"',
+            host_name, machine_id, *argv]
+
+
+def _machine_id_file(host_name):
+    """A machine id of the host's own (a file in the bed's folder), or None where this machine
+    has no /etc/machine-id to bind it over."""
+    if not os.path.isfile("/etc/machine-id"):
+        return None
+    folder = os.path.join(BED_DIR, "machine-ids")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, host_name)
+    if not os.path.exists(path):
+        with open(path, "w") as fh:
+            fh.write(hashlib.md5(f"queuectl-bed {host_name}".encode()).hexdigest() + "\n")
+    return path
 
 
 def main(argv=None):

@@ -67,9 +67,11 @@ class Cluster:
         env.update({k: str(v) for k, v in extra.items()})
         return env
 
-    def cli(self, host, spool, *args, timeout=120, input=None):
-        argv = testbed.host_command(self.hosts[host]["name"],
-                                    [sys.executable, "-m", "queuectl", "--spool", self.path(host, spool), *args])
+    def cli(self, host, spool, *args, timeout=120, input=None, name=None):
+        """queuectl run on host `host` (under host name `name`, if given, instead of its own)."""
+        argv = testbed.host_command(name or self.hosts[host]["name"],
+                                    [sys.executable, "-m", "queuectl", "--spool", self.path(host, spool), *args],
+                                    machine=self.hosts[host]["name"])
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env(), input=input)
 
     def json(self, host, spool, *args):
@@ -284,6 +286,26 @@ def test_a_cut_off_host_kills_its_copy_and_rejoins_after_the_heal(hosts):
     assert cut_off.poll() is None, hosts.output(cut_off)[-2000:]
     assert hosts.json(0, spool, "show", "p1")["attempts"] == 2  # the late finish changed nothing
     assert "killed" in hosts.output(cut_off)
+
+
+@pytest.mark.skipif(not os.path.isfile("/etc/machine-id"), reason="the bed gives hosts their own machine id "
+                    "by binding a file over /etc/machine-id, which this machine lacks")
+def test_a_host_that_takes_another_hosts_name_is_refused(hosts):
+    spool = hosts.new_spool()
+    hosts.start(0, spool, "worker", "run")
+    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 1, 30, what="host1's worker")
+    impostor = hosts.cli(1, spool, "worker", "run", "--burst", name="host1", timeout=60)
+    assert impostor.returncode == 1
+    assert impostor.stderr.count("\n") == 1, impostor.stderr
+    assert "host name" in impostor.stderr and "another machine" in impostor.stderr and "fix:" in impostor.stderr
+    report = hosts.cli(1, spool, "doctor", "--json", name="host1", timeout=60)
+    assert report.returncode == 1
+    check = {c["name"]: c for c in json.loads(report.stdout)["checks"]}["host name"]
+    assert not check["ok"] and "host1" in check["detail"]
+    assert [w["host"] for w in hosts.json(0, spool, "status")["workers"]] == ["host1"]  # nothing registered
+    # the same machine under its own name is welcome, and so is another host under its own
+    assert hosts.cli(0, spool, "worker", "run", "--burst", timeout=60).returncode == 0
+    assert hosts.cli(1, spool, "worker", "run", "--burst", timeout=60).returncode == 0
 
 
 def test_stop_cancel_and_status_reach_every_host(hosts):
