@@ -408,10 +408,11 @@ class Moves(Inventory):
             held.close()
             raise
 
-    def take_back_lost(self, exclude=()):
-        """Take back every processing/ job whose owner is dead. Returns the records taken back."""
+    def take_back_lost(self, exclude=(), candidates=None):
+        """Take back every processing/ job whose owner is dead (of `candidates`, names listed
+        earlier, if given). Returns the records taken back."""
         out = []
-        for name in self.names("processing"):
+        for name in self.names("processing") if candidates is None else candidates:
             if name in exclude:
                 continue
             try:

@@ -17,10 +17,12 @@ the names (names.py), so nothing is parsed per name.
 import bisect
 import os
 import random
+import zlib
 
 from . import names
 
 LIMIT = 2048
+SHARE_SCAN = 256  # how far into the best priority a worker looks for a name of its share
 
 
 class PendingIndex:
@@ -32,6 +34,8 @@ class PendingIndex:
         self.strays = []      # names not in our format: the worker files or re-routes them
         self.stale = True     # a pass is needed before the next pick
         self.spread = 1       # see pick()
+        self.share = None     # (rank, count): this worker's share of the names, see pick()
+        self.steal_lag = 2.0  # seconds another share's head may lag behind ours, see pick()
 
     def refill(self, now):
         """One pass over the folder (O(names) time, O(limit) memory)."""
@@ -85,10 +89,10 @@ class PendingIndex:
     def pick(self, now):
         """(name to claim or None, wall time of the next due job or inf). Pops the name.
 
-        With `spread` > 1 the name is drawn at random among the first `spread` due names of
-        the best priority, instead of always the first: on a shared spool, workers of other
-        hosts claim names this view cannot see go, and all taking the head would make most
-        claims lose the race. Priority order holds; order within a priority is loosened."""
+        On a local disk a worker takes the first due name. On a shared spool the workers of
+        other hosts claim names that this view cannot see go, so all taking the head would make
+        most claims lose the race; there (`spread` > 1) the choice is _choose()'s. Priority
+        order always holds."""
         if self.stale:
             self.refill(now)
         now_stamp = names.stamp(now)
@@ -101,17 +105,42 @@ class PendingIndex:
         if not self.due and not self.due_complete:
             self.refill(now)
         if self.due:
-            return self.due.pop(self._spread_index()), self.next_due()
+            return self.due.pop(self._choose()), self.next_due()
         return None, self.next_due()
 
-    def _spread_index(self):
-        if self.spread <= 1 or len(self.due) < 2:
+    def _choose(self):
+        """Index in `due` of the name to claim.
+
+        With a `share` (rank, count) the live workers split the names between them by a hash
+        of the name: a worker takes the first due name of its own share, which no other
+        worker tries unless it steals, so claims do not collide. It steals when the names of
+        its share are more than `steal_lag` seconds younger than names of another share at the
+        head (their owner is busy or gone: a job never waits long on one worker), drawing
+        among those; and when its share has no due name of the best priority, drawing among
+        all of them it looked at (stealers drawing from a few head names would collide).
+        Without a share it draws among the first `spread`. Order within a priority is
+        loosened either way; priority order holds."""
+        due = self.due
+        if self.spread <= 1 or len(due) < 2:
             return 0
-        priority = self.due[0][:3]
-        same = 1
-        while same < min(self.spread, len(self.due)) and self.due[same][:3] == priority:
-            same += 1
-        return random.randrange(same)
+        priority = due[0][:3]
+        if self.share is None:
+            same = 1
+            while same < min(self.spread, len(due)) and due[same][:3] == priority:
+                same += 1
+            return random.randrange(same)
+        rank, count = self.share
+        looked = 0
+        for i, name in enumerate(due[:SHARE_SCAN]):
+            if name[:3] != priority:
+                break
+            looked = i + 1
+            if zlib.crc32(name.encode()) % count == rank:
+                mine = names.parse_stamp(name[names.PENDING_DUE])
+                lagging = [j for j in range(min(self.spread, i))
+                           if names.parse_stamp(due[j][names.PENDING_DUE]) < mine - self.steal_lag]
+                return random.choice(lagging) if lagging else i
+        return random.randrange(looked)
 
     def next_due(self):
         if self.later:

@@ -13,6 +13,7 @@ import sys
 import time
 
 from . import doctor, fsck, fsinfo, fsutil, ingest, names, pool, registry, runner, timeutil
+from .folderstamp import FolderStamp
 from .errors import LostRace, QueuectlError, SpoolError
 from .moves import Corrupt
 from .pending import PendingIndex
@@ -28,7 +29,9 @@ OUTAGE_ERRNOS = frozenset({errno.ENOTCONN, errno.EIO, errno.EBADFD, errno.ETIMED
                            errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED,
                            errno.ECONNRESET, errno.ECONNREFUSED})
 ALL = frozenset({"incoming", "pending", "failed", "workers"})
-SHARED_CLAIM_SPREAD = 16  # on a shared spool, claim at random among the first N due names of a priority
+RESCANNED = ("incoming", "pending", "failed", "processing", "workers")  # the folders a rescan looks at
+SHARED_CLAIM_SPREAD = 16  # on a shared spool, steal at random among the first N due names (pending.py)
+RELIST_AFTER_LOSSES = 3   # lost claims in a row after which a worker on a shared spool lists pending/ again
 
 
 class Attempt:
@@ -70,6 +73,9 @@ class Worker:
         self._signals = 0
         self._dirty = set(ALL)
         self._pending = PendingIndex(self.layout.pending)
+        self._stamps = {folder: FolderStamp(self.layout.state_dir(folder) if folder != "workers" else self.layout.workers)
+                        for folder in RESCANNED}
+        self._processing = None   # processing/ as last listed: the take-back probes these
         self._next_rescan = 0.0
         self._next_failed = 0.0
         self._config = None
@@ -78,7 +84,7 @@ class Worker:
         self._unrecorded = None   # the Attempt whose command has exited, result not yet recorded
         self.waker = None
         self.shared = False       # the spool is on a network filesystem (fsinfo.py)
-        self.claims_won = self.claims_lost = 0
+        self.claims_won = self.claims_lost = self._lost_in_row = 0
         self.contact = None       # its ContactWatch then
         self._base_env = dict(os.environ)  # a plain dict: cheaper to copy per job than os.environ
 
@@ -94,12 +100,13 @@ class Worker:
         if self.waker:
             self.waker.poke()
 
-    def _check_requests(self, force=False):
-        """Take the waker's news; look for a stop request when workers/ changed (or `force`:
-        a request written on another host raises no event here)."""
+    def _check_requests(self):
+        """Take the waker's news; when workers/ changed (an event, or the rescan's stat for
+        another host's change), look for a stop request and share the names out again."""
         self._dirty |= self.waker.take()
-        if force or "workers" in self._dirty:
+        if "workers" in self._dirty:
             self._dirty.discard("workers")
+            self._share_names()
             request = registry.stop_requested(self.layout, self.name)
             if request and (self.stopping is None or request == StopMode.NOW):
                 self.stopping = request
@@ -131,7 +138,7 @@ class Worker:
         runner.close_inherited()
         self._reg_fd = registry.register(self.layout, self.host, self.pid)
         self.shared = fsinfo.is_network(self.layout.root)
-        if self.shared:  # other hosts' claims are unseen here: do not all take the head (pending.py)
+        if self.shared:  # other hosts' claims are unseen here: workers share the names out (pending.py)
             self._pending.spread = SHARED_CLAIM_SPREAD
         if not self.shared:  # spare inodes only on a local disk (pool.py)
             self.moves.pool = pool.Pool(self.layout.tmp, self.name)  # registered first: fsck keeps its spares
@@ -173,6 +180,8 @@ class Worker:
                     raise
                 self._log(f"spool unreachable ({exc.strerror}); trying again")
                 self.waker.wait(1.0)
+                for stamp in self._stamps.values():
+                    stamp.forget()
                 self._rejoin()
 
     def _rejoin(self):
@@ -250,14 +259,42 @@ class Worker:
             index.add(entry, now)
 
     def _maintain(self, startup=False):
-        """The periodic rescan: take back lost jobs, finish crashed moves, look at everything."""
-        self._dirty |= ALL | {"rescan"}
+        """The periodic rescan: take back lost jobs, finish crashed moves, and look again at
+        the folders that changed since they were last listed (folderstamp.py)."""
         self._next_rescan = time.monotonic() + self._rescan_interval()
-        self._check_requests(force=True)
-        self._take_back_lost()
+        changed = self._look_around(RESCANNED, everything=startup)
+        self._dirty |= changed & {"incoming", "failed"}
+        if "pending" in changed:
+            self._dirty.add("rescan")
+        if "workers" in changed:
+            self._dirty.add("workers")  # requests, and the share (_check_requests)
+        self._check_requests()
+        self._take_back_lost(relist="processing" in changed)
         if startup:  # after the take-back: it reads the dead workers' notes that this clears
             for problem in fsck.recover(self.spool):
                 self._log(f"recovery: {problem.path}: {problem.detail}: {problem.done}")
+
+    def _look_around(self, folders, everything=False):
+        """The folders of `folders` to list again on this rescan: those whose stat changed
+        (each is listed in this pass, after the stat)."""
+        changed = set()
+        for folder in folders:
+            stamp = self._stamps[folder]
+            look = stamp.look()
+            if everything or stamp.changed(look):
+                stamp.listed(look)
+                changed.add(folder)
+        return changed
+
+    def _share_names(self):
+        """On a shared spool, split pending/ between the live workers (pending.py): our rank
+        among their names. Redone when workers/ changes and after a take-back."""
+        if not self.shared:
+            return
+        live = sorted(w["name"] for w in registry.live_workers(self.layout, own=self.name))
+        share = (live.index(self.name), len(live)) if self.name in live and len(live) > 1 else None
+        self._pending.share = share
+        self._pending.steal_lag = self._rescan_interval()
 
     def _promote_due(self):
         """Move due retries from failed/ to pending/. Returns the next retry's wall time."""
@@ -321,8 +358,13 @@ class Worker:
             return
         except LostRace:
             self.claims_lost += 1  # another worker was first (or holds it): normal, but counted
+            self._lost_in_row += 1
+            if self.shared and self._lost_in_row >= RELIST_AFTER_LOSSES:
+                self._lost_in_row = 0  # our view is stale (other hosts' claims): look again
+                self._relist_pending()
             return
         self.claims_won += 1
+        self._lost_in_row = 0
         attempt = self._running = Attempt(held, self.config())
         timeout = attempt.record.get("timeout_seconds")
         if timeout is None:
@@ -431,13 +473,21 @@ class Worker:
         look for requests (a stop or cancel written on another host raises no event here)."""
         if time.monotonic() >= self._next_rescan:
             self._next_rescan = time.monotonic() + self._rescan_interval()
-            self._dirty.add("workers")
-            self._take_back_lost()
+            changed = self._look_around(("processing", "workers"))
+            if "workers" in changed:
+                self._dirty.add("workers")  # read on the next tick: requests, and the share
+            self._take_back_lost(relist="processing" in changed)
 
-    def _take_back_lost(self):
+    def _take_back_lost(self, relist=True):
+        if relist or self._processing is None:
+            self._processing = self.spool.names("processing")
         exclude = {a.held.name for a in (self._running, self._unrecorded) if a is not None}
-        for record in self.moves.take_back_lost(exclude=exclude):
+        taken = self.moves.take_back_lost(exclude=exclude, candidates=self._processing)
+        for record in taken:
             self._log(f"job {record['id']} taken back: {record['last_error']} -> {record['state']}")
+        if taken:
+            self._processing = None  # moved: list again next time
+            self._share_names()      # a worker died: its share goes to the others
 
     def _set_aside(self, exc):
         try:

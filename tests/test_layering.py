@@ -10,7 +10,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAYERS = [
     ["errors", "faults", "version"], ["timeutil"], ["job"], ["names"], ["fsutil", "fsinfo"], ["locks"], ["pool"],
     ["paths"], ["config"], ["registry"], ["inventory"], ["moves"], ["spool"], ["ingest", "logs", "metrics"],
-    ["fsck", "doctor"], ["runner", "pending", "contact"], ["waker"], ["worker"], ["supervisor"], ["render"],
+    ["fsck", "doctor"], ["runner", "pending", "contact", "folderstamp"], ["waker"], ["worker"], ["supervisor"], ["render"],
     ["dashboard"], ["cli"],
 ]
 LEVEL = {mod: i for i, layer in enumerate(LAYERS) for mod in layer}

@@ -122,3 +122,86 @@ def test_spread_draws_among_the_first_names_of_the_best_priority_only(tmp_path):
     picked = [names.parse_pending(index.pick(NOW)[0]).job_id for _ in range(12)]
     assert sorted(picked[:6]) == [f"high{i}" for i in range(6)]  # every high one before any low one
     assert sorted(picked[6:]) == [f"low{i}" for i in range(6)]
+
+
+def owner(name, count):
+    import zlib
+    return zlib.crc32(name.encode()) % count
+
+
+def shared_index(folder, rank, count, spread=16):
+    index = PendingIndex(str(folder))
+    index.spread, index.share, index.steal_lag = spread, (rank, count), 2.0
+    return index
+
+
+def test_with_a_share_each_worker_takes_only_its_own_names_first(tmp_path):
+    """Workers that split the names by hash never try the same name while each has names of
+    its own: two views drained side by side take disjoint sets, each in claim order."""
+    folder = tmp_path / "pending"
+    folder.mkdir()
+    made = [names.pending_name(5, NOW - 10, i, f"j{i}") for i in range(40)]
+    for name in made:
+        (folder / name).write_text("{}")
+    for rank in range(2):
+        index = shared_index(folder, rank, 2)
+        own = [n for n in made if owner(n, 2) == rank]
+        assert own and len(own) < len(made)
+        picked = [index.pick(NOW)[0] for _ in own]
+        assert picked == own  # its own share, in claim order, and nothing else before it
+
+
+def test_a_worker_whose_share_is_empty_steals_among_all_the_due_names_it_sees(tmp_path):
+    """Stealers drawing among the few head names would collide with each other: a worker with
+    no name of its own draws among every due name of the best priority in its view."""
+    folder = tmp_path / "pending"
+    folder.mkdir()
+    made = [names.pending_name(5, NOW - 10, i, f"j{i}") for i in range(60)]
+    theirs = [n for n in made if owner(n, 3) != 0]
+    for name in theirs:
+        (folder / name).write_text("{}")
+    (folder / names.pending_name(9, NOW - 10, 999, "worse")).write_text("{}")
+    firsts = [shared_index(folder, 0, 3, spread=4).pick(NOW)[0] for _ in range(30)]
+    assert set(firsts) <= set(theirs)
+    assert max(theirs.index(n) for n in firsts) >= 4  # not only the head's few
+
+
+def test_a_share_whose_head_lags_is_stolen_from(tmp_path):
+    """A name of another worker's share that has been due for longer than steal_lag before our
+    own best is taken first: its owner is busy or gone, and the job must not wait on it."""
+    folder = tmp_path / "pending"
+    folder.mkdir()
+    old = [names.pending_name(5, NOW - 60, i, f"old{i}") for i in range(20)]
+    old = [n for n in old if owner(n, 2) == 1][:3]   # another worker's, due a minute ago
+    new = [names.pending_name(5, NOW - 1, 100 + i, f"new{i}") for i in range(20)]
+    new = [n for n in new if owner(n, 2) == 0][:3]   # ours, due a second ago
+    for name in old + new:
+        (folder / name).write_text("{}")
+    index = shared_index(folder, 0, 2)
+    assert sorted(index.pick(NOW)[0] for _ in range(3)) == sorted(old)
+    assert [index.pick(NOW)[0] for _ in range(3)] == new
+
+
+def test_a_share_that_lags_less_than_steal_lag_is_left_to_its_owner(tmp_path):
+    folder = tmp_path / "pending"
+    folder.mkdir()
+    theirs = [n for n in (names.pending_name(5, NOW - 2.5, i, f"a{i}") for i in range(20)) if owner(n, 2) == 1][:3]
+    ours = [n for n in (names.pending_name(5, NOW - 1.5, 100 + i, f"b{i}") for i in range(20)) if owner(n, 2) == 0][:3]
+    for name in theirs + ours:
+        (folder / name).write_text("{}")
+    index = shared_index(folder, 0, 2)
+    assert [index.pick(NOW)[0] for _ in range(3)] == ours
+
+
+def test_a_share_never_breaks_priority_order(tmp_path):
+    """Our own name of a worse priority waits while names of a better one are due: we steal
+    those instead."""
+    folder = tmp_path / "pending"
+    folder.mkdir()
+    best = [n for n in (names.pending_name(1, NOW - 1, i, f"urgent{i}") for i in range(20)) if owner(n, 2) == 1][:2]
+    ours = [n for n in (names.pending_name(9, NOW - 1, 100 + i, f"bulk{i}") for i in range(20)) if owner(n, 2) == 0][:2]
+    for name in best + ours:
+        (folder / name).write_text("{}")
+    index = shared_index(folder, 0, 2)
+    assert sorted(index.pick(NOW)[0] for _ in range(2)) == sorted(best)
+    assert [index.pick(NOW)[0] for _ in range(2)] == ours
