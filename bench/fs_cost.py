@@ -6,7 +6,7 @@ when idle, counted with `strace -f -c` on a real worker.
 SPOOL_PARENT is a folder on the filesystem to measure (a local disk, or a mount of the
 multi-host test bed: /tmp/queuectl-bed/mnt/host1). Prints one table: operations per job
 by kind (opens, renames, links, unlinks, fsyncs, listings, stats, locks), and the same per
-second for an idle worker. Needs strace (Debian `strace`).
+second for an idle worker (after its start-up). Needs strace (Debian `strace`).
 """
 import argparse
 import json
@@ -33,19 +33,24 @@ KINDS = {
 }
 
 
+STARTUP = 4.0  # seconds a worker under strace takes to start before it idles
 TRACED = "trace=" + ",".join(sorted({c for calls in KINDS.values() for c in calls}))
 
 
-def strace_counts(path, spool):
+def strace_counts(path, spool, window=None):
     """{syscall: calls that name a path in the spool} from `strace -f -y` output (-y prints
-    the path of each descriptor, so reads of a job file count, the job's own exec does not)."""
+    the path of each descriptor, so reads of a job file count, the job's own exec does not).
+    With `window` (start, end) in Unix seconds, only calls made then (the output needs -ttt)."""
     counts = {}
-    call = re.compile(r"^(?:\[pid\s+\d+\]\s+|\d+\s+)?(\w+)\(")
+    call = re.compile(r"^(?:\[pid\s+\d+\]\s+|\d+\s+)?(?:(\d+\.\d+)\s+)?(\w+)\(")
     with open(path, errors="replace") as fh:
         for line in fh:
             m = call.match(line)
-            if m and spool in line:
-                counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+            if not m or spool not in line:
+                continue
+            if window and not (m.group(1) and window[0] <= float(m.group(1)) < window[1]):
+                continue
+            counts[m.group(2)] = counts.get(m.group(2), 0) + 1
     return counts
 
 
@@ -80,17 +85,19 @@ def main(argv=None):
         trace = os.path.join(out, "drain")
         started = time.monotonic()
         subprocess.run(["strace", "-f", "-y", "-qq", "-e", TRACED, "-o", trace, sys.executable, "-m", "queuectl",
-                        "--spool", spool, "worker", "run", "--burst"], env=env(), capture_output=True, check=True)
+                        "--spool", spool, "worker", "run", "--burst"], env=env(), cwd=ROOT, capture_output=True, check=True)
         elapsed = time.monotonic() - started
         drain = by_kind(strace_counts(trace, spool))
         idle_trace = os.path.join(out, "idle")
-        proc = subprocess.Popen(["strace", "-f", "-y", "-qq", "-e", TRACED, "-o", idle_trace, sys.executable, "-m", "queuectl",
-                                 "--spool", spool, "worker", "run"], env=env(), start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(2.0 + args.idle)  # start-up, then idle
-        os.killpg(proc.pid, signal.SIGTERM)  # the worker stops; strace writes its summary
+        proc = subprocess.Popen(["strace", "-f", "-y", "-ttt", "-qq", "-e", TRACED, "-o", idle_trace, sys.executable,
+                                 "-m", "queuectl", "--spool", spool, "worker", "run"], env=env(), cwd=ROOT,
+                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(STARTUP)
+        window = (time.time(), time.time() + args.idle)  # idle only: start-up and stop left out
+        time.sleep(args.idle + 0.5)
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
-        idle = by_kind(strace_counts(idle_trace, spool))
+        idle = by_kind(strace_counts(idle_trace, spool, window))
     finally:
         shutil.rmtree(spool, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
@@ -98,7 +105,8 @@ def main(argv=None):
           f"(under strace, so slower than without); calls on the spool's files only")
     print(f"{'operation':<12}{'per job':>10}{'idle, per s':>14}")
     for kind in KINDS:
-        print(f"{kind:<12}{drain[kind] / args.jobs:>10.1f}{idle[kind] / (args.idle + 2.0):>14.1f}")
+        print(f"{kind:<12}{drain[kind] / args.jobs:>10.1f}{idle[kind] / args.idle:>14.2f}")
+    print(f"{'total':<12}{sum(drain.values()) / args.jobs:>10.1f}{sum(idle.values()) / args.idle:>14.2f}")
     return 0
 
 

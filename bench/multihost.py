@@ -4,8 +4,8 @@ in one run.
 
     python3 bench/multihost.py [--jobs 400] [--fs glusterfs moosefs]
 
-For each filesystem: 1 host x 2 workers, 3 hosts x 2 workers, and 3 hosts x 4 workers all
-claiming the head of one pending/ (contention); each drains N `true` jobs enqueued on host 1
+For each filesystem: 1 host x 2 workers, 3 hosts x 2 workers, and 3 hosts x 4 workers
+claiming from one pending/ (contention); each drains N `true` jobs enqueued on host 1
 (`worker start --burst`), timed from the workers' start to the last one's exit. Claims lost
 to other workers come from the workers' own count (their "stopped" line). Then
 bench/fs_cost.py on host 1's mount: operations per job and per idle second. Medians are not
@@ -36,7 +36,7 @@ def drain(mounts, jobs, workers_per_host):
     os.makedirs(spools[0], mode=0o700)
     batch = "\n".join(json.dumps({"command": "true"}) for _ in range(jobs))
     subprocess.run([sys.executable, "-m", "queuectl", "--spool", spools[0], "enqueue", "--file", "-"],
-                   input=batch, text=True, env=env(), check=True, capture_output=True)
+                   input=batch, text=True, env=env(), cwd=ROOT, check=True, capture_output=True)
     started = time.monotonic()
     procs = []
     for i, spool in enumerate(spools):
@@ -44,7 +44,8 @@ def drain(mounts, jobs, workers_per_host):
                 str(workers_per_host), "--burst"]
         if len(mounts) > 1:
             argv = bed.host_command(f"host{i + 1}", argv)
-        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env()))
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
+                                      cwd=ROOT))
     outputs = [p.communicate(timeout=1800)[0] for p in procs]
     elapsed = time.monotonic() - started
     won = sum(int(m) for out in outputs for m in re.findall(r"\((\d+) job\(s\) claimed", out))
@@ -83,7 +84,7 @@ def main(argv=None):
             lines.append(row(f"{fs}, 3 hosts x 2 workers", args.jobs, drain(mounts, args.jobs, 2)))
             lines.append(row(f"{fs}, 3 hosts x 4 workers", args.jobs, drain(mounts, args.jobs, 4)))
             costs[fs] = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "fs_cost.py"), mounts[0],
-                                        "--jobs", "200", "--idle", "8"], env=env(), capture_output=True,
+                                        "--jobs", "200", "--idle", "20"], env=env(), capture_output=True,
                                        text=True).stdout
         finally:
             bed.down()
