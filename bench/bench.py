@@ -30,11 +30,14 @@ from queuectl import Spool, timeutil  # noqa: E402
 from queuectl.fsutil import syncfs  # noqa: E402
 
 RAW_SPAWNER = """
-import subprocess, sys
-for _ in range(int(sys.argv[1])):
-    subprocess.run(["/bin/sh", "-c", "true"])
+import json, subprocess, sys
+for command in json.load(open(sys.argv[1])):
+    subprocess.run(["/bin/sh", "-c", command])
 """
 med = statistics.median
+# task-spooler keeps each queued job as a process connected to its server, which select()s
+# over them: past about 1,000 connections it stops taking more (FD_SETSIZE 1024)
+TSP_MAX_QUEUED = 900
 
 
 def env_for(spool_dir, **extra):
@@ -79,34 +82,89 @@ def _wait(pred, timeout, what="benchmark step"):
     raise RuntimeError(f"timed out: {what}")
 
 
+# ---------------------------------------------------------------- the commands' own clock
+
+# Every pickup and drain figure is read from the command's side: the job itself writes its
+# clock reading (`date`, then a rename so that the reader never sees half a number), for
+# queuectl, task-spooler, nq and a raw spawn alike. Each side pays the same shell and `date`.
+MARK = "date +%s.%N > {path}.t && mv {path}.t {path}"
+
+
+def read_mark(path, timeout=20.0):
+    return float(open(_wait(lambda: os.path.exists(path) and path, timeout, f"mark {path}")).read())
+
+
 # ---------------------------------------------------------------- drain
 
+def drain_commands(jobs, folder, tag):
+    """`jobs` commands: the first and the last write their start time, the others are `true`.
+    Returns (commands, first mark, last mark)."""
+    first, last = os.path.join(folder, f"{tag}-first"), os.path.join(folder, f"{tag}-last")
+    return [MARK.format(path=first)] + ["true"] * (jobs - 2) + [MARK.format(path=last)], first, last
+
+
+def steady_rate(jobs, first, last):
+    """Jobs started per second between the first job's start and the last one's, as the
+    commands saw it: start-up of the runner and the tail of the last jobs are left out."""
+    return (jobs - 1) / (read_mark(last, 600) - read_mark(first, 600))
+
+
 def raw_rate(jobs, procs=2):
-    """The machine's limit: `procs` Python processes spawning /bin/sh -c true."""
-    start = time.perf_counter()
-    children = [subprocess.Popen([sys.executable, "-c", RAW_SPAWNER, str(jobs // procs)]) for _ in range(procs)]
-    for child in children:
-        child.wait()
-    return jobs / (time.perf_counter() - start)
+    """The machine's limit: `procs` Python processes spawning /bin/sh -c COMMAND in turn."""
+    with Scratch() as tmp:
+        rates, children = [], []
+        for k in range(procs):
+            commands, first, last = drain_commands(jobs // procs, tmp, f"raw{k}")
+            listing = os.path.join(tmp, f"raw{k}.json")
+            with open(listing, "w") as fh:
+                json.dump(commands, fh)
+            children.append((subprocess.Popen([sys.executable, "-c", RAW_SPAWNER, listing]), first, last))
+        for child, first, last in children:
+            child.wait()
+            rates.append(steady_rate(jobs // procs, first, last))
+        return sum(rates)
 
 
-def drain_rate(jobs, workers=2, backlog=0):
-    """Enqueue `jobs` x `true` (and `backlog` jobs scheduled a day ahead), then time
-    `worker start --count N --burst` until it exits. Returns (jobs/s, max worker RSS MB)."""
+def drain_rate(jobs, workers=2, backlog=0, failed_backlog=0):
+    """Enqueue `jobs` commands (and `backlog` jobs scheduled a day ahead, `failed_backlog`
+    retries waiting in failed/ for a day), then run `worker start --count N --burst`.
+    Returns (jobs/s as the commands saw it, max worker RSS MB)."""
     with Scratch() as tmp:
         spool = Spool(os.path.join(tmp, "spool"))
         if backlog:
             for start in range(0, backlog, 10000):
                 spool.enqueue_many([{"command": "true", "run_at": "+1d"} for _ in range(min(10000, backlog - start))])
-        spool.enqueue_many([{"command": "true"} for _ in range(jobs)])
-        start = time.perf_counter()
+        if failed_backlog:
+            _fill_failed(spool, failed_backlog)
+        commands, first, last = drain_commands(jobs, tmp, "q")
+        spool.enqueue_many([{"command": c} for c in commands])
         proc = subprocess.Popen([sys.executable, "-m", "queuectl", "worker", "start", "--count", str(workers),
                                  "--burst"], env=env_for(spool.path), stdout=subprocess.DEVNULL)
         rss = _sample_worker_rss(spool, proc)
-        elapsed = time.perf_counter() - start
         done = spool.counts()["completed"]
         assert done == jobs, f"only {done} of {jobs} completed"
-        return jobs / elapsed, rss
+        return steady_rate(jobs, first, last), rss
+
+
+def _fill_failed(spool, count):
+    """`count` retries waiting a day in failed/, as a worker's fail move leaves them: real
+    records (enqueued, then moved from pending/ under their failed/ names)."""
+    from queuectl import names
+    retry_at = time.time() + 86400
+    for start in range(0, count, 10000):
+        spool.enqueue_many([{"command": "true", "run_at": "+1d", "id": f"retry{i:07d}"}
+                            for i in range(start, min(count, start + 10000))])
+    for name in os.listdir(spool.layout.pending):
+        parsed = names.parse_pending(name)
+        if not parsed or not parsed.job_id.startswith("retry"):
+            continue
+        path = os.path.join(spool.layout.pending, name)
+        with open(path) as fh:
+            record = json.load(fh)
+        record.update(state="failed", attempts=1, last_error="exit code 1", run_at=timeutil.iso(retry_at))
+        with open(os.path.join(spool.layout.failed, names.failed_name(retry_at, parsed.job_id)), "w") as fh:
+            json.dump(record, fh)
+        os.unlink(path)
 
 
 def _sample_worker_rss(spool, proc):
@@ -135,81 +193,142 @@ def tsp_available():
     return shutil.which("tsp") is not None
 
 
+def nq_available():
+    return shutil.which("nq") is not None
+
+
+def tsp_env(folder, jobs=1000):
+    # each job waiting in task-spooler's queue is a process with a connection to the server
+    return dict(os.environ, TS_SOCKET=os.path.join(folder, "ts.sock"), TS_SAVELIST_DIR=folder,
+                TS_MAXFINISHED=str(jobs + 100), TS_MAXCONN=str(jobs + 100), TMPDIR=folder)
+
+
 def tsp_rate(jobs, slots=2):
-    """task-spooler with `slots` slots: `jobs` x `true` queued behind blockers, then released."""
+    """task-spooler with `slots` slots: the commands queued behind blockers, then released."""
     with Scratch() as tmp:
-        env = dict(os.environ, TS_SOCKET=os.path.join(tmp, "ts.sock"), TS_SAVELIST_DIR=tmp,
-                   TS_MAXFINISHED=str(jobs + 100), TMPDIR=tmp)
+        env = tsp_env(tmp, jobs)
         go = os.path.join(tmp, "go")
         run = lambda *a: subprocess.run(["tsp", *a], env=env, capture_output=True, text=True, check=True)
         run("-S", str(slots))
         for _ in range(slots):  # occupy every slot until the queue is full
             run("sh", "-c", f"while [ ! -e {go} ]; do sleep 0.002; done")
-        last = None
-        for _ in range(jobs):
-            last = run("true").stdout.strip()
-        start = time.perf_counter()
+        commands, first, last = drain_commands(jobs, tmp, "tsp")
+        for command in commands:
+            if command == "true":
+                run("true")
+            else:
+                run("sh", "-c", command)
         open(go, "w").close()
-        run("-w", last)
-        elapsed = time.perf_counter() - start
+        rate = steady_rate(jobs, first, last)
         run("-K")
-        return jobs / elapsed
+        return rate
 
 
 # ---------------------------------------------------------------- latency
 
-def pickup_latencies(samples):
-    """An idle worker; milliseconds from a file's move into incoming/ to its job's start, and
-    from the moment `queuectl enqueue` returns to the job's start (negative: before it)."""
+class QueuectlPickup:
+    """An idle worker. Two samples per round: a file moved into incoming/, and `queuectl
+    enqueue` (timed from the moment it returns: negative when the job started before)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.spool = Spool(os.path.join(folder, "spool"))
+        self.worker = subprocess.Popen([sys.executable, "-m", "queuectl", "worker", "run"],
+                                       env=env_for(self.spool.path), stdout=subprocess.DEVNULL,
+                                       start_new_session=True)
+        _wait(lambda: [n for n in os.listdir(self.spool.layout.workers) if n.endswith(".json")], 10, "worker start")
+        time.sleep(0.5)
+
+    def drop(self, i):
+        mark = os.path.join(self.folder, f"drop{i}")
+        staged = os.path.join(self.spool.layout.tmp, f"d{i}.json")
+        with open(staged, "w") as fh:
+            json.dump({"id": f"d{i}", "command": MARK.format(path=mark)}, fh)
+        t0 = time.time()
+        os.rename(staged, os.path.join(self.spool.layout.incoming, f"d{i}.json"))
+        return (read_mark(mark) - t0) * 1000
+
+    def enqueue(self, i):
+        mark = os.path.join(self.folder, f"enq{i}")
+        queuectl("enqueue", "-c", MARK.format(path=mark), "--id", f"c{i}", spool_dir=self.spool.path,
+                 stdout=subprocess.DEVNULL, check=True)
+        t0 = time.time()
+        return (read_mark(mark) - t0) * 1000
+
+    def stop(self):
+        self.worker.terminate()
+        self.worker.wait(10)
+
+
+class TspPickup:
+    """task-spooler's server, idle: ms from the moment `tsp CMD` returns to the command's start."""
+
+    def __init__(self, folder):
+        self.folder, self.env = folder, tsp_env(folder)
+        subprocess.run(["tsp", "-S", "1"], env=self.env, capture_output=True, check=True)
+
+    def sample(self, i):
+        mark = os.path.join(self.folder, f"tsp{i}")
+        subprocess.run(["tsp", "sh", "-c", MARK.format(path=mark)], env=self.env, capture_output=True, check=True)
+        t0 = time.time()
+        return (read_mark(mark) - t0) * 1000
+
+    def stop(self):
+        subprocess.run(["tsp", "-K"], env=self.env, capture_output=True)
+
+
+class NqPickup:
+    """nq (no daemon: `nq CMD` forks the job itself): ms from the moment `nq` returns."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.env = dict(os.environ, NQDIR=os.path.join(folder, "nq"))
+
+    def sample(self, i):
+        mark = os.path.join(self.folder, f"nq{i}")
+        subprocess.run(["nq", "sh", "-c", MARK.format(path=mark)], env=self.env, capture_output=True, check=True)
+        t0 = time.time()
+        return (read_mark(mark) - t0) * 1000
+
+    def stop(self):
+        pass
+
+
+def raw_pickup(folder, i):
+    """The floor: ms from a Python process's spawn call to its command's start."""
+    mark = os.path.join(folder, f"raw{i}")
+    t0 = time.time()
+    subprocess.Popen(["/bin/sh", "-c", MARK.format(path=mark)]).wait()
+    return (read_mark(mark) - t0) * 1000
+
+
+def pickups(samples, use_tsp, use_nq):
+    """Interleaved rounds: each round takes one sample of every side, idle before each."""
+    out = {"drop": [], "enqueue": [], "tsp": [], "nq": [], "raw": []}
     with Scratch() as tmp:
-        spool = Spool(os.path.join(tmp, "spool"))
-        worker = subprocess.Popen([sys.executable, "-m", "queuectl", "worker", "run"], env=env_for(spool.path),
-                                  stdout=subprocess.DEVNULL, start_new_session=True)
-        drop, cli = [], []
+        sides = {"queuectl": QueuectlPickup(os.path.join(tmp, "q"))}
+        os.makedirs(os.path.join(tmp, "t"))
+        os.makedirs(os.path.join(tmp, "n"))
+        if use_tsp:
+            sides["tsp"] = TspPickup(os.path.join(tmp, "t"))
+        if use_nq:
+            sides["nq"] = NqPickup(os.path.join(tmp, "n"))
         try:
-            _wait(lambda: os.listdir(spool.layout.workers), 10, "worker start")
             for i in range(samples):
-                time.sleep(0.05)  # let the worker go idle again
-                staged = os.path.join(spool.layout.tmp, f"d{i}.json")
-                with open(staged, "w") as fh:
-                    json.dump({"id": f"d{i}", "command": "true"}, fh)
-                t0 = time.time()
-                os.rename(staged, os.path.join(spool.layout.incoming, f"d{i}.json"))
-                drop.append((timeutil.parse_iso(_wait(lambda: _started(spool, f"d{i}"), 10)) - t0) * 1000)
-            for i in range(samples):
+                for name, side in sides.items():
+                    time.sleep(0.05)  # every side idle again
+                    if name == "queuectl":
+                        out["drop"].append(side.drop(i))
+                        time.sleep(0.05)
+                        out["enqueue"].append(side.enqueue(i))
+                    else:
+                        out[name].append(side.sample(i))
                 time.sleep(0.05)
-                queuectl("enqueue", "-c", "true", "--id", f"c{i}", spool_dir=spool.path,
-                         stdout=subprocess.DEVNULL, check=True)
-                t0 = time.time()
-                cli.append((timeutil.parse_iso(_wait(lambda: _started(spool, f"c{i}"), 10)) - t0) * 1000)
+                out["raw"].append(raw_pickup(tmp, i))
         finally:
-            worker.terminate()
-            worker.wait(10)
-        return drop, cli
-
-
-def _started(spool, job_id):
-    found = spool.find(job_id)
-    if found and found[0] == "completed":
-        return spool.get(job_id)["started_at"]
-    return None
-
-
-def tsp_latencies(samples):
-    """ms from the moment `tsp CMD` returns to the command's start (its own clock reading)."""
-    with Scratch() as tmp:
-        env = dict(os.environ, TS_SOCKET=os.path.join(tmp, "ts.sock"), TS_SAVELIST_DIR=tmp, TMPDIR=tmp)
-        out = []
-        for i in range(samples):
-            time.sleep(0.05)
-            mark = os.path.join(tmp, f"m{i}")
-            subprocess.run(["tsp", "sh", "-c", f"date +%s.%N > {mark}.t; mv {mark}.t {mark}"], env=env,
-                           capture_output=True, check=True)
-            t0 = time.time()
-            started = float(open(_wait(lambda: os.path.exists(mark) and mark, 10)).read())
-            out.append((started - t0) * 1000)
-        subprocess.run(["tsp", "-K"], env=env, capture_output=True)
-        return out
+            for side in sides.values():
+                side.stop()
+    return out
 
 
 # ---------------------------------------------------------------- start-up, batch, backlog
@@ -262,7 +381,8 @@ def batch_enqueue(jobs):
 
 
 def big_folder_commands(completed, pending):
-    """`status` with `completed` jobs in completed/, `list --limit 10` with `pending` waiting."""
+    """`status` and `metrics` with `completed` jobs in completed/, `list --limit 10` with
+    `pending` waiting. Median seconds of 3 runs each."""
     with Scratch() as tmp:
         spool = Spool(os.path.join(tmp, "spool"))
         record = json.dumps({"id": "x", "command": "true", "state": "completed"})
@@ -272,16 +392,14 @@ def big_folder_commands(completed, pending):
                 fh.write(record)
         for start in range(0, pending, 10000):
             spool.enqueue_many([{"command": "true"} for _ in range(min(10000, pending - start))])
-        times = {"status": [], "list": []}
+        times = {"status": [], "metrics": [], "list": []}
         for _ in range(3):
-            t = time.perf_counter()
-            queuectl("status", spool_dir=spool.path, stdout=subprocess.DEVNULL, check=True)
-            times["status"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            queuectl("list", "--state", "pending", "--limit", "10", spool_dir=spool.path,
-                     stdout=subprocess.DEVNULL, check=True)
-            times["list"].append(time.perf_counter() - t)
-        return med(times["status"]), med(times["list"])
+            for key, argv in (("status", ["status"]), ("metrics", ["metrics"]),
+                              ("list", ["list", "--state", "pending", "--limit", "10"])):
+                t = time.perf_counter()
+                queuectl(*argv, spool_dir=spool.path, stdout=subprocess.DEVNULL, check=True)
+                times[key].append(time.perf_counter() - t)
+        return med(times["status"]), med(times["metrics"]), med(times["list"])
 
 
 def long_run_rss(jobs):
@@ -315,14 +433,16 @@ def main():
     compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: proves the script works")
-    parser.add_argument("--rounds", type=int, default=None, help="A/B rounds of the drain (default 3)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds of the drains (default 3)")
+    parser.add_argument("--samples", type=int, default=None, help="pickup rounds (default 40)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "latest.json"))
     args = parser.parse_args()
     q = args.quick
-    jobs, tsp_jobs = (100, 50) if q else (2000, 500)
+    jobs = 100 if q else 2000
     rounds = args.rounds or (1 if q else 3)
-    samples = 5 if q else 30
-    use_tsp = tsp_available()
+    samples = args.samples or (5 if q else 40)
+    use_tsp, use_nq = tsp_available(), nq_available()
+    load_before = os.getloadavg()
 
     raw, drain, tsp, rss = [], [], [], []
     for _ in range(rounds):  # A B C A B C ...
@@ -331,54 +451,71 @@ def main():
         drain.append(rate)
         rss.append(peak)
         if use_tsp:
-            tsp.append(tsp_rate(tsp_jobs))
-    drop, enq = pickup_latencies(samples)
-    tsp_lat = tsp_latencies(samples) if use_tsp else []
+            tsp.append(tsp_rate(min(jobs, TSP_MAX_QUEUED)))
+    lat = pickups(samples, use_tsp, use_nq)
     base, ours = cli_startup(3 if q else 15)
     raw_batch, our_batch = batch_enqueue(200 if q else 10000)
     backlog_jobs = 500 if q else 100000
+    # each beside an empty-spool drain run right before it: the machine's drift hits both alike
+    empty_before_backlog, _ = drain_rate(jobs)
     backlog_rate, _ = drain_rate(jobs, backlog=backlog_jobs)
-    status_s, list_s = big_folder_commands(2000 if q else 1000000, 1000 if q else 100000)
+    empty_before_retries, _ = drain_rate(jobs)
+    retries_rate, _ = drain_rate(jobs, backlog=backlog_jobs, failed_backlog=backlog_jobs)
+    status_s, metrics_s, list_s = big_folder_commands(2000 if q else 1000000, 1000 if q else 100000)
     long_rss = long_run_rss(300 if q else 100000)
 
+    p50 = lambda xs: med(xs) if xs else None
     r = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
-        "quick": q, "jobs": jobs, "rounds": rounds,
+        "load_before": load_before, "load_after": os.getloadavg(),
+        "quick": q, "jobs": jobs, "rounds": rounds, "samples": samples,
         "raw_spawn_per_s": med(raw), "drain_per_s": med(drain), "drain_vs_raw": med(drain) / med(raw),
+        "drain_runs": drain, "raw_runs": raw, "tsp_runs": tsp,
         "tsp_per_s": med(tsp) if tsp else None,
         "drain_vs_tsp": med(drain) / med(tsp) if tsp else None,
-        "pickup_drop_ms_p50": med(drop), "pickup_after_enqueue_ms_p50": med(enq),
-        "tsp_pickup_ms_p50": med(tsp_lat) if tsp_lat else None,
+        "pickup_drop_ms_p50": p50(lat["drop"]), "pickup_after_enqueue_ms_p50": p50(lat["enqueue"]),
+        "tsp_pickup_ms_p50": p50(lat["tsp"]), "nq_pickup_ms_p50": p50(lat["nq"]),
+        "raw_pickup_ms_p50": p50(lat["raw"]),
+        "pickups_ms": lat,
         "click_import_s": med(base), "enqueue_cli_s": med(ours), "enqueue_vs_click": med(ours) / med(base),
         "batch_raw_s": raw_batch, "batch_enqueue_s": our_batch, "batch_vs_raw": raw_batch / our_batch,
         "backlog_jobs": backlog_jobs, "drain_with_backlog_per_s": backlog_rate,
-        "backlog_vs_none": backlog_rate / med(drain),
-        "status_s": status_s, "list_limit10_s": list_s,
+        "backlog_vs_none": backlog_rate / empty_before_backlog, "empty_before_backlog_per_s": empty_before_backlog,
+        "drain_with_retries_waiting_per_s": retries_rate, "retries_vs_none": retries_rate / empty_before_retries,
+        "empty_before_retries_per_s": empty_before_retries,
+        "status_s": status_s, "metrics_s": metrics_s, "list_limit10_s": list_s,
         "worker_rss_mb_max": max(rss + long_rss) if long_rss else max(rss),
         "long_run_rss_mb_first_last": [long_rss[0], long_rss[-1]] if long_rss else None,
     }
     fmt = lambda v, unit="": "-" if v is None else f"{v:.2f}{unit}" if isinstance(v, float) else str(v)
+    big = 2000 if q else 1000000
     rows = [
-        (f"drain {jobs} x true, 2 workers (jobs/s)", fmt(r["drain_per_s"]), f"raw spawn {r['raw_spawn_per_s']:.0f}/s",
+        (f"drain {jobs} jobs, 2 workers (jobs/s)", fmt(r["drain_per_s"]), f"raw spawn {r['raw_spawn_per_s']:.0f}/s",
          fmt(r["drain_vs_raw"], "x")),
-        (f"  vs task-spooler, 2 slots, {tsp_jobs} jobs", fmt(r["drain_per_s"]), f"tsp {fmt(r['tsp_per_s'])}/s",
+        (f"  vs task-spooler, 2 slots, {min(jobs, TSP_MAX_QUEUED)} jobs", fmt(r["drain_per_s"]), f"tsp {fmt(r['tsp_per_s'])}/s",
          fmt(r["drain_vs_tsp"], "x")),
-        ("pickup of a dropped file, p50 (ms)", fmt(r["pickup_drop_ms_p50"]), "", ""),
+        ("pickup of a dropped file, p50 (ms)", fmt(r["pickup_drop_ms_p50"]), f"tsp {fmt(r['tsp_pickup_ms_p50'])} ms",
+         fmt(r["pickup_drop_ms_p50"] / r["tsp_pickup_ms_p50"], "x") if r["tsp_pickup_ms_p50"] else ""),
         ("pickup after `enqueue` returns, p50 (ms)", fmt(r["pickup_after_enqueue_ms_p50"]),
-         f"tsp {fmt(r['tsp_pickup_ms_p50'])} ms", ""),
+         f"nq {fmt(r['nq_pickup_ms_p50'])} ms", ""),
+        ("pickup of a raw spawn, p50 (ms)", fmt(r["raw_pickup_ms_p50"]), "the floor", ""),
         ("`queuectl enqueue` wall time (s)", fmt(r["enqueue_cli_s"]), f"import click {r['click_import_s']:.3f} s",
          fmt(r["enqueue_vs_click"], "x")),
         (f"batch enqueue of {200 if q else 10000} (s)", fmt(r["batch_enqueue_s"]), f"raw loop {r['batch_raw_s']:.2f} s",
          fmt(r["batch_vs_raw"], "x")),
         (f"drain with {backlog_jobs} scheduled waiting (jobs/s)", fmt(r["drain_with_backlog_per_s"]),
-         f"none waiting {r['drain_per_s']:.0f}/s", fmt(r["backlog_vs_none"], "x")),
-        (f"status, {2000 if q else 1000000} completed (s)", fmt(r["status_s"]), "target 2 s", ""),
+         f"none waiting {empty_before_backlog:.0f}/s", fmt(r["backlog_vs_none"], "x")),
+        (f"  and {backlog_jobs} retries waiting in failed/", fmt(r["drain_with_retries_waiting_per_s"]),
+         f"none waiting {empty_before_retries:.0f}/s", fmt(r["retries_vs_none"], "x")),
+        (f"status, {big} completed (s)", fmt(r["status_s"]), "target 1 s", ""),
+        (f"metrics, {big} completed (s)", fmt(r["metrics_s"]), "target 1 s", ""),
         (f"list --limit 10, {1000 if q else 100000} pending (s)", fmt(r["list_limit10_s"]), "target 0.5 s", ""),
-        ("worker RSS, max (MB)", fmt(r["worker_rss_mb_max"]), "target 40 MB", ""),
+        ("worker RSS, max (MB)", fmt(r["worker_rss_mb_max"]), "target 30 MB", ""),
         (f"worker RSS first/last over {300 if q else 100000} jobs (MB)",
          "/".join(f"{v:.1f}" for v in r["long_run_rss_mb_first_last"] or []), "flat", ""),
     ]
     w = max(len(x[0]) for x in rows)
+    print(f"load {load_before[0]:.2f} before, {r['load_after'][0]:.2f} after; {os.cpu_count()} cores")
     print(f"{'measure':<{w}}  {'queuectl':>10}  {'baseline':<26} ratio")
     for name, value, baseline, ratio in rows:
         print(f"{name:<{w}}  {value:>10}  {baseline:<26} {ratio}")
