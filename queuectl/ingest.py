@@ -3,7 +3,8 @@
 One file at a time: rename incoming/NAME -> tmp/ingest-ID-NAME (the claim: of several workers
 exactly one gets it; ID is the id a job without one will get), look at it without following
 a symlink or blocking on a FIFO, read at most 1 MiB, check it, store the job (docs/protocol.md, rule
-6), then remove the claimed copy. Whatever is not a valid job is moved to rejected/ beside
+6), then remove the claimed copy. An idle worker takes a due job straight into processing/
+instead (take_first, rule 6b) and removes the copy once the command runs. Whatever is not a valid job is moved to rejected/ beside
 NAME.error; nothing is deleted unread. After a crash, recover() puts claimed copies whose
 job does not exist back into incoming/.
 """
@@ -15,7 +16,7 @@ import time
 from . import fsutil, timeutil
 from .faults import crashpoint
 from .errors import FieldError, InvalidInput, QueuectlError
-from .job import new_id, new_record, validate_input
+from .job import due_time, new_id, new_record, validate_input
 from .moves import MAX_DROP_BYTES, unique_name
 
 PREFIX = "ingest-"
@@ -41,8 +42,39 @@ def ingest_all(spool, report=None):
     return accepted, rejected
 
 
-def ingest_one(spool, name):
-    """-> ("accepted", record) | ("rejected", reason) | None when another process took it."""
+class Taken:
+    """A dropped job stored straight into processing/ for the worker that took it: `held` (its
+    Held processing file) and `copy`, the dropped file's copy in tmp/, which stands for the job
+    until the worker calls settle() once the command runs."""
+
+    def __init__(self, held, copy):
+        self.held, self.copy = held, copy
+
+
+def take_first(spool, worker_host, worker_pid, report=None, config=None):
+    """For an idle worker with nothing due in pending/: take the first file waiting in
+    incoming/ and, if it is a job due now, store it as this worker's claimed job (no trip
+    through pending/, no fsync before its command starts). Returns a Taken, or None when
+    there was nothing to take (what was found is then filed as ingest_all() does). `config`:
+    the spool's config if the caller has it at hand (its defaults apply to the job)."""
+    for name in candidates(spool):
+        result = ingest_one(spool, name, take=(worker_host, worker_pid), config=config)
+        if result is None:
+            continue
+        kind, value = result
+        if report:
+            report("accepted" if kind == "taken" else kind, name, value.held.record if kind == "taken" else value)
+        return value if kind == "taken" else None
+    return None
+
+
+def settle(spool, taken):
+    spool.moves.settle_claimed(taken.held, taken.copy)
+
+
+def ingest_one(spool, name, take=None, config=None):
+    """-> ("accepted", record) | ("rejected", reason) | None when another process took it;
+    with `take` (host, pid), ("taken", Taken) when the job was due and stored as claimed."""
     lay = spool.layout
     job_id = new_id()
     claimed = os.path.join(lay.tmp, f"{PREFIX}{job_id}-{name}")  # fits: names are <= 255 bytes
@@ -60,7 +92,11 @@ def ingest_one(spool, name):
         pass
     crashpoint("ingest.claimed")
     try:
-        record = _read_job(spool, claimed, job_id)
+        record = _read_job(spool, claimed, job_id, config)
+        if take is not None and due_time(record) <= timeutil.now():
+            held = spool.moves.store_claimed(record, *take)
+            if held is not None:
+                return "taken", Taken(held, claimed)
         spool.moves.store_new([record])
         crashpoint("ingest.stored")
     except (InvalidInput, _NotAJob) as exc:
@@ -83,7 +119,7 @@ class _NotAJob(Exception):
     pass
 
 
-def _read_job(spool, path, job_id):
+def _read_job(spool, path, job_id, config=None):
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         raise _NotAJob("a symlink, not a regular file (not followed)")
@@ -111,7 +147,7 @@ def _read_job(spool, path, job_id):
     except (ValueError, RecursionError) as exc:
         raise _NotAJob(f"invalid JSON: {str(exc)[:200]}") from None
     now = timeutil.now()
-    fields = validate_input(item, {"max_retries": spool.config()["max-retries"]}, now=now)
+    fields = validate_input(item, {"max_retries": (config or spool.config())["max-retries"]}, now=now)
     if fields["id"] is None:
         fields["id"] = job_id
     return new_record(fields, now)

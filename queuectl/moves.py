@@ -22,6 +22,7 @@ from .job import State, check_record, due_time
 
 MAX_DROP_BYTES = 1024 * 1024
 MOVE_PREFIX = "mv-"  # tmp/mv-ID-PID-HEX.json: the new record of a move in progress
+TAKE_PREFIX = "take-"  # ids/ID holds "take-HOST_PID" while a worker stores a dropped job as claimed
 MARKER_WRITE_GRACE = 60.0  # a marker still empty this long after creation was left by a crash
 # kinds of move that are not fsynced (a worker's claim, finish, promotion, take-back, ...);
 # every other kind is (docs/protocol.md "Durability")
@@ -149,6 +150,8 @@ class Moves(Inventory):
             fsutil.close_quiet(fd)
         if not owner:
             return age < MARKER_WRITE_GRACE
+        if owner.startswith(TAKE_PREFIX):  # a worker storing a dropped job straight into processing/
+            return locks.path_is_locked(marker)
         if not owner.startswith("enq-") or "/" in owner:
             return False
         return locks.path_is_locked(os.path.join(self.layout.tmp, owner + ".lock"))
@@ -314,6 +317,63 @@ class Moves(Inventory):
         except BaseException:
             held.close()
             raise
+
+    def store_claimed(self, record, worker_host, worker_pid):
+        """A dropped job that this idle worker runs at once (rule 6b): reserve its id and write
+        it straight into processing/ as this worker's first attempt, skipping pending/ and the
+        claim. Nothing is fsynced here: the dropped file's copy in tmp/ stays until
+        settle_claimed() has made the record durable, once the command runs. Returns the Held
+        processing file, or None when ids/ID exists already (then store_new() decides: a
+        duplicate, or a marker a crash left)."""
+        lay = self.layout
+        job_id = record["id"]
+        marker = os.path.join(lay.ids, job_id)
+        try:
+            lock_fd = os.open(marker, os.O_RDWR | os.O_CREAT | os.O_EXCL | fsutil.NOFOLLOW | fsutil.CLOEXEC, 0o600)
+        except FileExistsError:
+            return None
+        except OSError as exc:
+            raise fsutil.translate(exc, f"ids/{job_id}") from None
+        tmp = new_fd = None
+        try:
+            locks.try_lock(lock_fd)  # before the token: an empty marker reads as "being written"
+            os.pwrite(lock_fd, f"{TAKE_PREFIX}{worker_host}_{worker_pid}".encode(), 0)
+            now = timeutil.now()
+            record = dict(record, state=str(State.PROCESSING), attempts=record["attempts"] + 1,
+                          started_at=timeutil.iso(now), finished_at=None, worker=f"{worker_host}:{worker_pid}",
+                          updated_at=timeutil.iso(now))
+            name = names.processing_name(job_id, worker_host, worker_pid, record["attempts"])
+            tmp = os.path.join(lay.tmp, f"{MOVE_PREFIX}{job_id}-{os.getpid()}-{os.urandom(3).hex()}.json")
+            new_fd = fsutil.write_new(tmp, fsutil.dumps(record), sync=False)
+            crashpoint("take.staged")
+            os.rename(tmp, os.path.join(lay.processing, name))
+            tmp = None
+            crashpoint("take.moved")
+        except BaseException as exc:
+            if tmp:
+                _unlink_quiet(tmp)
+            if new_fd is not None:
+                fsutil.close_quiet(new_fd)
+            _unlink_quiet(marker)  # ours, and no job file carries it
+            fsutil.close_quiet(lock_fd)
+            if isinstance(exc, OSError):
+                raise fsutil.translate(exc, f"job {job_id}") from None
+            raise
+        return Held(str(State.PROCESSING), name, new_fd, record, lock_fd)
+
+    def settle_claimed(self, held, copy):
+        """The command of a job stored by store_claimed() runs: make its record durable, then
+        remove the dropped file's copy, which stood for the job until now."""
+        try:
+            if held.fd is not None:
+                os.fsync(held.fd)
+            fsutil.fsync_dir(self.layout.processing)
+            fsutil.fsync_dir(self.layout.ids)
+        except OSError as exc:
+            raise fsutil.translate(exc, f"job {held.record['id']}") from None
+        crashpoint("take.synced")
+        _unlink_quiet(copy)
+        crashpoint("take.done")
 
     def finish(self, held, exit_code=None, error=None, backoff=None):
         """End an attempt: completed if exit_code == 0 and no error, else failed/dead

@@ -93,6 +93,17 @@ class PendingIndex:
         other hosts claim names that this view cannot see go, so all taking the head would make
         most claims lose the race; there (`spread` > 1) the choice is _choose()'s. Priority
         order always holds."""
+        self._bring_due(now)
+        if self.due:
+            return self.due.pop(self._choose()), self.next_due()
+        return None, self.next_due()
+
+    def peek(self, now):
+        """The first due name in claim order, or None; nothing is popped."""
+        self._bring_due(now)
+        return self.due[0] if self.due else None
+
+    def _bring_due(self, now):
         if self.stale:
             self.refill(now)
         now_stamp = names.stamp(now)
@@ -104,9 +115,6 @@ class PendingIndex:
                 now_stamp = names.stamp(now)
         if not self.due and not self.due_complete:
             self.refill(now)
-        if self.due:
-            return self.due.pop(self._choose()), self.next_due()
-        return None, self.next_due()
 
     def _choose(self):
         """Index in `due` of the name to claim.

@@ -31,6 +31,7 @@ OUTAGE_ERRNOS = frozenset({errno.ENOTCONN, errno.EIO, errno.EBADFD, errno.ETIMED
 ALL = frozenset({"incoming", "pending", "failed", "workers"})
 RESCANNED = ("incoming", "pending", "failed", "processing", "workers")  # the folders a rescan looks at
 SHARED_CLAIM_SPREAD = 16  # on a shared spool, steal at random among the first N due names (pending.py)
+PAUSED_LOOK = 0.5         # seconds between looks for `resume` while paused (no event tells of it)
 RELIST_AFTER_LOSSES = 3   # lost claims in a row after which a worker on a shared spool lists pending/ again
 
 
@@ -48,6 +49,7 @@ class Attempt:
         self.outcome = None       # runner.Outcome once the command has exited
         self.announced = False    # its "started" line is printed
         self.pgid = None          # the command's process group, once it runs
+        self.taken = None         # an ingest.Taken until its copy is settled
 
     @property
     def record(self):
@@ -85,6 +87,7 @@ class Worker:
         self.waker = None
         self.shared = False       # the spool is on a network filesystem (fsinfo.py)
         self.claims_won = self.claims_lost = self._lost_in_row = 0
+        self._paused = False
         self.contact = None       # its ContactWatch then
         self._base_env = dict(os.environ)  # a plain dict: cheaper to copy per job than os.environ
 
@@ -213,10 +216,6 @@ class Worker:
                 if self.stopping:
                     continue  # asked on the rescan (a request from another host): stop now
             dirty, self._dirty = self._dirty, set()
-            if "incoming" in dirty:
-                accepted, _ = ingest.ingest_all(self.spool, report=self._report_ingest)
-                if accepted and self.waker.mechanism != "inotify":
-                    self._pending.stale = True  # no event will name the new pending/ files
             if "failed" in dirty or timeutil.now() >= self._next_failed:
                 self._next_failed = self._promote_due()
             next_failed = self._next_failed
@@ -224,6 +223,24 @@ class Worker:
                 self._relist_pending()
             elif "pending" in dirty:
                 self._apply_pending_changes()
+            paused = self._check_paused()
+            if "incoming" in dirty:
+                if not paused and self._pending.peek(timeutil.now()) is None:
+                    # nothing due waits: run the first dropped job at once (no trip through pending/)
+                    taken = ingest.take_first(self.spool, self.host, self.pid, report=self._report_ingest,
+                                              config=self.config())
+                    if taken is not None:
+                        self._dirty.add("incoming")  # the rest: filed once the command runs
+                        self._execute(taken.held, taken)
+                        looked_again = False
+                        continue
+                self._ingest_rest()
+            if paused:
+                self._record_previous()
+                if self.burst:
+                    return  # nothing it may run now
+                self.waker.wait(min(PAUSED_LOOK, max(0.0, self._next_rescan - time.monotonic())))
+                continue
             name, next_pending = self._pick(timeutil.now())
             if name:
                 self._attempt(name)
@@ -240,6 +257,21 @@ class Worker:
             timeout = min(self._next_rescan - time.monotonic(), wake_at - timeutil.now())
             if timeout > 0:
                 self.waker.wait(timeout)
+
+    def _check_paused(self):
+        """Whether the spool is paused (`queuectl pause`, any host): a stat per pass."""
+        paused = os.path.lexists(self.layout.paused)
+        if paused != self._paused:
+            self._paused = paused
+            self._log("spool paused: no new job is claimed until `queuectl resume`" if paused else "spool resumed")
+        return paused
+
+    def _ingest_rest(self):
+        """File what waits in incoming/ into pending/."""
+        self._dirty.discard("incoming")
+        accepted, _ = ingest.ingest_all(self.spool, report=self._report_ingest)
+        if accepted and self.waker.mechanism != "inotify":
+            self._pending.stale = True  # no event will name the new pending/ files
 
     def _relist_pending(self):
         self.waker.take_names("pending")  # the next pass supersedes what events said so far
@@ -365,7 +397,13 @@ class Worker:
             return
         self.claims_won += 1
         self._lost_in_row = 0
+        self._execute(held)
+
+    def _execute(self, held, taken=None):
+        """Run a held attempt; `taken` when it is a dropped job stored straight as claimed
+        (ingest.take_first): its copy goes once the command runs."""
         attempt = self._running = Attempt(held, self.config())
+        attempt.taken = taken
         timeout = attempt.record.get("timeout_seconds")
         if timeout is None:
             timeout = attempt.cfg["job-timeout"]
@@ -379,6 +417,7 @@ class Worker:
             if self.contact is not None:
                 self.contact.running(None)  # its group is gone: the id may be reused
         if not attempt.announced:  # the command could not start: on_start never ran
+            self._settle(attempt)
             self._record_previous()
             self._announce(attempt)
         self._unrecorded = attempt
@@ -404,8 +443,23 @@ class Worker:
         if self.contact is not None:
             self.contact.running(pgid)
         self._job_note.set(pgid, attempt.job_id)
+        self._settle(attempt)
         self._record_previous()
         self._announce(attempt)
+        if "incoming" in self._dirty:  # dropped with the job just taken: file them now
+            self._ingest_rest()
+
+    def _settle(self, attempt):
+        """A taken drop's command runs (or could not start): make the job durable, drop the copy.
+        A failure leaves the copy, which stands for the job until recovery removes it."""
+        taken, attempt.taken = attempt.taken, None
+        if taken is None:
+            return
+        try:
+            ingest.settle(self.spool, taken)
+        except (OSError, QueuectlError) as exc:
+            self._log(f"job {attempt.job_id}: could not make its record durable ({exc}); "
+                      "its dropped file is kept in tmp/ until recovery")
 
     def _record_previous(self):
         """Record the result of the attempt whose command has exited, if any."""

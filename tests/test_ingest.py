@@ -441,3 +441,57 @@ def test_a_valid_file_with_a_long_name_is_accepted(spool):
     accepted, rej = ingest.ingest_all(spool)
     assert [r["id"] for r in accepted] == ["longname"] and rej == []
     assert incoming(spool) == []
+
+
+# ---------------------------------------------------------------- taken at once (rule 6b)
+
+def test_an_idle_worker_takes_a_due_drop_straight_into_processing(spool):
+    drop_job(spool, "a.json", {"id": "now", "command": "true"})
+    drop_job(spool, "b.json", {"id": "next", "command": "true"})
+    taken = ingest.take_first(spool, "hostx", 4242)
+    held = taken.held
+    assert held.state == "processing" and held.name == "now_hostx_4242_a1.json"
+    assert held.record["state"] == "processing" and held.record["attempts"] == 1
+    assert held.record["worker"] == "hostx:4242"
+    assert os.listdir(os.path.join(spool.path, "processing")) == [held.name]
+    assert not os.listdir(os.path.join(spool.path, "pending"))
+    assert incoming(spool) == ["b.json"]  # only the first is taken; the rest wait for the next pass
+    with open(os.path.join(spool.path, "ids", "now")) as fh:
+        assert fh.read() == "take-hostx_4242"
+    assert spool.moves.job_locked("now")  # held: no take-back while its command runs
+    assert os.path.exists(taken.copy)  # the dropped file stands for the job until settled
+    ingest.settle(spool, taken)
+    assert not os.path.exists(taken.copy)
+    held.close()
+
+
+def test_a_take_is_seen_as_owned_while_its_marker_is_locked(spool):
+    drop_job(spool, "a.json", {"id": "now", "command": "true"})
+    taken = ingest.take_first(spool, "hostx", 4242)
+    marker = os.path.join(spool.path, "ids", "now")
+    assert spool.moves.marker_owner_alive(marker)
+    taken.held.close()  # the worker died
+    assert not spool.moves.marker_owner_alive(marker)
+
+
+def test_a_drop_not_due_yet_is_filed_into_pending(spool):
+    drop_job(spool, "later.json", {"id": "later", "command": "true", "run_at": "+1h"})
+    assert ingest.take_first(spool, "hostx", 4242) is None
+    assert [names.parse_pending(n).job_id for n in os.listdir(os.path.join(spool.path, "pending"))] == ["later"]
+    assert not os.listdir(os.path.join(spool.path, "processing"))
+    assert not [n for n in os.listdir(os.path.join(spool.path, "tmp")) if n.startswith(ingest.PREFIX)]
+
+
+def test_a_drop_with_a_taken_id_is_rejected_as_a_duplicate_not_taken(spool):
+    spool.enqueue("true", id="dup")
+    drop_job(spool, "d.json", {"id": "dup", "command": "echo other"})
+    assert ingest.take_first(spool, "hostx", 4242) is None
+    assert rejected(spool) == ["d.json", "d.json.error"]
+    assert "dup" in error_text(spool, "d.json")
+    assert not os.listdir(os.path.join(spool.path, "processing"))
+
+
+def test_an_invalid_drop_is_rejected_and_nothing_is_taken(spool):
+    drop(spool.path, "bad.json", b"{not json")
+    assert ingest.take_first(spool, "hostx", 4242) is None
+    assert rejected(spool) == ["bad.json", "bad.json.error"]
