@@ -4,6 +4,7 @@ Errors become exit codes in one place (main): QueuectlError knows its code, clic
 errors are 2, an OSError is one line and 1; never a traceback.
 """
 import os
+import shlex
 import sys
 
 import click
@@ -30,7 +31,8 @@ def echo_json(value):
 
 
 # job-id completion: which states each command's ids come from
-_COMPLETE_STATES = {"cancel": ("pending", "failed", "processing"), "retry": ("dead",)}
+_COMPLETE_STATES = {"cancel": ("pending", "failed", "processing"), "dlq retry": ("dead",),
+                    "retry": ("completed", "failed", "dead"), "wait": ("pending", "processing", "failed")}
 
 
 def complete_job_id(ctx, param, incomplete):
@@ -39,7 +41,8 @@ def complete_job_id(ctx, param, incomplete):
     from click.shell_completion import CompletionItem
     from . import fsutil, names
     from .paths import Layout
-    states = _COMPLETE_STATES.get(ctx.command.name, ("pending", "processing", "failed", "completed", "dead"))
+    key = ctx.command.name if ctx.parent is None or ctx.parent.parent is None else f"{ctx.parent.info_name} {ctx.command.name}"
+    states = _COMPLETE_STATES.get(key, ("pending", "processing", "failed", "completed", "dead"))
     try:
         layout = Layout(ctx.find_root().params.get("spool") or default_spool())
     except QueuectlError:
@@ -84,9 +87,10 @@ def cli(ctx, spool):
 @click.option("--run-at", help="Earliest start: ISO-8601, Unix seconds, or +30s/+5m/+2h/+1d.")
 @click.option("--max-retries", type=int, help="Retries after the first attempt.")
 @click.option("--timeout", type=float, help="Kill the attempt after this many seconds (0 = none).")
+@click.option("--wait", "wait_", is_flag=True, help="Then block until the jobs are final, as `wait` does (its exit codes).")
 @json_option
 @click.pass_context
-def enqueue(ctx, job_json, file_, command, job_id, priority, run_at, max_retries, timeout, as_json):
+def enqueue(ctx, job_json, file_, command, job_id, priority, run_at, max_retries, timeout, wait_, as_json):
     """Add jobs; prints each new id. Exits 0 once they are on disk for good.
 
     \b
@@ -94,11 +98,15 @@ def enqueue(ctx, job_json, file_, command, job_id, priority, run_at, max_retries
       queuectl enqueue '{"id":"job1","command":"sleep 2"}'
       queuectl enqueue -c 'make backup' --priority 1 --run-at +10m
       queuectl enqueue --file jobs.jsonl
+      queuectl enqueue -c 'make test' --wait     # like tsp -w / nq -w: exit 0 if it completed
     """
     from .job import parse_batch, run_at_option
     if job_json is not None and file_ is not None:
         raise click.UsageError("give a JSON argument or --file, not both")
     if job_json is not None:
+        if not job_json.lstrip().startswith(("{", "[")):  # a bare command, as tsp and pueue take it
+            raise InvalidInput(f"the argument is a JSON job, not a command; to queue a shell command use -c: "
+                               f"queuectl enqueue -c {shlex.quote(job_json)}")
         items = parse_batch(job_json, "JSON argument")
         if len(items) != 1 or not isinstance(items[0], dict):
             raise InvalidInput("JSON argument: must be one JSON object (use --file for several)")
@@ -124,6 +132,88 @@ def enqueue(ctx, job_json, file_, command, job_id, priority, run_at, max_retries
     else:
         for rec in records:
             click.echo(rec["id"])
+    if wait_:
+        sys.stdout.flush()
+        ctx.exit(_wait_for(get_spool(ctx), [rec["id"] for rec in records], None))
+
+
+def _wait_for(spool, job_ids, timeout):
+    """Wait for jobs to be final; say on stderr which did not complete. Returns the exit code."""
+    result = spool.wait(job_ids, timeout=timeout)
+    for record in result.dead:
+        click.echo(f"job {record['id']} dead: {record.get('last_error') or 'no error recorded'}", err=True)
+    if result.unfinished:
+        click.echo(f"timed out; not finished: {' '.join(result.unfinished)}", err=True)
+    return 0 if result.ok else 1
+
+
+@cli.command("wait")
+@click.argument("job_ids", nargs=-1, required=True, shell_complete=complete_job_id)
+@click.option("--timeout", type=click.FloatRange(0), help="Give up after this many seconds (exit 1).")
+@click.pass_context
+def wait_cmd(ctx, job_ids, timeout):
+    """Block until every named job is final (completed or dead), on any host.
+
+    Exit 0 when all completed; 1 when any ended dead (named on stderr with its last error),
+    when --timeout ran out (naming the unfinished ones), or for an unknown id (before waiting).
+
+    \b
+    Examples:
+      queuectl wait job1 job2
+      queuectl wait "$(queuectl enqueue -c 'make')" --timeout 600
+    """
+    for job_id in job_ids:
+        _check_id(job_id)
+    ctx.exit(_wait_for(get_spool(ctx), job_ids, timeout))
+
+
+@cli.command()
+@click.argument("job_ids", nargs=-1, required=True, shell_complete=complete_job_id)
+@json_option
+@click.pass_context
+def retry(ctx, job_ids, as_json):
+    """Run finished jobs again: each completed, failed or dead job goes back to pending/ with
+    attempts 0, due now (its log keeps the earlier attempts). All or nothing.
+
+    \b
+    Example:
+      queuectl retry build-42
+    """
+    for job_id in job_ids:
+        _check_id(job_id)
+    records = get_spool(ctx).retry(job_ids)
+    if as_json:
+        echo_json(records)
+    else:
+        for rec in records:
+            click.echo(rec["id"])
+
+
+@cli.command()
+@click.pass_context
+def pause(ctx):
+    """Stop claiming: no worker on any host starts a new job until `resume`. Running jobs
+    finish; dropped files are still filed. Persists across worker restarts.
+
+    \b
+    Example:
+      queuectl pause && queuectl status
+    """
+    info = get_spool(ctx).pause()
+    click.echo(f"paused since {info.get('paused_at') or '?'}; `queuectl resume` to go on")
+
+
+@cli.command()
+@click.pass_context
+def resume(ctx):
+    """Claim again after `pause` (workers notice within half a second).
+
+    \b
+    Example:
+      queuectl resume
+    """
+    was = get_spool(ctx).resume()
+    click.echo("resumed" if was else "not paused; nothing to do")
 
 
 class _progress:

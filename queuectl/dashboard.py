@@ -42,6 +42,7 @@ header nav{display:flex;gap:6px;flex-wrap:wrap}header nav a{padding:1px 9px;bord
 header nav a b{color:var(--c);filter:brightness(1.6)}
 main{padding:18px 24px;max-width:1280px}
 h1{font-size:20px;margin:4px 0 14px}h2{font-size:16px;margin:26px 0 8px}
+.paused{background:#fff8c5;border:1px solid #d4a72c;border-radius:6px;padding:8px 14px;font-weight:600}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px}
 .card{background:#fff;border:1px solid #d0d7de;border-left:6px solid var(--c);border-radius:6px;padding:8px 14px;
 text-decoration:none;color:inherit}.card:hover{border-color:var(--c)}
@@ -129,7 +130,9 @@ class Pages:
             ("retries", f"{info['retries']['waiting']} waiting in failed/, {info['retries']['running']} running"),
             ("oldest waiting", f"{oldest['id']} ({oldest['state']}, {render.age(oldest['age_seconds'])})" if oldest else "-"),
         ]
-        body = [f'<h1>Spool overview</h1><div class="cards">{"".join(cards)}</div>',
+        paused = ('<p class="paused" id="paused">Paused: no worker claims a new job until '
+                  '<code>queuectl resume</code>; running jobs finish.</p>' if info.get("paused") else "")
+        body = [f'<h1>Spool overview</h1>{paused}<div class="cards">{"".join(cards)}</div>',
                 "<h2>Numbers</h2>" + _facts(facts), "<h2>Workers</h2>" + self._workers(now)]
         wa = info["waiting_age"]
         rows = [[_badge(st)] + [str(n) for n in row] + [str(sum(row))] for st, row in wa["rows"].items()]

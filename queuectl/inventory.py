@@ -6,6 +6,7 @@ processing/ names carry more than the id, so those folders are listed. Counts co
 listings alone, never from opening files.
 """
 import os
+import re
 import time
 
 from . import fsutil, names, timeutil
@@ -109,7 +110,8 @@ class Inventory:
 
     def status(self):
         """What `status` shows: counts, live workers with their current job, oldest waiting job."""
-        return {"spool": self.path, "counts": self.counts(), "workers": self.workers(),
+        paused = os.path.lexists(self.layout.paused)
+        return {"spool": self.path, "paused": paused, "counts": self.counts(), "workers": self.workers(),
                 "oldest_waiting": self._oldest_waiting()}
 
     def workers(self):
@@ -158,6 +160,18 @@ class Inventory:
         return self.layout.log(check_id(job_id))
 
 
+_DOT_JOB = re.compile(r"\0\.(?:[^\0]*\.)?json(?=\0)")  # a dot-name ending in .json
+
+
+def count_job_names(entries):
+    """How many of a folder's names are job files (end in .json, do not start with a dot),
+    without a Python step per name: 1,000,000 names are counted in C-speed string scans."""
+    if not entries:
+        return 0
+    text = "\0" + "\0".join(entries) + "\0"
+    return text.count(".json\0") - len(_DOT_JOB.findall(text))
+
+
 def count_jobs(layout, now=None):
     """Jobs per folder; `scheduled` = pending ones not due yet. From listings alone: no file
     is opened, nothing sorted, and due times are compared as the fixed-width text of the
@@ -168,7 +182,7 @@ def count_jobs(layout, now=None):
         return [n for n in fsutil.listdir(folder) if n.endswith(names.SUFFIX) and not n.startswith(".")]
     counts = {"incoming": len(job_names(layout.incoming))}
     for st in STATES:
-        counts[st] = len(job_names(layout.state_dir(st))) if st != "pending" else 0
+        counts[st] = count_job_names(fsutil.listdir(layout.state_dir(st))) if st != "pending" else 0
     pending = job_names(layout.pending)
     counts["pending"] = len(pending)
     due_stamp = names.stamp(now)

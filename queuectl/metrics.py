@@ -160,6 +160,7 @@ def collect(spool, now=None, sample=DEFAULT_SAMPLE):
     workers = registry.live_workers(lay)
     return {
         "spool": spool.path,
+        "paused": os.path.lexists(lay.paused),
         "generated_at": timeutil.iso(now),
         "counts": counts,
         "workers": len(workers),
@@ -210,6 +211,8 @@ def prometheus(info):
     metric("queuectl_scheduled_jobs", "gauge", "Pending jobs not due yet.", [("", [], c["scheduled"])])
     metric("queuectl_incoming_files", "gauge", "Dropped files in incoming/ not yet taken.", [("", [], c["incoming"])])
     metric("queuectl_workers", "gauge", "Live workers.", [("", [], info["workers"])])
+    metric("queuectl_paused", "gauge", "1 while the spool is paused (`queuectl pause`).",
+           [("", [], 1 if info.get("paused") else 0)])
     metric("queuectl_success_ratio", "gauge", "completed / (completed + dead); NaN when none finished.",
            [("", [], info["success_rate"])])
     metric("queuectl_finished_jobs_recent", "gauge", "Jobs that reached completed/ or dead/ within the window.",

@@ -25,6 +25,7 @@ class Layout:
         for name in ALL_DIRS:
             setattr(self, name, os.path.join(self.root, name))
         self.config = os.path.join(self.root, "config.json")
+        self.paused = os.path.join(self.root, "paused")  # present while the spool is paused
         self.config_lock = os.path.join(self.root, ".config.lock")
         self.ids_lock = os.path.join(self.root, ".ids.lock")
 

@@ -61,9 +61,14 @@ def age(seconds):
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
+def _spool_line(info):
+    paused = "   PAUSED: no job is claimed until `queuectl resume`" if info.get("paused") else ""
+    return f"spool  {info['spool']}{paused}"
+
+
 def status(info):
     c = info["counts"]
-    lines = [f"spool  {info['spool']}", ""]
+    lines = [_spool_line(info), ""]
     rows = [
         ("incoming", c["incoming"], "dropped files not yet taken"),
         ("pending", c["pending"], f"{c['scheduled']} scheduled for later" if c["scheduled"] else ""),
@@ -116,7 +121,7 @@ def seconds(value):
 def metrics(info):
     """`queuectl metrics` as text: counts, rates, runtimes, and a qshape-like age table."""
     c = info["counts"]
-    lines = [f"spool  {info['spool']}", ""]
+    lines = [_spool_line(info), ""]
     lines.append(table([[st, c[st], f"{c['scheduled']} scheduled for later" if st == "pending" and c["scheduled"] else ""]
                         for st in ("incoming", "pending", "processing", "failed", "completed", "dead")],
                        ("STATE", "JOBS", "")))

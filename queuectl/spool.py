@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from . import config as configmod
-from . import locks, names, timeutil
+from . import fsutil, locks, names, timeutil
 from .errors import FieldError, InvalidInput, JobNotFound, LostRace, WrongState
 from .inventory import Inventory
 from .job import State, check_id, type_name, validate_input, new_record
@@ -25,6 +25,7 @@ from .moves import Corrupt, Moves
 from .paths import Layout, default_spool
 
 Record = dict
+WAIT_POLL = 0.2  # seconds between looks of Spool.wait
 Progress = Optional[Callable[[int, int], None]]
 
 
@@ -173,18 +174,36 @@ class Spool(Inventory):
 
     def retry_dead(self, job_id: str) -> Record:
         """Move one dead job back to pending/ with attempts 0 and run_at now."""
-        state, held = self.moves.find_held(job_id, (State.DEAD,))
+        return self._run_again(job_id, (State.DEAD,), "dlq-retry")
+
+    def _run_again(self, job_id: str, states: tuple, kind: str) -> Record:
+        state, held = self.moves.find_held(job_id, states)
         if held is None:
-            raise WrongState(f"job {job_id!r} is {state}, not dead")
+            raise WrongState(f"job {job_id!r} is {state}, not {' or '.join(map(str, states))}")
         now = timeutil.now()
         record = dict(held.record, attempts=0, run_at=timeutil.iso(now), exit_code=None)
         try:
-            moved = self.moves.move(held, State.PENDING, self.moves.pending_name(record, now), record,
-                                    kind="dlq-retry")
+            moved = self.moves.move(held, State.PENDING, self.moves.pending_name(record, now), record, kind=kind)
         except BaseException:
             held.close()
             raise
         return moved.record
+
+    def retry(self, job_ids: Iterable[str]) -> list[Record]:
+        """`retry`: run finished jobs again, as pueue's restart: each named completed, failed or
+        dead job goes back to pending/ with attempts 0, due now (its log keeps the earlier
+        attempts). All or nothing: every id is checked first. Returns the new records."""
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            raise InvalidInput("give at least one job id")
+        for job_id in ids:
+            check_id(job_id, "ID")
+            found = self.find(job_id)
+            if found is None:
+                raise JobNotFound(job_id)
+            if found[0] not in RETRYABLE:
+                raise WrongState(f"job {job_id!r} is {found[0]}, not completed, failed or dead; nothing was retried")
+        return [self._run_again(job_id, RETRYABLE, "retry") for job_id in ids]
 
     def dlq_retry(self, job_ids: Optional[Iterable[str]] = None) -> list[str]:
         """`dlq retry`: the named dead jobs (None: every dead job) back to pending/. All or
@@ -203,6 +222,73 @@ class Spool(Inventory):
         for job_id in ids:
             self.retry_dead(job_id)
         return ids
+
+    def wait(self, job_ids: Iterable[str], timeout: Optional[float] = None,
+             poll: float = WAIT_POLL) -> WaitResult:
+        """Block until every named job is final (completed or dead), or `timeout` seconds
+        have passed. Unknown ids raise JobNotFound before any wait. Jobs run on any host are
+        seen: the folders are looked at every `poll` seconds (a job's final move is a rename
+        into completed/ or dead/, which every host sees)."""
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            raise InvalidInput("give at least one job id")
+        for job_id in ids:
+            check_id(job_id, "ID")
+            if self.find(job_id) is None:
+                raise JobNotFound(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        final: dict = {}
+        while True:
+            for job_id in ids:
+                if job_id in final:
+                    continue
+                try:
+                    record = self.get(job_id)
+                except JobNotFound:  # purged once final, or between two folders: look again
+                    continue
+                if record["state"] in FINAL:
+                    final[job_id] = record
+            waiting = [i for i in ids if i not in final]
+            if not waiting:
+                return WaitResult({i: final[i] for i in ids}, [])
+            if deadline is not None and time.monotonic() >= deadline:
+                return WaitResult({i: final[i] for i in ids if i in final}, waiting)
+            pause = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
+            time.sleep(pause)
+
+    # ---------------------------------------------------------------- pause
+
+    def pause(self) -> dict:
+        """`pause`: no worker on any host claims a job until resume(); running jobs finish,
+        dropped files are still filed. Persistent (a file in the spool). Returns its record."""
+        info = {"paused_at": timeutil.iso(timeutil.now()), "by": f"{names.hostname()}:{os.getpid()}"}
+        existing = self.paused()
+        if existing:
+            return existing
+        tmp = os.path.join(self.layout.tmp, f".paused-{os.getpid()}")
+        fsutil.write_file(tmp, fsutil.dumps(info))
+        os.rename(tmp, self.layout.paused)
+        fsutil.fsync_dir(self.layout.root)
+        return info
+
+    def resume(self) -> bool:
+        """`resume`: workers claim again. False when the spool was not paused."""
+        try:
+            os.unlink(self.layout.paused)
+        except FileNotFoundError:
+            return False
+        fsutil.fsync_dir(self.layout.root)
+        return True
+
+    def paused(self) -> Optional[dict]:
+        """The pause record ({paused_at, by}) when the spool is paused, else None."""
+        try:
+            info = fsutil.read_json(self.layout.paused)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"paused_at": None, "by": None}  # unreadable: paused all the same
+        return info if isinstance(info, dict) else {"paused_at": None, "by": None}
 
     def purge(self, state: str, older_than: float | str | None = None, now: Optional[float] = None,
               progress: Progress = None) -> int:
@@ -233,6 +319,27 @@ class Spool(Inventory):
         if deleted:
             self.moves.sync_folder(state)
         return deleted
+
+
+class WaitResult(dict):
+    """What `Spool.wait` found: job id -> its record (final ones), `unfinished` (ids still not
+    final when the timeout ran out), and `ok` (every job completed)."""
+
+    def __init__(self, records: dict, unfinished: list) -> None:
+        super().__init__(records)
+        self.unfinished = unfinished
+
+    @property
+    def ok(self) -> bool:
+        return not self.unfinished and all(r["state"] == State.COMPLETED for r in self.values())
+
+    @property
+    def dead(self) -> list:
+        return [r for r in self.values() if r["state"] == State.DEAD]
+
+
+RETRYABLE = (State.COMPLETED, State.FAILED, State.DEAD)
+FINAL = (State.COMPLETED, State.DEAD)
 
 
 def _finished_at(held) -> float:

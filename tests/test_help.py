@@ -19,7 +19,8 @@ COMMANDS = list(walk(cli))
 # the commands docs/contract.md "Commands" documents
 CONTRACT_COMMANDS = ["enqueue", "worker", "worker start", "worker stop", "status", "list", "show", "logs",
                      "dlq", "dlq list", "dlq retry", "cancel", "purge", "config", "config list",
-                     "config get", "config set", "config unset"]
+                     "config get", "config set", "config unset", "wait", "retry", "pause", "resume",
+                     "doctor", "fsck", "metrics", "dashboard"]
 
 
 @pytest.mark.parametrize("name", CONTRACT_COMMANDS)

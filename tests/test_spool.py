@@ -961,3 +961,16 @@ def test_recovery_drops_an_obsolete_record_and_keeps_fresh_ones(spool):
     assert len(fsck.recover(spool)) == 1
     assert not os.path.exists(stale) and os.path.exists(fresh)
     assert read_job_file(spool.path, "pending", find_job(spool, "moved-on")[1]) == before
+
+
+def test_counting_job_names_agrees_with_the_plain_filter():
+    """count_jobs counts names with string scans instead of a step per name; it must count
+    exactly what the plain filter keeps (ends in .json, no leading dot)."""
+    import random
+    from queuectl.inventory import count_job_names
+    parts = [".", "json", ".json", "a", "x.", "\n", ".j", "son", "_"]
+    rng = random.Random(7)
+    for _ in range(2000):
+        entries = ["".join(rng.choice(parts) for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(0, 8))]
+        entries = [e for e in entries if e not in (".", "..")]
+        assert count_job_names(entries) == sum(1 for n in entries if n.endswith(".json") and not n.startswith(".")), entries
