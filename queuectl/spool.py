@@ -174,7 +174,7 @@ class Spool(Inventory):
 
     def retry_dead(self, job_id: str) -> Record:
         """Move one dead job back to pending/ with attempts 0 and run_at now."""
-        return self._run_again(job_id, (State.DEAD,), "dlq-retry")
+        return self._run_again(job_id, (State.DEAD,), kind="dlq-retry")
 
     def _run_again(self, job_id: str, states: tuple, kind: str) -> Record:
         state, held = self.moves.find_held(job_id, states)
@@ -203,7 +203,7 @@ class Spool(Inventory):
                 raise JobNotFound(job_id)
             if found[0] not in RETRYABLE:
                 raise WrongState(f"job {job_id!r} is {found[0]}, not completed, failed or dead; nothing was retried")
-        return [self._run_again(job_id, RETRYABLE, "retry") for job_id in ids]
+        return [self._run_again(job_id, RETRYABLE, kind="retry") for job_id in ids]
 
     def dlq_retry(self, job_ids: Optional[Iterable[str]] = None) -> list[str]:
         """`dlq retry`: the named dead jobs (None: every dead job) back to pending/. All or
