@@ -327,3 +327,27 @@ def test_stop_cancel_and_status_reach_every_host(hosts):
     assert hosts.json(2, spool, "status")["workers"] == []
     counts = hosts.json(1, spool, "status")["counts"]
     assert counts["processing"] == 0 and counts["pending"] == 5 and counts["dead"] == 1, counts
+
+
+def test_pause_wait_and_retry_reach_every_host(hosts):
+    """`pause` on one host holds the workers of the others; `wait` on one host sees jobs
+    another runs; `retry` from a third host runs a finished job again."""
+    spool = hosts.new_spool()
+    workers = [hosts.start(h, spool, "worker", "run") for h in (1, 2)]
+    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 2, 30, what="2 workers")
+    assert hosts.cli(0, spool, "pause").returncode == 0
+    assert hosts.json(2, spool, "status")["paused"] is True
+    for proc in workers:  # each notices the pause (its look after a rescan at the latest)
+        wait_until(lambda: "spool paused" in hosts.output(proc), 30, what="a worker seeing the pause")
+    assert hosts.cli(0, spool, "enqueue", "-c", "true", "--id", "held").returncode == 0
+    with pytest.raises(AssertionError):  # the rescan (2 s) would have claimed it by now
+        wait_until(lambda: hosts.json(0, spool, "show", "held")["state"] != "pending", 5, what="a claim")
+    assert hosts.cli(2, spool, "resume").returncode == 0
+    done = hosts.cli(0, spool, "wait", "held", "--timeout", "60", timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert hosts.json(0, spool, "show", "held")["worker"].split(":")[0] in ("host2", "host3")
+    assert hosts.cli(2, spool, "retry", "held").returncode == 0
+    again = hosts.cli(1, spool, "wait", "held", "--timeout", "60", timeout=90)
+    assert again.returncode == 0, again.stderr
+    wait_until(lambda: hosts.cli(1, spool, "logs", "held").stdout.count("=== queuectl attempt 1/") == 2, 60,
+               what="the retried job's second run in its log")
