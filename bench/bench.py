@@ -260,6 +260,14 @@ class QueuectlPickup:
         self.worker.wait(10)
 
 
+def pickup_after_return(tool, folder, env, i):
+    """ms from the moment `TOOL sh -c MARK` returns to the command's own clock reading."""
+    mark = os.path.join(folder, f"{tool}{i}")
+    subprocess.run([tool, "sh", "-c", MARK.format(path=mark)], env=env, capture_output=True, check=True)
+    t0 = time.time()
+    return (read_mark(mark) - t0) * 1000
+
+
 class TspPickup:
     """task-spooler's server, idle: ms from the moment `tsp CMD` returns to the command's start."""
 
@@ -268,10 +276,7 @@ class TspPickup:
         subprocess.run(["tsp", "-S", "1"], env=self.env, capture_output=True, check=True)
 
     def sample(self, i):
-        mark = os.path.join(self.folder, f"tsp{i}")
-        subprocess.run(["tsp", "sh", "-c", MARK.format(path=mark)], env=self.env, capture_output=True, check=True)
-        t0 = time.time()
-        return (read_mark(mark) - t0) * 1000
+        return pickup_after_return("tsp", self.folder, self.env, i)
 
     def stop(self):
         subprocess.run(["tsp", "-K"], env=self.env, capture_output=True)
@@ -285,10 +290,7 @@ class NqPickup:
         self.env = dict(os.environ, NQDIR=os.path.join(folder, "nq"))
 
     def sample(self, i):
-        mark = os.path.join(self.folder, f"nq{i}")
-        subprocess.run(["nq", "sh", "-c", MARK.format(path=mark)], env=self.env, capture_output=True, check=True)
-        t0 = time.time()
-        return (read_mark(mark) - t0) * 1000
+        return pickup_after_return("nq", self.folder, self.env, i)
 
     def stop(self):
         pass

@@ -75,8 +75,7 @@ class Worker:
         self._signals = 0
         self._dirty = set(ALL)
         self._pending = PendingIndex(self.layout.pending)
-        self._stamps = {folder: FolderStamp(self.layout.state_dir(folder) if folder != "workers" else self.layout.workers)
-                        for folder in RESCANNED}
+        self._stamps = {folder: FolderStamp(os.path.join(self.layout.root, folder)) for folder in RESCANNED}
         self._processing = None   # processing/ as last listed: the take-back probes these
         self._next_rescan = 0.0
         self._next_failed = 0.0
