@@ -14,7 +14,7 @@ from .version import __version__
 from .errors import InvalidInput, QueuectlError
 from .paths import default_spool
 
-STATE_CHOICE = click.Choice(["pending", "processing", "failed", "completed", "dead"])
+STATE_CHOICE = click.Choice(["blocked", "pending", "processing", "failed", "completed", "dead"])
 
 
 def get_spool(ctx):
@@ -31,8 +31,9 @@ def echo_json(value):
 
 
 # job-id completion: which states each command's ids come from
-_COMPLETE_STATES = {"cancel": ("pending", "failed", "processing"), "dlq retry": ("dead",),
-                    "retry": ("completed", "failed", "dead"), "wait": ("pending", "processing", "failed")}
+_COMPLETE_STATES = {"cancel": ("blocked", "pending", "failed", "processing"), "dlq retry": ("dead",),
+                    "retry": ("completed", "failed", "dead"),
+                    "wait": ("blocked", "pending", "processing", "failed")}
 
 
 def complete_job_id(ctx, param, incomplete):
@@ -42,7 +43,7 @@ def complete_job_id(ctx, param, incomplete):
     from . import fsutil, names
     from .paths import Layout
     key = ctx.command.name if ctx.parent is None or ctx.parent.parent is None else f"{ctx.parent.info_name} {ctx.command.name}"
-    states = _COMPLETE_STATES.get(key, ("pending", "processing", "failed", "completed", "dead"))
+    states = _COMPLETE_STATES.get(key, ("blocked", "pending", "processing", "failed", "completed", "dead"))
     try:
         layout = Layout(ctx.find_root().params.get("spool") or default_spool())
     except QueuectlError:
@@ -87,10 +88,12 @@ def cli(ctx, spool):
 @click.option("--run-at", help="Earliest start: ISO-8601, Unix seconds, or +30s/+5m/+2h/+1d.")
 @click.option("--max-retries", type=int, help="Retries after the first attempt.")
 @click.option("--timeout", type=float, help="Kill the attempt after this many seconds (0 = none).")
+@click.option("--after", "after", multiple=True, shell_complete=complete_job_id,
+              help="Run only once job ID has completed (repeatable; the job waits in blocked/).")
 @click.option("--wait", "wait_", is_flag=True, help="Then block until the jobs are final, as `wait` does (its exit codes).")
 @json_option
 @click.pass_context
-def enqueue(ctx, job_json, file_, command, job_id, priority, run_at, max_retries, timeout, wait_, as_json):
+def enqueue(ctx, job_json, file_, command, job_id, priority, run_at, max_retries, timeout, after, wait_, as_json):
     """Add jobs; prints each new id. Exits 0 once they are on disk for good.
 
     \b
@@ -99,6 +102,7 @@ def enqueue(ctx, job_json, file_, command, job_id, priority, run_at, max_retries
       queuectl enqueue -c 'make backup' --priority 1 --run-at +10m
       queuectl enqueue --file jobs.jsonl
       queuectl enqueue -c 'make test' --wait     # like tsp -w / nq -w: exit 0 if it completed
+      queuectl enqueue -c 'make deploy' --after build1 --after test1   # once both completed
     """
     from .job import parse_batch, run_at_option
     if job_json is not None and file_ is not None:
@@ -122,7 +126,7 @@ def enqueue(ctx, job_json, file_, command, job_id, priority, run_at, max_retries
     if not items:
         raise InvalidInput("no job given (an empty array)")
     overrides = {"command": command, "id": job_id, "priority": priority, "run_at": run_at_option(run_at),
-                 "max_retries": max_retries, "timeout_seconds": timeout}
+                 "max_retries": max_retries, "timeout_seconds": timeout, "after": list(after) or None}
     with _progress("enqueue") as progress:
         # the CLI records the caller's directory (docs/contract.md "The job record")
         records = get_spool(ctx).enqueue_many(items, overrides=overrides, defaults={"cwd": os.getcwd()},

@@ -13,7 +13,7 @@ import os
 import stat
 import time
 
-from . import fsutil, timeutil
+from . import dependencies, fsutil, timeutil
 from .faults import crashpoint
 from .errors import FieldError, InvalidInput, QueuectlError
 from .job import due_time, new_id, new_record, validate_input
@@ -93,7 +93,8 @@ def ingest_one(spool, name, take=None, config=None):
     crashpoint("ingest.claimed")
     try:
         record = _read_job(spool, claimed, job_id, config)
-        if take is not None and due_time(record) <= timeutil.now():
+        dependencies.place(spool, [record])  # blocked/ when it waits for jobs not completed
+        if take is not None and record["state"] == "pending" and due_time(record) <= timeutil.now():
             held = spool.moves.store_claimed(record, *take)
             if held is not None:
                 return "taken", Taken(held, claimed)

@@ -18,11 +18,12 @@ class Inventory:
     """Read-only views of a spool; needs `self.layout` and `self.path`."""
 
     def find(self, job_id):
-        """(state, file name) of a job, or None. Final states by name; the others by listing."""
+        """(state, file name) of a job, or None. Final states and blocked/ by name; the others
+        by listing."""
         check_id(job_id)
         lay = self.layout
         final = names.final_name(job_id)
-        for state in (State.COMPLETED, State.DEAD):
+        for state in (State.COMPLETED, State.DEAD, State.BLOCKED):
             if os.path.lexists(os.path.join(lay.state_dir(state), final)):
                 return state.value, final
         for state in (State.PROCESSING, State.PENDING, State.FAILED):

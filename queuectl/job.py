@@ -17,6 +17,7 @@ from .errors import FieldError
 class State(str, enum.Enum):
     """A job's state; the value is also the name of the folder it sits in."""
 
+    BLOCKED = "blocked"
     PENDING = "pending"
     PROCESSING = "processing"
     FAILED = "failed"
@@ -31,15 +32,16 @@ STATES = [s.value for s in State]
 FINAL_STATES = (State.COMPLETED, State.DEAD)
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-INPUT_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "timeout_seconds", "cwd", "env")
+INPUT_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "timeout_seconds", "cwd", "env", "after")
 RECORD_FIELDS = (
     "id", "command", "state", "attempts", "max_retries", "priority", "run_at", "timeout_seconds",
     "cwd", "env", "created_at", "updated_at", "started_at", "finished_at", "exit_code",
-    "last_error", "worker",
+    "last_error", "worker", "after",
 )
 DEFAULT_PRIORITY = 10
 MAX_RETRIES_LIMIT = 1_000_000
 MAX_COMMAND_BYTES = 256 * 1024
+MAX_AFTER = 1000  # dependencies of one job
 _ENV_NAME = re.compile(r"[^=\x00]+")
 
 _id_lock = threading.Lock()
@@ -163,7 +165,24 @@ def validate_input(data, defaults=None, now=None):
             _text("env", k, 4096)  # a name must be UTF-8 too
             _text(f"env.{k[:40]}", v, 64 * 1024)
     out["env"] = env
+    out["after"] = check_after(data.get("after"))
     return out
+
+
+def check_after(value):
+    """The `after` field: None, or a list of job ids (duplicates dropped, order kept)."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise FieldError("after", f"must be an array of job ids, got {type_name(value)}")
+    if len(value) > MAX_AFTER:
+        raise FieldError("after", f"too many dependencies ({len(value)}, at most {MAX_AFTER})")
+    ids = []
+    for item in value:
+        check_id(item, "after")
+        if item not in ids:
+            ids.append(item)
+    return ids or None
 
 
 def new_record(fields, now):
@@ -187,6 +206,7 @@ def new_record(fields, now):
         "exit_code": None,
         "last_error": None,
         "worker": None,
+        "after": fields.get("after"),
     }
 
 
@@ -216,6 +236,7 @@ def check_record(data):
     if env is not None and (not isinstance(env, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
         raise FieldError("env", "must be an object of string to string")
+    check_after(data.get("after"))
     return data
 
 

@@ -146,6 +146,7 @@ def collect(spool, now=None, sample=DEFAULT_SAMPLE):
               "completed": len(done["completed"]), "dead": len(done["dead"])}
     rows, sums, oldest, scheduled = _waiting(lay, now, pending, failed_times)
     counts["scheduled"] = scheduled
+    counts["blocked"] = len(_job_names(lay.blocked))
     finished_total = counts["completed"] + counts["dead"]
     recent = {}
     for window, seconds in WINDOWS:

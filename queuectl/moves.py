@@ -27,7 +27,7 @@ MARKER_WRITE_GRACE = 60.0  # a marker still empty this long after creation was l
 # kinds of move that are not fsynced (a worker's claim, finish, promotion, take-back, ...);
 # every other kind is (docs/protocol.md "Durability")
 LAZY_MOVES = frozenset({"claim", "complete", "fail", "bury", "kill", "requeue", "promote", "takeback",
-                        "takeback-dead", "unclaim"})
+                        "takeback-dead", "unclaim", "release", "cascade"})
 
 
 class Held:
@@ -89,12 +89,16 @@ class Moves(Inventory):
                 fsutil.syncfs(lay.tmp)
                 crashpoint("enqueue.synced")
             for tmp, record in zip(staged, records):
-                name = names.pending_name(record["priority"], due_time(record), self.next_seq(), record["id"])
-                os.rename(tmp, os.path.join(lay.pending, name))
+                if record["state"] == State.BLOCKED:  # waits for its `after` (dependencies.py)
+                    dst = os.path.join(lay.blocked, names.final_name(record["id"]))
+                else:
+                    dst = os.path.join(lay.pending, self.pending_name(record))
+                os.rename(tmp, dst)
                 reserved.remove(record["id"])  # in pending/ now: its marker must stay, whatever happens
                 crashpoint("enqueue.renamed")
             staged = []
-            fsutil.fsync_dir(lay.pending)
+            for state in sorted({record["state"] for record in records}):
+                fsutil.fsync_dir(lay.state_dir(state))
             fsutil.fsync_dir(lay.ids)
             crashpoint("enqueue.fsynced")
             reserved = []
@@ -422,6 +426,18 @@ class Moves(Inventory):
     def pending_name(self, record, due=None):
         due = due_time(record) if due is None else due
         return names.pending_name(record["priority"], due, self.next_seq(), record["id"])
+
+    def release(self, held):
+        """A blocked job whose dependencies have all completed goes to pending/, in its claim
+        order (its due time is its run_at or creation time, as at enqueue)."""
+        record = dict(held.record)
+        return self.move(held, State.PENDING, self.pending_name(record), record, kind="release")
+
+    def bury_blocked(self, held, reason):
+        """A blocked job one of whose dependencies is dead goes to dead/ without running."""
+        record = dict(held.record, last_error=reason, run_at=None, exit_code=None,
+                      finished_at=timeutil.iso(timeutil.now()))
+        return self.move(held, State.DEAD, names.final_name(record["id"]), record, kind="cascade")
 
     def promote(self, name, now=None):
         """Move a due failed/NAME into pending/ so it competes by priority. LostRace/Busy if not ours."""

@@ -4,7 +4,7 @@ import stat
 
 from .errors import SpoolError, UnsafeSpool, InvalidInput
 
-STATE_DIRS = ("pending", "processing", "failed", "completed", "dead")
+STATE_DIRS = ("blocked", "pending", "processing", "failed", "completed", "dead")
 ALL_DIRS = ("incoming",) + STATE_DIRS + ("logs", "rejected", "tmp", "ids", "workers")
 
 

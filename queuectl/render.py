@@ -71,6 +71,7 @@ def status(info):
     lines = [_spool_line(info), ""]
     rows = [
         ("incoming", c["incoming"], "dropped files not yet taken"),
+        ("blocked", c["blocked"], "waiting for the jobs in their `after`" if c["blocked"] else ""),
         ("pending", c["pending"], f"{c['scheduled']} scheduled for later" if c["scheduled"] else ""),
         ("processing", c["processing"], "running now"),
         ("failed", c["failed"], "waiting to retry" if c["failed"] else ""),

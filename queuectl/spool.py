@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from . import config as configmod
-from . import fsutil, locks, names, timeutil
+from . import dependencies, fsutil, locks, names, timeutil
 from .errors import FieldError, InvalidInput, JobNotFound, LostRace, WrongState
 from .inventory import Inventory
 from .job import State, check_id, type_name, validate_input, new_record
@@ -120,6 +120,7 @@ class Spool(Inventory):
                 raise FieldError(f"{where}: id", f"{record['id']!r} appears twice in the batch")
             seen.add(record["id"])
             records.append(record)
+        dependencies.place(self, records, where=lambda i: f"job {i + 1}: after" if len(items) > 1 else "after")
         self.moves.store_new(records, progress)
         return records
 
@@ -138,9 +139,9 @@ class Spool(Inventory):
             if not kill:
                 raise WrongState(f"job {job_id!r} is processing (running); use --kill to kill it")
             return Cancelled(self._kill_running(job_id, found[1], timeout), True)
-        state, held = self.moves.find_held(job_id, (State.PENDING, State.FAILED))
+        state, held = self.moves.find_held(job_id, (State.BLOCKED, State.PENDING, State.FAILED))
         if held is None:
-            raise WrongState(f"job {job_id!r} is {state}; only pending or failed jobs can be cancelled"
+            raise WrongState(f"job {job_id!r} is {state}; only blocked, pending or failed jobs can be cancelled"
                              + (" (use --kill for a running one)" if state == State.PROCESSING else ""))
         record = dict(held.record, last_error="cancelled", run_at=None,
                       finished_at=timeutil.iso(timeutil.now()))
@@ -182,8 +183,12 @@ class Spool(Inventory):
             raise WrongState(f"job {job_id!r} is {state}, not {' or '.join(map(str, states))}")
         now = timeutil.now()
         record = dict(held.record, attempts=0, run_at=timeutil.iso(now), exit_code=None)
+        if dependencies.verdict(self, record.get("after")) == ("release", None):
+            dst_state, dst_name = State.PENDING, self.moves.pending_name(record, now)
+        else:  # it waits for its dependencies again (a dead one buries it again)
+            dst_state, dst_name = State.BLOCKED, names.final_name(job_id)
         try:
-            moved = self.moves.move(held, State.PENDING, self.moves.pending_name(record, now), record, kind=kind)
+            moved = self.moves.move(held, dst_state, dst_name, record, kind=kind)
         except BaseException:
             held.close()
             raise

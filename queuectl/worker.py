@@ -13,6 +13,7 @@ import sys
 import time
 
 from . import doctor, fsck, fsinfo, fsutil, ingest, names, pool, registry, runner, timeutil
+from .dependencies import BlockedJobs
 from .folderstamp import FolderStamp
 from .errors import LostRace, QueuectlError, SpoolError
 from .moves import Corrupt
@@ -28,8 +29,9 @@ RESCAN_OVERRIDE = os.environ.get("QUEUECTL_RESCAN")  # tests shorten the config'
 OUTAGE_ERRNOS = frozenset({errno.ENOTCONN, errno.EIO, errno.EBADFD, errno.ETIMEDOUT, errno.ESTALE,
                            errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED,
                            errno.ECONNRESET, errno.ECONNREFUSED})
-ALL = frozenset({"incoming", "pending", "failed", "workers"})
-RESCANNED = ("incoming", "pending", "failed", "processing", "workers")  # the folders a rescan looks at
+ALL = frozenset({"incoming", "pending", "failed", "workers", "blocked"})
+# the folders a rescan looks at; completed/ and dead/ only tell that a dependency may have ended
+RESCANNED = ("incoming", "pending", "failed", "processing", "workers", "blocked", "completed", "dead")
 SHARED_CLAIM_SPREAD = 16  # on a shared spool, steal at random among the first N due names (pending.py)
 PAUSED_LOOK = 0.5         # seconds between looks for `resume` while paused (no event tells of it)
 RELIST_AFTER_LOSSES = 3   # lost claims in a row after which a worker on a shared spool lists pending/ again
@@ -75,6 +77,8 @@ class Worker:
         self._signals = 0
         self._dirty = set(ALL)
         self._pending = PendingIndex(self.layout.pending)
+        self._blocked = BlockedJobs(self.moves)
+        self._job_ended = False   # a job reached completed/ or dead/: what waits for it may go on
         self._stamps = {folder: FolderStamp(os.path.join(self.layout.root, folder)) for folder in RESCANNED}
         self._processing = None   # processing/ as last listed: the take-back probes these
         self._next_rescan = 0.0
@@ -149,7 +153,7 @@ class Worker:
                                         self.config()["contact-timeout"], on_kill=self._lost_contact).start()
         self._job_note = registry.JobNote(self.layout, self.host, self.pid)
         self.waker = Waker([self.layout.incoming, self.layout.pending, self.layout.failed,
-                            self.layout.workers]).start()
+                            self.layout.workers, self.layout.blocked]).start()
         try:
             self._log(f"worker {self.id} started (wake-ups: {self.waker.mechanism})")
             self._maintain(startup=True)
@@ -218,6 +222,10 @@ class Worker:
             if "failed" in dirty or timeutil.now() >= self._next_failed:
                 self._next_failed = self._promote_due()
             next_failed = self._next_failed
+            if "blocked" in dirty:
+                self._blocked.relist()
+            if self._blocked and (self._job_ended or dirty & {"blocked", "ended"}):
+                self._resolve_blocked()
             if "rescan" in dirty:
                 self._relist_pending()
             elif "pending" in dirty:
@@ -299,6 +307,10 @@ class Worker:
             self._dirty.add("rescan")
         if "workers" in changed:
             self._dirty.add("workers")  # requests, and the share (_check_requests)
+        if "blocked" in changed:
+            self._dirty.add("blocked")
+        if changed & {"completed", "dead"}:
+            self._dirty.add("ended")  # another host's or a command's job ended: a dependency?
         self._check_requests()
         self._take_back_lost(relist="processing" in changed)
         if startup:  # after the take-back: it reads the dead workers' notes that this clears
@@ -316,6 +328,18 @@ class Worker:
                 stamp.listed(look)
                 changed.add(folder)
         return changed
+
+    def _resolve_blocked(self):
+        """Release the blocked jobs whose dependencies completed; bury those with a dead one."""
+        self._job_ended = False
+
+        def report(action, record):
+            if action == "release":
+                self._log(f"job {record['id']} released: the jobs it waited for completed")
+            else:
+                self._log(f"job {record['id']} dead ({record['last_error']}) without running")
+        if self._blocked.resolve(report) and self.waker.mechanism != "inotify":
+            self._pending.stale = True  # no event will name the released files
 
     def _share_names(self):
         """On a shared spool, split pending/ between the live workers (pending.py): our rank
@@ -514,6 +538,8 @@ class Worker:
             self._log(f"job {job_id} finished late; result discarded (the job was taken back)")
             return
         rec = new.record
+        if rec["state"] in ("completed", "dead"):
+            self._job_ended = True
         if rec["state"] == "completed":
             self._log(f"job {job_id} completed in {outcome.duration:.2f}s")
         elif rec["state"] == "failed":

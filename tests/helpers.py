@@ -29,7 +29,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUEUECTL = (sys.executable, "-m", "queuectl")  # the CLI from this checkout: [*QUEUECTL, "status"]
-STATE_FOLDERS = ("pending", "processing", "failed", "completed", "dead")
+STATE_FOLDERS = ("blocked", "pending", "processing", "failed", "completed", "dead")
 # the lock files of the spool-wide critical sections (queuectl/paths.py): implementation, not state
 SPOOL_LOCK_FILES = (".config.lock", ".ids.lock")
 

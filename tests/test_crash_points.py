@@ -136,6 +136,12 @@ def scenario(point, cli, spool, tmp_path, env):
         _dead_job(spool, "j")  # then `mv dead/j.json pending/` by hand
         os.rename(os.path.join(spool.path, "dead", "j.json"), os.path.join(spool.path, "pending", "j.json"))
         return run_worker_burst(cli, env), ["j"]
+    if kind in ("release", "cascade"):  # a job waits in blocked/ for one that then ends
+        spool.enqueue("true" if kind == "release" else "exit 1", id="a", max_retries=0)
+        spool.enqueue("true", id="b", after=["a"])
+        held = spool.moves.claim(spool.names("pending")[0], "h", 1)
+        spool.moves.finish(held, 0 if kind == "release" else 1, backoff=(1, 0, 0))
+        return run_worker_burst(cli, env), ["a", "b"]
     if kind == "purge":
         _completed_job(spool, "j")
         return cli("purge", "--state", "completed", env=env), []
@@ -158,7 +164,7 @@ def test_every_crash_point_has_a_scenario(tmp_path):
 
 SCENARIO_KINDS = {"enqueue", "ingest", "take", "reject", "claim", "complete", "fail", "bury", "promote",
                   "takeback", "takeback-dead", "unclaim", "requeue", "kill", "cancel", "dlq-retry",
-                  "purge", "config", "adopt", "retry"}
+                  "purge", "config", "adopt", "retry", "release", "cascade"}
 
 
 def age_tmp(spool_dir, seconds=7200):

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.process
 
 RECORD_FIELDS = {"id", "command", "state", "attempts", "max_retries", "priority", "run_at",
                  "timeout_seconds", "cwd", "env", "created_at", "updated_at", "started_at",
-                 "finished_at", "exit_code", "last_error", "worker"}
+                 "finished_at", "exit_code", "last_error", "worker", "after"}
 CONFIG_KEYS = ["max-retries", "backoff-base", "backoff-max", "backoff-jitter", "job-timeout",
                "worker-count", "log-max-bytes", "rescan-interval", "contact-timeout"]
 
@@ -461,8 +461,9 @@ def test_status_json_has_the_keys_of_the_contract(cli, spool_dir, tmp_path):
     st = cli.json("status")
     assert {"spool", "counts", "workers"} <= set(st)
     assert os.path.isabs(st["spool"]) and os.path.samefile(st["spool"], spool_dir)
-    assert set(st["counts"]) == {"incoming", "pending", "scheduled", "processing", "failed", "completed", "dead"}
-    assert st["counts"] == {"incoming": 0, "pending": 1, "scheduled": 1, "processing": 1, "failed": 0,
+    assert set(st["counts"]) == {"incoming", "blocked", "pending", "scheduled", "processing", "failed",
+                                 "completed", "dead"}
+    assert st["counts"] == {"incoming": 0, "blocked": 0, "pending": 1, "scheduled": 1, "processing": 1, "failed": 0,
                             "completed": 0, "dead": 0}
     assert len(st["workers"]) == 1
     w = st["workers"][0]

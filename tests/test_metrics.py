@@ -53,8 +53,8 @@ def filled(spool):
 
 def test_counts_rates_runtimes(filled):
     info = metrics.collect(filled, now=NOW)
-    assert info["counts"] == {"incoming": 1, "pending": 4, "scheduled": 1, "processing": 0, "failed": 1,
-                              "completed": 6, "dead": 1}
+    assert info["counts"] == {"incoming": 1, "blocked": 0, "pending": 4, "scheduled": 1, "processing": 0,
+                              "failed": 1, "completed": 6, "dead": 1}
     assert info["success_rate"] == pytest.approx(6 / 7, abs=1e-6)
     assert info["finished"]["last_minute"] == {"completed": 5, "dead": 0}
     assert info["finished"]["last_hour"] == {"completed": 5, "dead": 1}

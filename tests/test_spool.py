@@ -155,6 +155,10 @@ def test_enqueue_default_max_retries_comes_from_config(spool):
 
 def make_job_in_state(spool, job_id, state):
     """A job in `state`; returns the Held of a processing job (keep it open)."""
+    if state == "blocked":  # waits for a job that has not run
+        spool.enqueue("true", id=f"{job_id}-first")
+        spool.enqueue("false", id=job_id, after=[f"{job_id}-first"])
+        return None
     spool.enqueue("false", id=job_id, max_retries=0 if state == "dead" else 5)
     if state == "pending":
         return None
@@ -454,7 +458,7 @@ def test_finish_success_goes_to_completed(spool):
     assert rec["state"] == "completed" and rec["exit_code"] == 0
     assert rec["last_error"] is None
     assert rec["attempts"] == 1 and rec["finished_at"] is not None
-    assert state_counts(spool.path) == {"pending": 0, "processing": 0, "failed": 0, "completed": 1, "dead": 0}
+    assert state_counts(spool.path) == {"blocked": 0, "pending": 0, "processing": 0, "failed": 0, "completed": 1, "dead": 0}
     assert [n for n in os.listdir(os.path.join(spool.path, "tmp")) if n.startswith("mv-")] == []
 
 
@@ -812,7 +816,7 @@ def test_purge_only_final_states(spool, state):
 # ---------------------------------------------------------------- reads
 
 def test_counts_including_scheduled(spool):
-    assert spool.counts() == {"incoming": 0, "pending": 0, "scheduled": 0, "processing": 0,
+    assert spool.counts() == {"incoming": 0, "blocked": 0, "pending": 0, "scheduled": 0, "processing": 0,
                               "failed": 0, "completed": 0, "dead": 0}
     spool.enqueue("true", id="now1")
     spool.enqueue("true", id="later", run_at="+1h")
@@ -821,6 +825,7 @@ def test_counts_including_scheduled(spool):
     spool.enqueue("false", id="fail", max_retries=2)
     spool.enqueue("true", id="done")
     spool.enqueue("false", id="dead", max_retries=0)
+    spool.enqueue("true", id="waits", after=["later"])
     held = claim(spool, "run")
     spool.moves.finish(claim(spool, "fail"), 1, backoff=(10, 3600, 0))
     spool.moves.finish(claim(spool, "done"), 0)
@@ -830,7 +835,7 @@ def test_counts_including_scheduled(spool):
     for ignored in (".hidden.json", "notes.txt"):
         open(os.path.join(spool.path, "incoming", ignored), "w").close()
     try:
-        assert spool.counts() == {"incoming": 1, "pending": 3, "scheduled": 2, "processing": 1,
+        assert spool.counts() == {"incoming": 1, "blocked": 1, "pending": 3, "scheduled": 2, "processing": 1,
                                   "failed": 1, "completed": 1, "dead": 1}
         assert spool.counts(now=time.time() + 7200)["scheduled"] == 1
     finally:
