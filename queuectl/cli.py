@@ -482,6 +482,78 @@ def doctor(ctx, as_json):
 
 # ---------------------------------------------------------------- config
 
+def complete_schedule_name(ctx, param, incomplete):
+    """shell_complete of schedule names: the file names in schedules/ (nothing read or created)."""
+    from click.shell_completion import CompletionItem
+    from . import fsutil
+    from .paths import Layout
+    try:
+        layout = Layout(ctx.find_root().params.get("spool") or default_spool())
+    except QueuectlError:
+        return []
+    return [CompletionItem(n[:-5]) for n in sorted(fsutil.listdir(layout.schedules))
+            if n.endswith(".json") and not n.startswith(".") and n.startswith(incomplete)]
+
+
+@cli.group()
+def schedule():
+    """Recurring jobs: one job per time of a cron expression (UTC), fired by the workers."""
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.argument("cron")
+@click.argument("job_json", required=False)
+@click.option("-c", "--command", help="The shell command (run with /bin/sh -c).")
+@click.option("--priority", type=int, help="0-999, lower runs first (default 10).")
+@click.option("--max-retries", type=int, help="Retries after the first attempt.")
+@click.option("--timeout", type=float, help="Kill the attempt after this many seconds (0 = none).")
+@json_option
+@click.pass_context
+def schedule_add(ctx, name, cron, job_json, command, priority, max_retries, timeout, as_json):
+    """Add schedule NAME: at each time of the 5-field CRON expression (minute hour
+    day-of-month month day-of-week, UTC), a worker enqueues one job with id
+    NAME-YYYYMMDDTHHMMZ, exactly once however many workers and hosts run.
+
+    \b
+    Examples:
+      queuectl schedule add nightly-backup '30 2 * * *' -c 'make backup'
+      queuectl schedule add ping '*/5 * * * *' '{"command": "curl -fsS https://example.org", "max_retries": 0}'
+    """
+    from .job import parse_batch
+    fields = {}
+    if job_json is not None:
+        items = parse_batch(job_json, "JSON argument")
+        if len(items) != 1 or not isinstance(items[0], dict):
+            raise InvalidInput("JSON argument: must be one JSON object")
+        fields = items[0]
+    overrides = {"command": command, "priority": priority, "max_retries": max_retries, "timeout_seconds": timeout}
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    entry = get_spool(ctx).schedule_add(name, cron, defaults={"cwd": os.getcwd()}, **fields)
+    if as_json:
+        echo_json(entry)
+    else:
+        click.echo(f"{entry['name']}: next at {entry['next']}")
+
+
+@schedule.command("list")
+@json_option
+@click.pass_context
+def schedule_list(ctx, as_json):
+    """The schedules, each with its next occurrence, last fired job, fired and skipped counts."""
+    entries = get_spool(ctx).schedule_list()
+    echo_json(entries) if as_json else click.echo(render.schedules(entries))
+
+
+@schedule.command("remove")
+@click.argument("name", shell_complete=complete_schedule_name)
+@click.pass_context
+def schedule_remove(ctx, name):
+    """Stop schedule NAME (the jobs it already enqueued stay)."""
+    get_spool(ctx).schedule_remove(name)
+    click.echo(f"{name} removed")
+
+
 @cli.group()
 def config():
     """Settings of this spool (config.json); running workers pick up changes."""

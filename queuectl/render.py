@@ -95,6 +95,14 @@ def status(info):
     return "\n".join(lines)
 
 
+def schedules(entries):
+    if not entries:
+        return "no schedules (add one: queuectl schedule add NAME CRON -c COMMAND)"
+    rows = [[e["name"], e["cron"], e["next"], e["last_fired_id"] or "-", e["fired"], e["skipped"],
+             _cut(e["command"], 40)] for e in entries]
+    return table(rows, ("NAME", "CRON", "NEXT", "LAST FIRED", "FIRED", "SKIPPED", "COMMAND"))
+
+
 def fsck(problems, root, repaired):
     if not problems:
         return f"{root}: no problems found"

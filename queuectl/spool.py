@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from . import config as configmod
 from . import dependencies, fsutil, locks, names, timeutil
+from .schedules import Schedules
 from .errors import FieldError, InvalidInput, JobNotFound, LostRace, WrongState
 from .inventory import Inventory
 from .job import State, check_id, type_name, validate_input, new_record
@@ -294,6 +295,27 @@ class Spool(Inventory):
         except (OSError, ValueError):
             return {"paused_at": None, "by": None}  # unreadable: paused all the same
         return info if isinstance(info, dict) else {"paused_at": None, "by": None}
+
+    # ---------------------------------------------------------------- schedules
+
+    def schedule_add(self, name: str, cron: str, command: Optional[str] = None,
+                     defaults: Optional[dict] = None, **fields: Any) -> dict:
+        """A recurring job: at each time of the 5-field cron expression `cron` (UTC) the workers
+        enqueue one job from these fields (those of enqueue but id, run_at, after), with id
+        NAME-YYYYMMDDTHHMMZ. Returns what schedule_list shows for it."""
+        if command is not None:
+            fields["command"] = command
+        template = {**(defaults or {}), **{k: v for k, v in fields.items() if v is not None}}
+        template.setdefault("max_retries", self.config()["max-retries"])
+        return Schedules(self.layout).add(name, cron, template)
+
+    def schedule_list(self) -> list[dict]:
+        """Every schedule: name, cron, command, next occurrence, last fired id, fired, skipped."""
+        return Schedules(self.layout).list()
+
+    def schedule_remove(self, name: str) -> None:
+        """Stop a schedule; the jobs it has enqueued stay."""
+        Schedules(self.layout).remove(name)
 
     def purge(self, state: str, older_than: float | str | None = None, now: Optional[float] = None,
               progress: Progress = None) -> int:

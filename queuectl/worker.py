@@ -19,6 +19,7 @@ from .errors import LostRace, QueuectlError, SpoolError
 from .moves import Corrupt
 from .pending import PendingIndex
 from .registry import StopMode
+from .schedules import ScheduleClock, Schedules
 from .runner import Interrupt
 from .waker import Waker
 from .contact import ContactWatch
@@ -29,9 +30,10 @@ RESCAN_OVERRIDE = os.environ.get("QUEUECTL_RESCAN")  # tests shorten the config'
 OUTAGE_ERRNOS = frozenset({errno.ENOTCONN, errno.EIO, errno.EBADFD, errno.ETIMEDOUT, errno.ESTALE,
                            errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED,
                            errno.ECONNRESET, errno.ECONNREFUSED})
-ALL = frozenset({"incoming", "pending", "failed", "workers", "blocked"})
+ALL = frozenset({"incoming", "pending", "failed", "workers", "blocked", "schedules"})
 # the folders a rescan looks at; completed/ and dead/ only tell that a dependency may have ended
-RESCANNED = ("incoming", "pending", "failed", "processing", "workers", "blocked", "completed", "dead")
+RESCANNED = ("incoming", "pending", "failed", "processing", "workers", "blocked", "completed", "dead",
+             "schedules")
 SHARED_CLAIM_SPREAD = 16  # on a shared spool, steal at random among the first N due names (pending.py)
 PAUSED_LOOK = 0.5         # seconds between looks for `resume` while paused (no event tells of it)
 RELIST_AFTER_LOSSES = 3   # lost claims in a row after which a worker on a shared spool lists pending/ again
@@ -79,6 +81,7 @@ class Worker:
         self._pending = PendingIndex(self.layout.pending)
         self._blocked = BlockedJobs(self.moves)
         self._job_ended = False   # a job reached completed/ or dead/: what waits for it may go on
+        self._clock = ScheduleClock(Schedules(self.layout))
         self._stamps = {folder: FolderStamp(os.path.join(self.layout.root, folder)) for folder in RESCANNED}
         self._processing = None   # processing/ as last listed: the take-back probes these
         self._next_rescan = 0.0
@@ -153,7 +156,7 @@ class Worker:
                                         self.config()["contact-timeout"], on_kill=self._lost_contact).start()
         self._job_note = registry.JobNote(self.layout, self.host, self.pid)
         self.waker = Waker([self.layout.incoming, self.layout.pending, self.layout.failed,
-                            self.layout.workers, self.layout.blocked]).start()
+                            self.layout.workers, self.layout.blocked, self.layout.schedules]).start()
         try:
             self._log(f"worker {self.id} started (wake-ups: {self.waker.mechanism})")
             self._maintain(startup=True)
@@ -222,6 +225,10 @@ class Worker:
             if "failed" in dirty or timeutil.now() >= self._next_failed:
                 self._next_failed = self._promote_due()
             next_failed = self._next_failed
+            if "schedules" in dirty:
+                self._clock.reload(timeutil.now())
+            if timeutil.now() >= self._clock.next_at:
+                self._fire_schedules()
             if "blocked" in dirty:
                 self._blocked.relist()
             if self._blocked and (self._job_ended or dirty & {"blocked", "ended"}):
@@ -260,7 +267,7 @@ class Worker:
                 continue
             if self.burst and not ingest.candidates(self.spool):
                 return
-            wake_at = min(next_failed, next_pending)
+            wake_at = min(next_failed, next_pending, self._clock.next_at)
             timeout = min(self._next_rescan - time.monotonic(), wake_at - timeutil.now())
             if timeout > 0:
                 self.waker.wait(timeout)
@@ -309,6 +316,8 @@ class Worker:
             self._dirty.add("workers")  # requests, and the share (_check_requests)
         if "blocked" in changed:
             self._dirty.add("blocked")
+        if "schedules" in changed:
+            self._dirty.add("schedules")
         if changed & {"completed", "dead"}:
             self._dirty.add("ended")  # another host's or a command's job ended: a dependency?
         self._check_requests()
@@ -340,6 +349,16 @@ class Worker:
                 self._log(f"job {record['id']} dead ({record['last_error']}) without running")
         if self._blocked.resolve(report) and self.waker.mechanism != "inotify":
             self._pending.stale = True  # no event will name the released files
+
+    def _fire_schedules(self):
+        """Enqueue the due occurrences of the schedules (exactly once over all workers: the
+        occurrence's id is reserved like any job id)."""
+        try:
+            for name, job_id in self._clock.fire(self.spool.enqueue_many, timeutil.now()):
+                self._log(f"schedule {name}: job {job_id} enqueued")
+        except (OSError, QueuectlError) as exc:  # e.g. a full disk: it fires on a later look
+            self._log(f"schedules: {exc}")
+            self._clock.next_at = timeutil.now() + self._rescan_interval()
 
     def _share_names(self):
         """On a shared spool, split pending/ between the live workers (pending.py): our rank

@@ -142,6 +142,10 @@ def scenario(point, cli, spool, tmp_path, env):
         held = spool.moves.claim(spool.names("pending")[0], "h", 1)
         spool.moves.finish(held, 0 if kind == "release" else 1, backoff=(1, 0, 0))
         return run_worker_burst(cli, env), ["a", "b"]
+    if kind == "schedule":  # a yearly schedule whose last occurrence (1 January) has not fired
+        from queuectl.schedules import Schedules, latest, occurrence_id
+        Schedules(spool.layout).add("tick", "0 0 1 1 *", {"command": "true"}, now=time.time() - 400 * 86400)
+        return run_worker_burst(cli, env), [occurrence_id("tick", latest("0 0 1 1 *", time.time()))]
     if kind == "purge":
         _completed_job(spool, "j")
         return cli("purge", "--state", "completed", env=env), []
@@ -164,7 +168,7 @@ def test_every_crash_point_has_a_scenario(tmp_path):
 
 SCENARIO_KINDS = {"enqueue", "ingest", "take", "reject", "claim", "complete", "fail", "bury", "promote",
                   "takeback", "takeback-dead", "unclaim", "requeue", "kill", "cancel", "dlq-retry",
-                  "purge", "config", "adopt", "retry", "release", "cascade"}
+                  "purge", "config", "adopt", "retry", "release", "cascade", "schedule"}
 
 
 def age_tmp(spool_dir, seconds=7200):

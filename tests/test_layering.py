@@ -9,7 +9,8 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # lower may not import higher; modules on one level do not import each other
 LAYERS = [
     ["errors", "faults", "version"], ["timeutil"], ["job"], ["names"], ["fsutil", "fsinfo"], ["locks"], ["pool"],
-    ["paths"], ["config"], ["registry"], ["inventory"], ["moves"], ["dependencies"], ["spool"], ["ingest", "logs", "metrics"],
+    ["paths"], ["config"], ["registry"], ["inventory"], ["moves"],
+    ["dependencies", "schedules"], ["spool"], ["ingest", "logs", "metrics"],
     ["fsck", "doctor"], ["runner", "pending", "contact", "folderstamp"], ["waker"], ["worker"], ["supervisor"], ["render"],
     ["dashboard"], ["cli"],
 ]
@@ -17,7 +18,7 @@ LEVEL = {mod: i for i, layer in enumerate(LAYERS) for mod in layer}
 ENTRY_POINTS = {"__init__", "__main__"}  # the package facade and `python -m`, above everything
 
 THIRD_PARTY_HOME = {"click": {"cli"}, "watchdog": {"waker"}, "portalocker": {"locks"},
-                    "filelock": {"locks"}}
+                    "filelock": {"locks"}, "croniter": {"schedules"}}
 
 
 def modules():
