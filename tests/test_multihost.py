@@ -351,3 +351,49 @@ def test_pause_wait_and_retry_reach_every_host(hosts):
     assert again.returncode == 0, again.stderr
     wait_until(lambda: hosts.cli(1, spool, "logs", "held").stdout.count("=== queuectl attempt 1/") == 2, 60,
                what="the retried job's second run in its log")
+
+
+def test_dependencies_and_a_schedule_across_hosts(hosts):
+    """A chain enqueued on one host runs in order on workers of three; a dead link buries
+    what waits for it; a schedule fires exactly one job per occurrence with workers on three
+    hosts: the missed one when they all start at once, then the next real minute."""
+    spool = hosts.new_spool()
+    assert hosts.cli(0, spool, "schedule", "add", "tick", "* * * * *", "-c", marker_command(hosts, spool)).returncode == 0
+    state_path = hosts.path(0, spool, "schedules", "tick.state")
+    with open(state_path) as fh:
+        state = json.load(fh)
+    state["last_occurrence"] = "2026-01-01T00:00:00.000Z"  # missed while no worker ran
+    with open(state_path + ".new", "w") as fh:
+        json.dump(state, fh)
+    os.rename(state_path + ".new", state_path)
+    order = hosts.path(0, f"{spool}-order")  # beside the run markers
+    for job_id, after in (("a", ()), ("b", ("a",)), ("c", ("b", "a"))):
+        flags = [arg for dep in after for arg in ("--after", dep)]
+        command = f"sleep 0.5; echo {job_id} >> {order}; " + marker_command(hosts, spool)
+        assert hosts.cli(0, spool, "enqueue", "-c", command, "--id", job_id, *flags).returncode == 0
+    assert hosts.cli(1, spool, "enqueue", "-c", "exit 1", "--id", "d", "--max-retries", "0").returncode == 0
+    assert hosts.cli(1, spool, "enqueue", "-c", marker_command(hosts, spool), "--id", "e", "--after", "d").returncode == 0
+    assert hosts.json(2, spool, "status")["counts"]["blocked"] == 3
+
+    started = time.time()
+    for h in (0, 1, 2):
+        hosts.start(h, spool, "worker", "run")
+    done = hosts.cli(2, spool, "wait", "c", "--timeout", "90", timeout=120)
+    assert done.returncode == 0, done.stderr
+    with open(order) as fh:
+        assert fh.read().split() == ["a", "b", "c"]
+    dead = hosts.cli(0, spool, "wait", "e", "--timeout", "60", timeout=90)
+    assert dead.returncode == 1 and "job e dead: dependency d dead" in dead.stderr
+
+    # the missed occurrence fired once at start; then the next minute's, once
+    first = "tick-" + time.strftime("%Y%m%dT%H%MZ", time.gmtime(started))
+    wait_until(lambda: len([j for j in runs(hosts, spool) if j.startswith("tick-")]) >= 2, 90,
+               what="the missed occurrence and the next one to run")
+    ticks = {j: h for j, h in runs(hosts, spool).items() if j.startswith("tick-")}
+    assert all(len(h) == 1 for h in ticks.values()), ticks  # each ran once
+    assert sorted(ticks)[0] in (first, "tick-" + time.strftime("%Y%m%dT%H%MZ", time.gmtime(started + 60)))
+    listed = hosts.json(1, spool, "schedule", "list")[0]
+    assert listed["fired"] == len(ticks) and listed["skipped"] > 0
+    jobs = [r["id"] for r in hosts.json(2, spool, "list") if r["id"].startswith("tick-")]
+    assert sorted(jobs) == sorted(ticks)  # one job per occurrence, each run once
+    assert runs(hosts, spool).get("e") is None
