@@ -23,9 +23,10 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, urlsplit
 
-from . import fsutil, metrics, render, timeutil
+from . import dependencies, fsutil, metrics, render, timeutil
 from .errors import FieldError, JobNotFound
 from .job import STATES, check_id
+from .schedules import Schedules
 
 LOG_TAIL = 256 * 1024
 PAGE_SIZE = 50
@@ -55,7 +56,7 @@ th{background:#f6f8fa;font-size:13px;color:#57606a}td.num{text-align:right;font-
 td.cmd,td.mono,.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:13px;word-break:break-all}
 td.err{color:#9a3412}
 .badge{display:inline-block;padding:0 8px;border-radius:10px;color:#fff;background:var(--c);font-size:12px}
-.s-incoming{--c:#6e7781}.s-pending{--c:#0969da}.s-scheduled{--c:#54aeff}.s-processing{--c:#8250df}
+.s-blocked{--c:#9a6700}.s-incoming{--c:#6e7781}.s-pending{--c:#0969da}.s-scheduled{--c:#54aeff}.s-processing{--c:#8250df}
 .s-failed{--c:#bf8700}.s-completed{--c:#1a7f37}.s-dead{--c:#cf222e}
 .facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;background:#fff;border:1px solid #d0d7de;
 padding:10px 16px;border-radius:6px}.facts dt{color:#57606a}.facts dd{margin:0}
@@ -63,6 +64,9 @@ pre.log{background:#0d1117;color:#e6edf3;padding:12px 14px;border-radius:6px;ove
 font:13px/1.4 ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;word-break:break-all}
 .pager{margin:10px 0;display:flex;gap:14px;align-items:center}.muted{color:#6e7781}
 a{color:#0969da}
+.chart{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:8px 12px;display:block;max-width:760px}
+.chart text{font:11px system-ui,sans-serif;fill:#57606a}.chart .ok{fill:#1a7f37}.chart .bad{fill:#cf222e}
+.chart .grid{stroke:#eaeef2}.waits{display:flex;flex-wrap:wrap;gap:4px 10px}
 """
 
 
@@ -110,9 +114,10 @@ class Pages:
         info = metrics.collect(spool, now=now, sample=200)
         c = info["counts"]
         cards = []
-        for st in ("incoming", "pending", "scheduled", "processing", "failed", "completed", "dead"):
+        for st in ("incoming", "blocked", "pending", "scheduled", "processing", "failed", "completed", "dead"):
             href = f"/state/{st}" if st in STATES else ("/state/pending" if st == "scheduled" else None)
             label = {"scheduled": "pending, not due yet", "incoming": "dropped, not yet taken",
+                     "blocked": "waiting for other jobs",
                      "pending": "waiting to run", "processing": "running now", "failed": "waiting to retry",
                      "completed": "succeeded", "dead": "dead-letter queue"}[st]
             inner = (f'<span class="n" id="count-{st}">{c[st]}</span><span class="l">{esc(st)}</span>'
@@ -133,7 +138,15 @@ class Pages:
         paused = ('<p class="paused" id="paused">Paused: no worker claims a new job until '
                   '<code>queuectl resume</code>; running jobs finish.</p>' if info.get("paused") else "")
         body = [f'<h1>Spool overview</h1>{paused}<div class="cards">{"".join(cards)}</div>',
-                "<h2>Numbers</h2>" + _facts(facts), "<h2>Workers</h2>" + self._workers(now)]
+                "<h2>Numbers</h2>" + _facts(facts)]
+        if info.get("per_minute"):
+            body.append("<h2>Finished per minute, last hour</h2>" + chart_svg(info["per_minute"]))
+        body.append("<h2>Workers</h2>" + self._workers(now))
+        blocked = spool.names("blocked")
+        if blocked:
+            body.append(f'<h2>Blocked: waiting for other jobs · <a href="/state/blocked">all {len(blocked)}</a></h2>'
+                        + self._jobs("blocked", blocked[:10], now))
+        body.append("<h2>Schedules</h2>" + self._schedules(now))
         wa = info["waiting_age"]
         rows = [[_badge(st)] + [str(n) for n in row] + [str(sum(row))] for st, row in wa["rows"].items()]
         body.append("<h2>Waiting jobs by age (time in their folder)</h2>"
@@ -145,6 +158,30 @@ class Pages:
             body.append(f'<h2>{esc(title)} · <a href="/state/{st}">all {len(listed)}</a></h2>'
                         + self._jobs(st, chosen, now))
         return self.page("overview", "".join(body), counts=c)
+
+    def _schedules(self, now):
+        entries = Schedules(self.spool.layout).list(now)
+        if not entries:
+            return '<p class="muted">None (add one: <span class="mono">queuectl schedule add NAME CRON -c CMD</span>).</p>'
+        rows = [[f'<span class="mono">{esc(e["name"])}</span>', f'<span class="mono">{esc(e["cron"])}</span>',
+                 f'{esc(e["next"])}<br><span class="muted">{esc(_ago(e["next"], now))}</span>',
+                 _job_link(e["last_fired_id"]) if e["last_fired_id"] else "-", str(e["fired"]), str(e["skipped"]),
+                 f'<span class="cmd">{esc(_cut(e["command"], 160))}</span>'] for e in entries]
+        return _table(["name", "cron (UTC)", "next", "last fired", "fired", "skipped", "command"], rows)
+
+    def _waits_for(self, rec):
+        """The jobs a blocked job waits for, each with its state."""
+        after = rec.get("after") if isinstance(rec.get("after"), list) else []
+        items = []
+        for dep in after:
+            if not isinstance(dep, str):
+                continue
+            try:
+                state = dependencies.dependency_state(self.spool, dep)
+            except FieldError:
+                continue
+            items.append(f"<span>{_job_link(dep)} {_badge(state)}</span>")
+        return f'<div class="waits">{"".join(items)}</div>' if items else "-"
 
     def _workers(self, now):
         info = {"workers": workers(self.spool)}
@@ -170,11 +207,12 @@ class Pages:
             job_id = rec.get("id") if isinstance(rec.get("id"), str) else None
             tries = f"{rec.get('attempts', 0)}/{(rec.get('max_retries') or 0) + 1}"
             when = rec.get("run_at") if state in ("pending", "failed") else rec.get("finished_at") or rec.get("started_at")
+            when_html = f'{esc(when)}<br><span class="muted">{esc(_ago(when, now))}</span>' if when else "-"
             rows.append([_job_link(job_id) if job_id else esc(name), esc(rec.get("priority")), esc(tries),
-                         f'{esc(when)}<br><span class="muted">{esc(_ago(when, now))}</span>' if when else "-",
+                         self._waits_for(rec) if state == "blocked" else when_html,
                          f'<span class="cmd">{esc(_cut(rec.get("command"), 160))}</span>',
                          f'<span class="err">{esc(_cut(rec.get("last_error"), 200))}</span>' if rec.get("last_error") else ""])
-        when_title = {"pending": "run at", "failed": "retry at"}.get(state, "finished")
+        when_title = {"pending": "run at", "failed": "retry at", "blocked": "waits for"}.get(state, "finished")
         return _table(["id", "pri", "tries", when_title, "command", "last error"], rows, mono=(4,))
 
     def state(self, state, query):
@@ -209,6 +247,43 @@ class Pages:
                 + (f'<pre class="log" id="log">{_log_html(data)}</pre>' if size
                    else '<p class="muted" id="log">(no output yet)</p>'))
         return self.page(f"job {job_id}", body, refresh=state not in FINAL)
+
+
+def chart_svg(per_minute, width=720, height=150):
+    """Completions (green) and failed attempts (red) per minute as stacked bars: an inline SVG,
+    rendered here so the page needs no JavaScript. Each bar has a <title> for a tooltip."""
+    ok, bad, minutes = per_minute["completed"], per_minute["failed"], per_minute["minutes"]
+    n = len(minutes)
+    top = max([a + b for a, b in zip(ok, bad)] + [1])
+    left, bottom, plot_h = 34, 20, height - 30
+    step = (width - left - 6) / max(n, 1)
+    scale = plot_h / top
+    parts = [f'<svg class="chart" id="chart" role="img" viewBox="0 0 {width} {height}" width="{width}" '
+             f'height="{height}" xmlns="http://www.w3.org/2000/svg"><title>jobs finished per minute over the last '
+             f'hour: {sum(ok)} completed, {sum(bad)} failed attempts</title>']
+    for frac in (0, 0.5, 1):
+        y = height - bottom - plot_h * frac
+        parts.append(f'<line class="grid" x1="{left}" x2="{width - 4}" y1="{y:.1f}" y2="{y:.1f}"/>'
+                     f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{round(top * frac)}</text>')
+    for i, (minute, a, b) in enumerate(zip(minutes, ok, bad)):
+        x = left + i * step + 1
+        h_ok, h_bad = a * scale, b * scale
+        base = height - bottom
+        tip = f"<title>{esc(minute[11:16])} UTC: {a} completed, {b} failed</title>"
+        if a:
+            parts.append(f'<rect class="ok" x="{x:.1f}" y="{base - h_ok:.1f}" width="{step - 2:.1f}" '
+                         f'height="{h_ok:.1f}">{tip}</rect>')
+        if b:
+            parts.append(f'<rect class="bad" x="{x:.1f}" y="{base - h_ok - h_bad:.1f}" width="{step - 2:.1f}" '
+                         f'height="{h_bad:.1f}">{tip}</rect>')
+        if (n - i) % 10 == 0:
+            parts.append(f'<text x="{x:.1f}" y="{height - 5}">-{n - i}m</text>')
+    parts.append(f'<text x="{width - 6}" y="{height - 5}" text-anchor="end">now</text>'
+                 f'<rect class="ok" x="{width - 230}" y="4" width="10" height="10"/>'
+                 f'<text x="{width - 216}" y="13">completed</text>'
+                 f'<rect class="bad" x="{width - 140}" y="4" width="10" height="10"/>'
+                 f'<text x="{width - 126}" y="13">failed attempts</text></svg>')
+    return "".join(parts)
 
 
 def status(spool):

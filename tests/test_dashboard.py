@@ -61,6 +61,39 @@ def test_pages_show_counts_and_escape_everything(served):
     assert "script-src" not in get(base + "/")[2]  # no JavaScript at all
 
 
+def test_blocked_jobs_show_what_they_wait_for_and_schedules_their_next_run(served):
+    spool, base = served
+    spool.enqueue("true", id="build")
+    spool.enqueue("true", id="test")
+    spool.moves.finish(spool.moves.claim(spool.names("pending")[0], "h", 1), 0)  # build completed
+    spool.enqueue("make deploy", id="deploy", after=["build", "test"])
+    spool.schedule_add("nightly", "30 2 * * *", command="make <backup>")
+    _, _, page = get(base + "/")
+    assert re.search(r'id="count-blocked">1<', page)
+    waits = re.search(r'<div class="waits">(.*?)</div>', page).group(1)
+    assert re.findall(r'href="/job/(\w+)".*?class="badge s-(\w+)"', waits) == [("build", "completed"), ("test", "waiting")]
+    assert "nightly" in page and "30 2 * * *" in page and "make &lt;backup&gt;" in page
+    assert re.search(r"T02:30:00.000Z<br><span class=\"muted\">in ", page)
+    _, _, listing = get(base + "/state/blocked")
+    assert "waits for" in listing and "/job/deploy" in listing
+
+
+def test_the_chart_draws_one_stacked_bar_per_minute():
+    minutes = [f"2026-11-29T08:{m:02d}:00.000Z" for m in range(60)]
+    ok = [0] * 60
+    bad = [0] * 60
+    ok[59], bad[59], ok[0] = 8, 2, 4
+    svg = dashboard.chart_svg({"minutes": minutes, "completed": ok, "failed": bad})
+    assert svg.startswith("<svg") and svg.endswith("</svg>") and "<script" not in svg
+    bars = re.findall(r'<rect class="(ok|bad)" x="([\d.]+)" y="([\d.]+)" width="[\d.]+" height="([\d.]+)"><title>'
+                      r'(\d\d:\d\d) UTC: (\d+) completed, (\d+) failed', svg)
+    assert [(b[0], b[4]) for b in bars] == [("ok", "08:00"), ("ok", "08:59"), ("bad", "08:59")]
+    heights = {(b[0], b[4]): float(b[3]) for b in bars}
+    assert heights[("ok", "08:59")] == pytest.approx(4 * heights[("bad", "08:59")])  # to scale
+    assert heights[("ok", "08:59")] == pytest.approx(2 * heights[("ok", "08:00")])
+    assert "12 completed, 2 failed attempts" in svg
+
+
 def test_bad_ids_states_and_hosts_are_refused(served):
     spool, base = served
     write_final(spool.path, "completed", "ok")
