@@ -177,7 +177,9 @@ def wait_cmd(ctx, job_ids, timeout):
 @click.pass_context
 def retry(ctx, job_ids, as_json):
     """Run finished jobs again: each completed, failed or dead job goes back to pending/ with
-    attempts 0, due now (its log keeps the earlier attempts). All or nothing.
+    attempts 0, due now (its log keeps the earlier attempts); a job with `after` waits in
+    blocked/ again until those jobs have completed. All or nothing. Jobs buried because a
+    retried job was dead stay dead: retry them too.
 
     \b
     Example:
@@ -185,12 +187,22 @@ def retry(ctx, job_ids, as_json):
     """
     for job_id in job_ids:
         _check_id(job_id)
-    records = get_spool(ctx).retry(job_ids)
+    spool = get_spool(ctx)
+    records = spool.retry(job_ids)
     if as_json:
         echo_json(records)
     else:
         for rec in records:
             click.echo(rec["id"])
+    _note_buried(spool, [rec["id"] for rec in records])
+
+
+def _note_buried(spool, job_ids):
+    """Say which dead jobs were buried for the jobs just retried: they are not revived."""
+    buried = spool.buried_for(job_ids)
+    if buried:
+        click.echo(f"note: {len(buried)} job(s) buried because of them stay dead; to run them too: "
+                   f"queuectl retry {' '.join(buried[:20])}{' ...' if len(buried) > 20 else ''}", err=True)
 
 
 @cli.command()
@@ -398,8 +410,11 @@ def dlq_retry(ctx, job_ids, all_):
     """Move dead jobs back to pending/ with attempts 0, due now."""
     if all_ == bool(job_ids):
         raise click.UsageError("give job ids or --all (one of them)")
-    for job_id in get_spool(ctx).dlq_retry(None if all_ else job_ids):
+    spool = get_spool(ctx)
+    retried = spool.dlq_retry(None if all_ else job_ids)
+    for job_id in retried:
         click.echo(job_id)
+    _note_buried(spool, retried)
 
 
 @cli.command()

@@ -27,6 +27,7 @@ from .paths import Layout, default_spool
 
 Record = dict
 WAIT_POLL = 0.2  # seconds between looks of Spool.wait
+BURIED_SCAN_LIMIT = 10_000  # dead jobs read at most to name those a retry leaves buried
 Progress = Optional[Callable[[int, int], None]]
 
 
@@ -228,6 +229,24 @@ class Spool(Inventory):
         for job_id in ids:
             self.retry_dead(job_id)
         return ids
+
+    def buried_for(self, job_ids: Iterable[str], limit: int = BURIED_SCAN_LIMIT) -> list[str]:
+        """Ids of dead jobs whose last_error is `dependency ID dead` for one of `job_ids` (a
+        retry of ID does not revive them). Reads dead/ records; [] when dead/ holds more
+        than `limit` jobs (the scan would cost more than the note is worth)."""
+        reasons = {f"dependency {job_id} dead" for job_id in job_ids}
+        dead = self.names(State.DEAD)
+        if not reasons or len(dead) > limit:
+            return []
+        out = []
+        for name in dead:
+            try:
+                record = fsutil.read_json(os.path.join(self.layout.dead, name))
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict) and record.get("last_error") in reasons:
+                out.append(record["id"])
+        return out
 
     def wait(self, job_ids: Iterable[str], timeout: Optional[float] = None,
              poll: float = WAIT_POLL) -> WaitResult:

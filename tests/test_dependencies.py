@@ -130,7 +130,9 @@ def test_retry_of_the_dependency_does_not_revive_the_buried_but_retry_of_those_w
     run_burst(spool)
     assert spool.get("b")["last_error"] == "dependency a dead"
     flag.touch()
-    spool.retry(["a"])
+    ran = invoke(spool, "retry", "a")
+    assert ran.exit_code == 0
+    assert "note: 1 job(s) buried because of them stay dead; to run them too: queuectl retry b" in ran.output
     run_burst(spool)
     assert place(spool, "a") == "completed" and place(spool, "b") == "dead"  # not revived
     assert spool.retry(["b"])[0]["state"] == "pending"  # a completed: straight to pending/
