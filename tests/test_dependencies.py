@@ -194,3 +194,24 @@ def test_a_chain_through_the_real_cli(cli, spool_dir, tmp_path):
         cli("worker", "stop", "--timeout", "20")
         worker.wait(30)
     assert out.read_text().split() == ["build", "test", "deploy"]
+
+
+def test_fsck_checks_blocked_like_every_state_folder(spool):
+    from queuectl import fsck
+    spool.enqueue("true", id="a")
+    spool.enqueue("true", id="b", after=["a"])
+    path = os.path.join(spool.path, "blocked", "b.json")
+    with open(path) as fh:
+        record = json.load(fh)
+    record["state"] = "pending"  # a lagging label, as a crash between a move's renames leaves
+    with open(path, "w") as fh:
+        json.dump(record, fh)
+    with open(os.path.join(spool.path, "blocked", "junk.json"), "w") as fh:
+        fh.write("{not json")
+    problems = fsck.check(spool)
+    assert sorted((p.kind, os.path.relpath(p.path, spool.path)) for p in problems) == \
+        [("corrupt", "blocked/junk.json"), ("state-mismatch", "blocked/b.json")]
+    fsck.repair(problems)
+    assert read_job_file(spool.path, "blocked", "b.json")["state"] == "blocked"
+    assert "junk.json" in os.listdir(os.path.join(spool.path, "rejected"))
+    assert not fsck.check(spool)
