@@ -18,12 +18,12 @@ step ls "$QUEUECTL_SPOOL/pending"
 step queuectl list
 step queuectl worker start --count 2 --detach
 
-# wait (at most 60 s) until nothing is pending, failed or running any more
-for _ in $(seq 600); do
-  left=$(queuectl status --json | python3 -c 'import json,sys; c=json.load(sys.stdin)["counts"]; print(c["incoming"]+c["pending"]+c["processing"]+c["failed"])')
-  [ "$left" = 0 ] && break
-  sleep 0.1
-done
+# a recurring job: every minute (UTC), fired once per minute however many workers run
+step queuectl schedule add every-minute '* * * * *' -c 'echo tick'
+step queuectl schedule list
+# wait (at most 60 s) until every job is final: report completes, cleanup and flaky end dead
+step queuectl wait report hello urgent later low dropped --timeout 60
+queuectl wait flaky too-slow cleanup --timeout 60 || echo "(exit $?: they ended dead, as intended)"
 step queuectl worker stop
 step queuectl status
 step queuectl list
