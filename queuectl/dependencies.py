@@ -77,53 +77,74 @@ def place(inventory, records, where=lambda index: "after"):
 
 
 class BlockedJobs:
-    """A worker's view of blocked/: the names, each with its `after` list once read (a waiting
-    record is never rewritten, so it is read once)."""
+    """A worker's view of blocked/: the names, each with its `after` list (read once: a waiting
+    record is never rewritten), and for each dependency the names waiting for it, so that a
+    finished job costs a look at its own dependents only, not at all of blocked/."""
 
     def __init__(self, moves):
         self.moves = moves
-        self.after = {}   # name -> list of ids, or None until read
+        self.after = {}     # name -> list of ids ([] until readable)
+        self.waiting = {}   # dependency id -> names waiting for it
 
     def __bool__(self):
         return bool(self.after)
 
     def relist(self):
+        """List blocked/ again; returns the names not seen before."""
         current = {n for n in fsutil.listdir(self.moves.layout.blocked)
                    if n.endswith(names.SUFFIX) and not n.startswith(".")}
-        self.after = {name: self.after.get(name) for name in current}
+        for name in set(self.after) - current:
+            self._forget(name)
+        new = current - set(self.after)
+        for name in new:
+            self._learn(name)
+        return new
 
-    def resolve(self, report=None):
-        """Release or bury every blocked job whose dependencies are decided, until a pass
-        changes nothing (a burial can decide the jobs waiting for it). `report(kind, record)`
-        is called for each move. Returns the number of moves."""
-        moved, again = 0, True
-        while again and self.after:
-            again = False
-            for name in list(self.after):
-                outcome = self._decide(name)
-                if outcome is None:
-                    continue
-                del self.after[name]
-                new = self._apply(name, *outcome)
-                if new is not None:
-                    moved += 1
-                    again = again or new.state == "dead"
-                    if report:
-                        report(outcome[0], new.record)
+    def dependents(self, job_ids):
+        """The blocked names waiting for any of `job_ids`."""
+        return {name for job_id in job_ids for name in self.waiting.get(job_id, ())}
+
+    def _learn(self, name):
+        try:
+            record = fsutil.read_json(os.path.join(self.moves.layout.blocked, name))
+            after = record.get("after") if isinstance(record, dict) else None
+        except (OSError, ValueError):
+            after = None  # gone, or damaged: decided (or set aside) when looked at
+        self.after[name] = after = [a for a in after if isinstance(a, str)] if isinstance(after, list) else []
+        for dep in after:
+            self.waiting.setdefault(dep, set()).add(name)
+
+    def _forget(self, name):
+        for dep in self.after.pop(name, None) or ():
+            waiting = self.waiting.get(dep)
+            if waiting is not None:
+                waiting.discard(name)
+                if not waiting:
+                    del self.waiting[dep]
+
+    def resolve(self, candidates=None, report=None):
+        """Release or bury those of `candidates` (None: every blocked job) whose dependencies
+        are decided; a burial makes the jobs waiting for the buried one candidates too.
+        `report(action, record)` is called for each move. Returns the number of moves."""
+        todo = set(self.after) if candidates is None else set(candidates) & set(self.after)
+        moved = 0
+        while todo:
+            name = todo.pop()
+            if name not in self.after:
+                continue
+            outcome = verdict(self.moves, self.after[name])
+            if outcome is None:
+                continue
+            self._forget(name)
+            new = self._apply(name, *outcome)
+            if new is None:
+                continue
+            moved += 1
+            if new.state == "dead":
+                todo |= self.dependents([new.record["id"]])
+            if report:
+                report(outcome[0], new.record)
         return moved
-
-    def _decide(self, name):
-        after = self.after.get(name)
-        if after is None:
-            try:
-                record = fsutil.read_json(os.path.join(self.moves.layout.blocked, name))
-            except FileNotFoundError:
-                self.after.pop(name, None)
-                return None
-            except (OSError, ValueError):
-                return None  # damaged: fsck's business, not a reason to run or bury it
-            after = self.after[name] = list(record.get("after") or []) if isinstance(record, dict) else []
-        return verdict(self.moves, after)
 
     def _apply(self, name, action, reason):
         try:

@@ -80,7 +80,6 @@ class Worker:
         self._dirty = set(ALL)
         self._pending = PendingIndex(self.layout.pending)
         self._blocked = BlockedJobs(self.moves)
-        self._job_ended = False   # a job reached completed/ or dead/: what waits for it may go on
         self._clock = ScheduleClock(Schedules(self.layout))
         self._stamps = {folder: FolderStamp(os.path.join(self.layout.root, folder)) for folder in RESCANNED}
         self._processing = None   # processing/ as last listed: the take-back probes these
@@ -230,9 +229,9 @@ class Worker:
             if timeutil.now() >= self._clock.next_at:
                 self._fire_schedules()
             if "blocked" in dirty:
-                self._blocked.relist()
-            if self._blocked and (self._job_ended or dirty & {"blocked", "ended"}):
-                self._resolve_blocked()
+                self._resolve_blocked(self._blocked.relist())  # new ones: their jobs may be done
+            if "ended" in dirty and self._blocked:
+                self._resolve_blocked(None)  # something ended elsewhere: look at them all
             if "rescan" in dirty:
                 self._relist_pending()
             elif "pending" in dirty:
@@ -338,16 +337,18 @@ class Worker:
                 changed.add(folder)
         return changed
 
-    def _resolve_blocked(self):
-        """Release the blocked jobs whose dependencies completed; bury those with a dead one."""
-        self._job_ended = False
+    def _resolve_blocked(self, candidates):
+        """Release those of the blocked jobs `candidates` (None: all) whose dependencies
+        completed; bury those with a dead one."""
+        if not self._blocked or candidates is not None and not candidates:
+            return
 
         def report(action, record):
             if action == "release":
                 self._log(f"job {record['id']} released: the jobs it waited for completed")
             else:
                 self._log(f"job {record['id']} dead ({record['last_error']}) without running")
-        if self._blocked.resolve(report) and self.waker.mechanism != "inotify":
+        if self._blocked.resolve(candidates, report) and self.waker.mechanism != "inotify":
             self._pending.stale = True  # no event will name the released files
 
     def _fire_schedules(self):
@@ -557,8 +558,9 @@ class Worker:
             self._log(f"job {job_id} finished late; result discarded (the job was taken back)")
             return
         rec = new.record
-        if rec["state"] in ("completed", "dead"):
-            self._job_ended = True
+        if rec["state"] in ("completed", "dead") and self._blocked:
+            # at once, even while our next command runs: other workers may take what it frees
+            self._resolve_blocked(self._blocked.dependents([job_id]))
         if rec["state"] == "completed":
             self._log(f"job {job_id} completed in {outcome.duration:.2f}s")
         elif rec["state"] == "failed":

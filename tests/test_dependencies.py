@@ -215,3 +215,22 @@ def test_fsck_checks_blocked_like_every_state_folder(spool):
     assert read_job_file(spool.path, "blocked", "b.json")["state"] == "blocked"
     assert "junk.json" in os.listdir(os.path.join(spool.path, "rejected"))
     assert not fsck.check(spool)
+
+
+def test_a_finish_looks_only_at_the_jobs_waiting_for_it(spool, monkeypatch):
+    from queuectl import dependencies
+    spool.enqueue("sleep 60", id="slow", run_at="+1h")
+    spool.enqueue("true", id="a")
+    spool.enqueue_many([{"command": "true", "id": f"w{i}", "after": ["slow"]} for i in range(300)])
+    spool.enqueue("true", id="b", after=["a"])
+    spool.enqueue("true", id="c", after=["b"])
+    book = dependencies.BlockedJobs(spool.moves)
+    assert len(book.relist()) == 302
+    looked = []
+    real = dependencies.verdict
+    monkeypatch.setattr(dependencies, "verdict", lambda inv, after: looked.append(after) or real(inv, after))
+    finish(spool, "a", 0)
+    assert book.resolve(book.dependents(["a"])) == 1  # b released; c still waits for b
+    assert looked == [["a"]]
+    assert place(spool, "b") == "pending" and place(spool, "c") == "blocked"
+    assert book.dependents(["a"]) == set() and len(book.after) == 301
