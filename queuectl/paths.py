@@ -5,7 +5,7 @@ import stat
 from .errors import SpoolError, UnsafeSpool, InvalidInput
 
 STATE_DIRS = ("pending", "processing", "failed", "completed", "dead")
-ALL_DIRS = ("incoming",) + STATE_DIRS + ("logs", "rejected", "tmp", "ids", "workers")
+ALL_DIRS = ("incoming",) + STATE_DIRS + ("logs", "rejected", "tmp", "ids", "workers", "journal")
 
 
 def default_spool():
