@@ -124,7 +124,7 @@ def _count(data, word, start, end):
     """Lines of data[start:end] whose OUTCOME is `word`. " WORD " is that field, or an ID
     that happens to be an outcome word; such an ID follows an outcome word, and every one
     ends in "d" (the epoch ends in a digit): those are the "d WORD " ones. When both fields
-    are WORD, the two matches share a space and count.count() sees one: " WORD WORD " adds it
+    are WORD, the two matches share a space and bytes.count sees one: " WORD WORD " adds it
     back."""
     return (data.count(b" " + word + b" ", start, end) - data.count(b"d " + word + b" ", start, end)
             + data.count(b" " + word + b" " + word + b" ", start, end))

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from helpers import wait_until
-from queuectl import fsck, journal, names, timeutil
+from queuectl import fsck, journal, metrics, names, timeutil
 from queuectl.moves import FINISHING_MOVES
 from queuectl.worker import Worker
 
@@ -83,6 +83,14 @@ def test_a_drain_writes_one_line_per_finish(spool, monkeypatch):
     assert runtime[("never", "dead")] == "-"  # cancelled while waiting: no attempt ended
     assert 0.05 <= float(runtime[("bad", "failed")]) < 5 and 0.05 <= float(runtime[("bad", "dead")]) < 5
     assert 0 <= float(runtime[("ok", "completed")]) < 5
+
+    now = time.time()
+    info = metrics.collect(spool, now=now)
+    assert info["finished"]["last_minute"] == {"completed": 1, "dead": 2}
+    earlier = [f[1] for f in entries if float(f[0]) < now // 60 * 60]  # per_minute: whole minutes only
+    assert sum(info["per_minute"]["completed"]) == earlier.count("completed")
+    assert sum(info["per_minute"]["failed"]) == len(earlier) - earlier.count("completed")
+    assert info["retries"]["jobs_retried"] == 1 and info["runtime_seconds"]["count"] == 2  # ok, bad
 
 
 def test_takeback_and_kill_are_journaled(spool):
