@@ -98,18 +98,23 @@ class Recent:
                     self.files.append(fsutil.read_fd_path(os.path.join(folder, name), limit=None))
                 except OSError:  # removed meanwhile, or not a regular file
                     continue
+        # the outcome words that are also some line's ID (rare): only then does _count need
+        # its corrections; a file without one is counted with one bytes count a window
+        self._id_words = [{w for w in (o.encode() for o in OUTCOMES) if b"d " + w + b" " in data}
+                          for data in self.files]
 
     def counts(self, outcomes, edges):
         """{outcome: [entries with edges[i] <= time < edges[i + 1], ...]} (edges ascending;
         -inf and inf allowed)."""
         out = {outcome: [0] * (len(edges) - 1) for outcome in outcomes}
-        for data in self.files:
+        for data, id_words in zip(self.files, self._id_words):
             offsets = [_first_at(data, edge) for edge in edges]
             for outcome in outcomes:
-                row = out[outcome]
+                word, row = outcome.encode(), out[outcome]
+                count = _count if word in id_words else _count_plain
                 for i in range(len(edges) - 1):
                     if offsets[i] < offsets[i + 1]:
-                        row[i] += _count(data, outcome.encode(), offsets[i], offsets[i + 1])
+                        row[i] += count(data, word, offsets[i], offsets[i + 1])
         return out
 
     def latest(self, n, outcomes):
@@ -128,6 +133,10 @@ def _count(data, word, start, end):
     back."""
     return (data.count(b" " + word + b" ", start, end) - data.count(b"d " + word + b" ", start, end)
             + data.count(b" " + word + b" " + word + b" ", start, end))
+
+
+def _count_plain(data, word, start, end):
+    return data.count(b" " + word + b" ", start, end)
 
 
 def _time_of(data, start):
