@@ -382,9 +382,10 @@ def batch_enqueue(jobs):
         return raw, ours
 
 
-def big_folder_commands(completed, pending):
-    """`status` and `metrics` with `completed` jobs in completed/, `list --limit 10` with
-    `pending` waiting. Median seconds of 3 runs each."""
+def big_folder_commands(completed, pending, journal_lines=50000):
+    """`status` and `metrics` with `completed` jobs in completed/ and `journal_lines` finishes
+    in this hour's journal (what `metrics` reads for its rates and runtimes), `list --limit 10`
+    with `pending` waiting. Median seconds of 3 runs each."""
     with Scratch() as tmp:
         spool = Spool(os.path.join(tmp, "spool"))
         record = json.dumps({"id": "x", "command": "true", "state": "completed"})
@@ -392,6 +393,7 @@ def big_folder_commands(completed, pending):
         for i in range(completed):
             with open(os.path.join(folder, f"c{i:07d}.json"), "w") as fh:
                 fh.write(record)
+        write_journal(spool, journal_lines)
         for start in range(0, pending, 10000):
             spool.enqueue_many([{"command": "true"} for _ in range(min(10000, pending - start))])
         times = {"status": [], "metrics": [], "list": []}
@@ -402,6 +404,18 @@ def big_folder_commands(completed, pending):
                 queuectl(*argv, spool_dir=spool.path, stdout=subprocess.DEVNULL, check=True)
                 times[key].append(time.perf_counter() - t)
         return med(times["status"]), med(times["metrics"]), med(times["list"])
+
+
+def write_journal(spool, lines):
+    """`lines` journal lines spread over this hour so far, as one worker would append them."""
+    from queuectl import journal, names
+    now = time.time()
+    start = now // 3600 * 3600
+    name = f"{names.hostname()}_4242-{journal.hour_text(now)}.log"
+    with open(os.path.join(spool.layout.journal, name), "w") as fh:
+        for i in range(lines):
+            outcome = "completed" if i % 20 else "failed"
+            fh.write(f"{start + (now - start) * i / lines:.3f} {outcome} c{i:07d} {1 + (i % 7 == 0)} 0.{i % 1000:03d}\n")
 
 
 def long_run_rss(jobs):

@@ -7,7 +7,9 @@ planted symlink is never followed.
 import errno
 import json
 import os
+import re
 import stat
+import sys
 
 from .errors import SpoolError
 
@@ -118,6 +120,79 @@ def listdir(path):
         return os.listdir(path)
     except FileNotFoundError:
         return []
+
+
+_DOT_JOB = re.compile(r"\0\.(?:[^\0]*\.)?json(?=\0)")  # a dot-name ending in .json
+
+
+def count_job_names(entries):
+    """How many of a folder's names are job files (end in .json, do not start with a dot),
+    without a Python step per name: 1,000,000 names are counted in C-speed string scans."""
+    if not entries:
+        return 0
+    text = "\0" + "\0".join(entries) + "\0"
+    return text.count(".json\0") - len(_DOT_JOB.findall(text))
+
+
+# count_job_files reads the folder with getdents64(2) where its number is known
+_GETDENTS64 = {"x86_64": 217, "aarch64": 61} if sys.platform.startswith("linux") else {}
+_DENTS_BUFFER = 1 << 20  # 1 MiB: about 50 calls for 1,000,000 names; the fastest size measured
+# A hidden job name in a getdents64 buffer: the name starts right after the record's d_type
+# byte (0-14), so "a byte below 0x20, a dot" is a dot-name's start when names hold no byte
+# below 0x20. The run up to ".json" and the name's NUL holds only bytes >= 0x20, so it cannot
+# begin in the header before d_type (its d_reclen's high byte is 0 or 1). Matched from the
+# dot (a literal: the scan is fast), the byte before it checked by a look-behind.
+_DOT_JOB_RECORD = re.compile(rb"\.(?<=[\x00-\x1f]\.)(?:[\x20-\xff]*\.)?json\x00")
+_syscall = None
+
+
+def count_job_files(folder):
+    """count_job_names(listdir(folder)) without making 1,000,000 strings: on Linux x86_64 and
+    aarch64 the raw getdents64 records are counted with bytes scans (an absent folder is 0).
+    Elsewhere, or on any error, the folder is listed.
+
+    Exact for names whose bytes are all >= 0x20 (every printable name, UTF-8 included): each
+    name ending in ".json" is followed by its NUL, so b".json\\0" is counted once per such
+    name, and the hidden ones are subtracted (_DOT_JOB_RECORD). Limits: a name holding a byte
+    below 0x20 may be miscounted (queuectl never makes one in a state folder); a record whose
+    inode number or offset cookie held the bytes ".json" and a zero would count once more.
+    That needs an inode number >= 2**32 (never on ext4) or a 64-bit hash cookie (ext4's
+    hashed folders, NFS) holding them by chance: about 3 in 2**48 per entry."""
+    number = _GETDENTS64.get(os.uname().machine)
+    if number is not None:
+        try:
+            return _count_dents(folder, number)
+        except Exception:  # no ctypes, a refused call, a missing folder: the plain way decides
+            pass
+    return count_job_names(listdir(folder))
+
+
+def _count_dents(folder, number):
+    import ctypes
+    global _syscall
+    if _syscall is None:
+        call = ctypes.CDLL(None, use_errno=True).syscall
+        call.restype = ctypes.c_long
+        call.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_size_t)
+        _syscall = call
+    buf = bytearray(_DENTS_BUFFER)  # zeroed; one per call: the dashboard counts from threads
+    view = (ctypes.c_char * len(buf)).from_buffer(buf)  # pins buf while the kernel writes into it
+    address = ctypes.addressof(view)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | CLOEXEC)
+    total = 0
+    try:
+        while True:
+            n = _syscall(number, fd, address, len(buf))
+            if n < 0:
+                raise OSError(ctypes.get_errno(), "getdents64")
+            if n == 0:
+                return total
+            total += buf.count(b".json\0", 0, n) - len(_DOT_JOB_RECORD.findall(buf, 0, n))
+            # the kernel does not write a record's padding: what an earlier call left there
+            # could read as ".json\0", so the buffer goes back to zeros
+            ctypes.memset(address, 0, n)
+    finally:
+        os.close(fd)
 
 
 def translate(exc, what):

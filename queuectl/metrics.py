@@ -1,25 +1,24 @@
-"""`queuectl metrics`: numbers about a spool, computed mostly from file names.
+"""`queuectl metrics`: numbers about a spool, computed from file names and the finish journal.
 
 What is read, so it stays fast on a spool of a million files:
-- counts: folder listings (no file opened), as `status`.
+- counts: folder listings (no file opened), as `status`; completed/, dead/ and incoming/ are
+  counted without a string per name (fsutil.count_job_files).
 - waiting ages (pending/ and failed/): a pending name carries the time the job entered
   pending/ (SEQ, ns); a failed file's mtime is when its failure was recorded (job files are
   written once and renamed, never rewritten: docs/protocol.md, rule 1). So a pending job costs no
   syscall and a failed job one lstat; no record is read.
-- completions in the last minute/hour: the mtime of completed/ and dead/ files (written when
-  the job finished): one lstat each, exact, no record read.
-- runtime (finished_at - started_at of the last attempt) and retries: records of the
-  `sample` most recently finished jobs (by mtime) only; the output says how many.
+- finishes in the last minute/hour, per minute, runtimes and retries: the journal files of
+  the current and previous hour (journal.py), one line per finish; no job file is looked at.
+  The cost grows with the finishes of the last two hours, not with the size of the spool.
 
 The age of a waiting job here is the time since it entered its current folder; `status`
 shows the oldest one by `created_at` (a retried job is older there than here).
 """
-import heapq
 import math
 import os
 import time
 
-from . import fsutil, names, registry, timeutil
+from . import fsutil, journal, names, registry, timeutil
 from .inventory import count_jobs
 
 DEFAULT_SAMPLE = 1000
@@ -27,6 +26,8 @@ DEFAULT_SAMPLE = 1000
 AGE_BUCKETS = (("<1m", 60), ("1-5m", 300), ("5-15m", 900), ("15m-1h", 3600), ("1-4h", 14400),
                ("4-24h", 86400), (">1d", math.inf))
 WINDOWS = (("last_minute", 60), ("last_hour", 3600))
+FINAL = ("completed", "dead")
+MINUTES = 60  # the per_minute block: the last 60 whole minutes
 
 
 def _bucket(age):
@@ -103,33 +104,32 @@ def _waiting(lay, now, pending, failed_times):
     return rows, sums, oldest, scheduled
 
 
-def _runtime(spool, finished, sample):
-    """Runtime and retry numbers from the records of the `sample` most recently finished jobs."""
-    recent = heapq.nlargest(sample, finished)
-    runtimes, retried, retries, read = [], 0, 0, 0
-    for _, state, name in recent:
-        try:
-            rec = fsutil.read_json(os.path.join(spool.layout.state_dir(state), name))
-        except (OSError, ValueError):
-            continue
-        if not isinstance(rec, dict):
-            continue
-        read += 1
-        attempts = rec.get("attempts")
-        if isinstance(attempts, int) and attempts > 1:
-            retried += 1
-            retries += attempts - 1
-        try:
-            seconds = timeutil.parse_iso(rec["finished_at"]) - timeutil.parse_iso(rec["started_at"])
-        except (KeyError, TypeError, ValueError, AttributeError):
-            continue  # e.g. cancelled before it ever ran
-        runtimes.append(round(max(0.0, seconds), 3))  # the record has milliseconds
-    runtimes.sort()
+def _recent(recent, now):
+    """Finishes per window and final state, and per whole minute of the last hour (oldest
+    first): completed, and failed attempts (outcome failed or dead)."""
+    # a window has no upper end: a host whose clock runs ahead still counts, as before
+    finished = {window: {st: counts[0] for st, counts in recent.counts(FINAL, [now - seconds, math.inf]).items()}
+                for window, seconds in WINDOWS}
+    first = (now // 60 - MINUTES) * 60  # the start of the oldest whole minute shown
+    edges = [first + 60 * i for i in range(MINUTES + 1)]
+    rows = recent.counts(journal.OUTCOMES, edges)
+    per_minute = {"minutes": [timeutil.iso(edge) for edge in edges[:-1]], "completed": rows["completed"],
+                  "failed": [f + d for f, d in zip(rows["failed"], rows["dead"])]}
+    return finished, per_minute
+
+
+def _runtime(recent, sample):
+    """Runtime and retry numbers from the `sample` newest final entries of the journal."""
+    newest = recent.latest(sample, FINAL)
+    runtimes = sorted(runtime for _, _, _, runtime in newest if runtime is not None)
+    retried = sum(1 for _, _, attempts, _ in newest if attempts > 1)
+    retries = sum(attempts - 1 for _, _, attempts, _ in newest if attempts > 1)
     stats = {"count": len(runtimes), "sum": round(sum(runtimes), 6),
              "avg": round(sum(runtimes) / len(runtimes), 6) if runtimes else None,
              "p50": percentile(runtimes, 50), "p95": percentile(runtimes, 95),
              "max": runtimes[-1] if runtimes else None}
-    return stats, {"jobs_retried": retried, "retries": retries, "records_read": read}
+    # records_read keeps its name: the finished jobs sampled (journal lines now, not records)
+    return stats, {"jobs_retried": retried, "retries": retries, "records_read": len(newest)}
 
 
 def collect(spool, now=None, sample=DEFAULT_SAMPLE):
@@ -140,19 +140,19 @@ def collect(spool, now=None, sample=DEFAULT_SAMPLE):
     pending = _job_names(lay.pending)
     failed_times = _mtimes(lay.failed)
     processing = _job_names(lay.processing)
-    done = {st: _mtimes(lay.state_dir(st)) for st in ("completed", "dead")}
-    counts = {"incoming": sum(1 for n in fsutil.listdir(lay.incoming) if n.endswith(".json") and not n.startswith(".")),
-              "pending": len(pending), "processing": len(processing), "failed": len(failed_times),
-              "completed": len(done["completed"]), "dead": len(done["dead"])}
+    counts = {"incoming": fsutil.count_job_files(lay.incoming), "pending": len(pending),
+              "processing": len(processing), "failed": len(failed_times),
+              "completed": fsutil.count_job_files(lay.state_dir("completed")),
+              "dead": fsutil.count_job_files(lay.state_dir("dead"))}
     rows, sums, oldest, scheduled = _waiting(lay, now, pending, failed_times)
     counts["scheduled"] = scheduled
-    counts["blocked"] = len(_job_names(lay.blocked))
+    counts["blocked"] = fsutil.count_job_files(lay.blocked)
     finished_total = counts["completed"] + counts["dead"]
-    recent = {}
-    for window, seconds in WINDOWS:
-        recent[window] = {st: sum(1 for mtime, _ in done[st] if now - mtime <= seconds) for st in done}
-    finished = [(mtime, st, name) for st in done for mtime, name in done[st]]
-    runtime, retry_sample = _runtime(spool, finished, max(0, sample))
+    recent = journal.Recent(lay.journal, now)
+    finished, per_minute = _recent(recent, now)
+    journaled = sum(counts[0] for counts in recent.counts(FINAL, [-math.inf, math.inf]).values())
+    runtime, retry_sample = _runtime(recent, max(0, sample))
+    size = retry_sample["records_read"]
     running_retries = 0
     for name in processing:
         parsed = names.parse_processing(name)
@@ -166,12 +166,13 @@ def collect(spool, now=None, sample=DEFAULT_SAMPLE):
         "counts": counts,
         "workers": len(workers),
         "success_rate": round(counts["completed"] / finished_total, 6) if finished_total else None,
-        "finished": recent,
+        "finished": finished,
+        "per_minute": per_minute,
         "retries": {"waiting": counts["failed"], "running": running_retries, **retry_sample},
         "runtime_seconds": runtime,
-        "sample": {"size": min(sample, finished_total), "limit": sample, "of": finished_total,
-                   "note": f"runtime and retries from the {min(sample, finished_total)} most recently "
-                           f"finished of {finished_total} completed/dead jobs"},
+        "sample": {"size": size, "limit": sample, "of": journaled,
+                   "note": f"runtime and retries from the {size} most recently finished of {journaled} "
+                           "completed/dead jobs in the journal of this hour and the last"},
         "oldest_waiting": oldest,
         "waiting_age": {"buckets": [label for label, _ in AGE_BUCKETS], "rows": rows,
                         "sum_seconds": {k: round(v, 3) for k, v in sums.items()}},
@@ -208,7 +209,7 @@ def prometheus(info):
 
     c = info["counts"]
     metric("queuectl_jobs", "gauge", "Jobs per state folder.",
-           [("", [("state", st)], c[st]) for st in ("pending", "processing", "failed", "completed", "dead")])
+           [("", [("state", st)], c[st]) for st in ("blocked", "pending", "processing", "failed", "completed", "dead")])
     metric("queuectl_scheduled_jobs", "gauge", "Pending jobs not due yet.", [("", [], c["scheduled"])])
     metric("queuectl_incoming_files", "gauge", "Dropped files in incoming/ not yet taken.", [("", [], c["incoming"])])
     metric("queuectl_workers", "gauge", "Live workers.", [("", [], info["workers"])])
@@ -216,14 +217,15 @@ def prometheus(info):
            [("", [], 1 if info.get("paused") else 0)])
     metric("queuectl_success_ratio", "gauge", "completed / (completed + dead); NaN when none finished.",
            [("", [], info["success_rate"])])
-    metric("queuectl_finished_jobs_recent", "gauge", "Jobs that reached completed/ or dead/ within the window.",
+    metric("queuectl_finished_jobs_recent", "gauge",
+           "Jobs that reached completed/ or dead/ within the window (from the journal).",
            [("", [("state", st), ("window", f"{seconds}s")], info["finished"][window][st])
             for window, seconds in WINDOWS for st in ("completed", "dead")])
     r = info["retries"]
     metric("queuectl_retry_waiting_jobs", "gauge", "Jobs in failed/ waiting for a retry.", [("", [], r["waiting"])])
     metric("queuectl_retry_running_jobs", "gauge", "Running jobs on their second or later attempt.",
            [("", [], r["running"])])
-    metric("queuectl_sample_retries", "gauge", "Retries among the sampled recently finished jobs.",
+    metric("queuectl_sample_retries", "gauge", "Retries among the sampled recently finished jobs (journal).",
            [("", [], r["retries"])])
     rt = info["runtime_seconds"]
     metric("queuectl_job_runtime_seconds", "summary",
@@ -231,7 +233,7 @@ def prometheus(info):
            [("", [("quantile", "0.5")], rt["p50"]), ("", [("quantile", "0.95")], rt["p95"]),
             ("_sum", [], rt["sum"]), ("_count", [], rt["count"])])
     metric("queuectl_job_runtime_max_seconds", "gauge", "Longest runtime in the sample.", [("", [], rt["max"])])
-    metric("queuectl_sample_jobs", "gauge", "Finished jobs whose records were sampled.",
+    metric("queuectl_sample_jobs", "gauge", "Recently finished jobs sampled from the journal.",
            [("", [], info["sample"]["size"])])
     oldest = info["oldest_waiting"]
     metric("queuectl_oldest_waiting_seconds", "gauge", "Age of the oldest pending or failed job in its folder.",

@@ -14,7 +14,7 @@ import os
 import time
 
 from . import config as configmod
-from . import fsutil, locks, names, timeutil
+from . import fsutil, journal, locks, names, timeutil
 from .errors import Busy, DuplicateJob, FieldError, JobNotFound, LostRace, WrongState
 from .faults import crashpoint
 from .inventory import Inventory
@@ -28,6 +28,9 @@ MARKER_WRITE_GRACE = 60.0  # a marker still empty this long after creation was l
 # every other kind is (docs/protocol.md "Durability")
 LAZY_MOVES = frozenset({"claim", "complete", "fail", "bury", "kill", "requeue", "promote", "takeback",
                         "takeback-dead", "unclaim", "release", "cascade"})
+# kinds of move that end an attempt or finish a job: each appends a line to the journal
+# (journal.py). The others start something (claim, promote, retry, release, ...) or undo a claim.
+FINISHING_MOVES = frozenset({"complete", "fail", "bury", "kill", "takeback", "takeback-dead", "cancel", "cascade"})
 
 
 class Held:
@@ -57,6 +60,7 @@ class Moves(Inventory):
         self.path = layout.root
         self._seq = 0
         self.pool = None
+        self.journal = journal.Writer(layout.journal)
 
     def next_seq(self):
         self._seq = max(self._seq + 1, time.time_ns())
@@ -267,6 +271,8 @@ class Moves(Inventory):
                     pool.discard(spare)
                 raise
             tmp = None
+            if kind in FINISHING_MOVES:  # the move is made: nothing the journal meets undoes it
+                self.journal.append(record, ended_attempt=held.state == "processing")
             crashpoint(f"{kind}.replaced")
             if durable:
                 fsutil.fsync_dir(dst_dir)

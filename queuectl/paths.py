@@ -5,7 +5,7 @@ import stat
 from .errors import SpoolError, UnsafeSpool, InvalidInput
 
 STATE_DIRS = ("blocked", "pending", "processing", "failed", "completed", "dead")
-ALL_DIRS = ("incoming",) + STATE_DIRS + ("logs", "rejected", "tmp", "ids", "workers", "schedules")
+ALL_DIRS = ("incoming",) + STATE_DIRS + ("logs", "rejected", "tmp", "ids", "workers", "schedules", "journal")
 
 
 def default_spool():

@@ -132,7 +132,7 @@ def metrics(info):
     c = info["counts"]
     lines = [_spool_line(info), ""]
     lines.append(table([[st, c[st], f"{c['scheduled']} scheduled for later" if st == "pending" and c["scheduled"] else ""]
-                        for st in ("incoming", "pending", "processing", "failed", "completed", "dead")],
+                        for st in ("incoming", "blocked", "pending", "processing", "failed", "completed", "dead")],
                        ("STATE", "JOBS", "")))
     lines.append("")
     rate = info["success_rate"]

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 
-from . import doctor, fsck, fsinfo, fsutil, ingest, names, pool, registry, runner, timeutil
+from . import doctor, fsck, fsinfo, fsutil, ingest, journal, names, pool, registry, runner, timeutil
 from .dependencies import BlockedJobs
 from .folderstamp import FolderStamp
 from .errors import LostRace, QueuectlError, SpoolError
@@ -85,6 +85,7 @@ class Worker:
         self._processing = None   # processing/ as last listed: the take-back probes these
         self._next_rescan = 0.0
         self._next_failed = 0.0
+        self._pruned_hour = None  # the hour whose old journal files were last removed
         self._config = None
         self._config_mtime = None
         self._running = None      # the Attempt whose command runs now
@@ -171,6 +172,7 @@ class Worker:
                 self.contact.stop()
             self.waker.stop()
             self._job_note.close()
+            self.moves.journal.close()
             try:
                 registry.unregister(self.layout, self.host, self.pid, self._reg_fd)
             except OSError:  # the spool is gone or unreachable: the lock dies with us anyway
@@ -324,6 +326,10 @@ class Worker:
         if startup:  # after the take-back: it reads the dead workers' notes that this clears
             for problem in fsck.recover(self.spool):
                 self._log(f"recovery: {problem.path}: {problem.detail}: {problem.done}")
+        hour = int(time.time() // 3600)
+        if hour != self._pruned_hour:  # at start, then once an hour: files of hours gone by
+            self._pruned_hour = hour
+            journal.prune(self.layout.journal)
 
     def _look_around(self, folders, everything=False):
         """The folders of `folders` to list again on this rescan: those whose stat changed

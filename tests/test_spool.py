@@ -972,10 +972,67 @@ def test_counting_job_names_agrees_with_the_plain_filter():
     """count_jobs counts names with string scans instead of a step per name; it must count
     exactly what the plain filter keeps (ends in .json, no leading dot)."""
     import random
-    from queuectl.inventory import count_job_names
+    from queuectl.fsutil import count_job_names
     parts = [".", "json", ".json", "a", "x.", "\n", ".j", "son", "_"]
     rng = random.Random(7)
     for _ in range(2000):
         entries = ["".join(rng.choice(parts) for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(0, 8))]
         entries = [e for e in entries if e not in (".", "..")]
         assert count_job_names(entries) == sum(1 for n in entries if n.endswith(".json") and not n.startswith(".")), entries
+
+
+def test_counting_job_files_agrees_with_the_plain_filter(tmp_path, monkeypatch):
+    """count_job_files counts a folder's job names from raw getdents64 records (Linux x86_64,
+    aarch64); on random folders of printable names (dots, hidden names, .json.tmp, names up to
+    255 bytes, UTF-8, more than one 1 MiB buffer) it must count what the plain filter keeps,
+    and so must its listing fallback."""
+    import random
+    rng = random.Random(11)
+    parts = [".", "json", ".json", ".json.tmp", "a", "x.", ".j", "son", "_", " ", "é", "-", "~", "\x7f"]
+
+    def plain(folder):
+        return sum(1 for n in fsutil.listdir(folder) if n.endswith(".json") and not n.startswith("."))
+
+    def fallback(folder):
+        monkeypatch.setattr(fsutil, "_GETDENTS64", {})
+        try:
+            return fsutil.count_job_files(folder)
+        finally:
+            monkeypatch.undo()
+
+    number = fsutil._GETDENTS64.get(os.uname().machine)
+    folders = [str(tmp_path / "missing"), str(tmp_path / "empty")]
+    os.mkdir(folders[1])
+    for case in range(40):
+        folder = tmp_path / f"f{case}"
+        folder.mkdir()
+        many = case % 10 == 9  # several thousand long names: the records fill more than one buffer
+        for _ in range(rng.randint(5000, 8000) if many else rng.randint(1, 60)):
+            name = "".join(rng.choice(parts) for _ in range(rng.randint(1, 6)))
+            if many or rng.random() < 0.1:
+                low = 200 - len(name.encode()) if many else 0
+                name = name + "x" * rng.randint(max(0, low), 250 - len(name.encode())) + rng.choice(["", ".json"])
+            if name in (".", "..") or len(name.encode()) > 255 or "/" in name:
+                continue
+            path = folder / name
+            if not os.path.lexists(path):
+                kind = rng.random()
+                if kind < 0.05:
+                    path.mkdir()  # counted by name, whatever the file type, like the filter
+                elif kind < 0.1:
+                    path.symlink_to("nowhere")
+                else:
+                    path.touch()
+        folders.append(str(folder))
+    names_seen = [n for folder in folders for n in fsutil.listdir(folder)]
+    assert sum(1 for n in names_seen if n.startswith(".") and n.endswith(".json")) > 20  # hidden ones to subtract
+    assert sum(1 for n in names_seen if n.endswith(".json.tmp")) > 20
+    assert max(sum((20 + len(os.fsencode(n)) + 7) // 8 * 8 for n in fsutil.listdir(f)) for f in folders) > 1 << 20
+    for folder in folders:
+        expected = plain(folder)
+        assert fsutil.count_job_files(folder) == expected, folder
+        assert fallback(folder) == expected, folder
+        if number is not None and os.path.isdir(folder):
+            assert fsutil._count_dents(folder, number) == expected, folder  # the fast path itself
+    if number is None:
+        pytest.skip("no getdents64 fast path on this platform: only the fallback was checked")
