@@ -178,6 +178,9 @@ class Pages:
                 continue
             try:
                 state = dependencies.dependency_state(self.spool, dep)
+                if state == dependencies.WAITING:  # which folder: blocked, pending, processing, failed
+                    found = self.spool.find(dep)
+                    state = found[0] if found else state
             except FieldError:
                 continue
             items.append(f"<span>{_job_link(dep)} {_badge(state)}</span>")
@@ -255,6 +258,7 @@ def chart_svg(per_minute, width=720, height=150):
     ok, bad, minutes = per_minute["completed"], per_minute["failed"], per_minute["minutes"]
     n = len(minutes)
     top = max([a + b for a, b in zip(ok, bad)] + [1])
+    top += top % 2 if top > 1 else 0  # even: the middle grid line gets a whole number
     left, bottom, plot_h = 34, 20, height - 30
     step = (width - left - 6) / max(n, 1)
     scale = plot_h / top
@@ -276,8 +280,9 @@ def chart_svg(per_minute, width=720, height=150):
         if b:
             parts.append(f'<rect class="bad" x="{x:.1f}" y="{base - h_ok - h_bad:.1f}" width="{step - 2:.1f}" '
                          f'height="{h_bad:.1f}">{tip}</rect>')
-        if (n - i) % 10 == 0:
-            parts.append(f'<text x="{x:.1f}" y="{height - 5}">-{n - i}m</text>')
+        ago = n - 1 - i  # the last bar is the current minute
+        if ago and ago % 10 == 0:
+            parts.append(f'<text x="{x:.1f}" y="{height - 5}">-{ago}m</text>')
     parts.append(f'<text x="{width - 6}" y="{height - 5}" text-anchor="end">now</text>'
                  f'<rect class="ok" x="{width - 230}" y="4" width="10" height="10"/>'
                  f'<text x="{width - 216}" y="13">completed</text>'

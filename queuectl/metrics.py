@@ -27,7 +27,7 @@ AGE_BUCKETS = (("<1m", 60), ("1-5m", 300), ("5-15m", 900), ("15m-1h", 3600), ("1
                ("4-24h", 86400), (">1d", math.inf))
 WINDOWS = (("last_minute", 60), ("last_hour", 3600))
 FINAL = ("completed", "dead")
-MINUTES = 60  # the per_minute block: the last 60 whole minutes
+MINUTES = 60  # the per_minute block: the last 60 minutes, the current one so far last
 
 
 def _bucket(age):
@@ -105,12 +105,12 @@ def _waiting(lay, now, pending, failed_times):
 
 
 def _recent(recent, now):
-    """Finishes per window and final state, and per whole minute of the last hour (oldest
-    first): completed, and failed attempts (outcome failed or dead)."""
+    """Finishes per window and final state, and per minute of the last hour (oldest first,
+    the current minute, so far, last): completed, and failed attempts (outcome failed or dead)."""
     # a window has no upper end: a host whose clock runs ahead still counts, as before
     finished = {window: {st: counts[0] for st, counts in recent.counts(FINAL, [now - seconds, math.inf]).items()}
                 for window, seconds in WINDOWS}
-    first = (now // 60 - MINUTES) * 60  # the start of the oldest whole minute shown
+    first = (now // 60 - MINUTES + 1) * 60  # the start of the oldest minute shown
     edges = [first + 60 * i for i in range(MINUTES + 1)]
     rows = recent.counts(journal.OUTCOMES, edges)
     per_minute = {"minutes": [timeutil.iso(edge) for edge in edges[:-1]], "completed": rows["completed"],

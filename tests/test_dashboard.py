@@ -71,7 +71,7 @@ def test_blocked_jobs_show_what_they_wait_for_and_schedules_their_next_run(serve
     _, _, page = get(base + "/")
     assert re.search(r'id="count-blocked">1<', page)
     waits = re.search(r'<div class="waits">(.*?)</div>', page).group(1)
-    assert re.findall(r'href="/job/(\w+)".*?class="badge s-(\w+)"', waits) == [("build", "completed"), ("test", "waiting")]
+    assert re.findall(r'href="/job/(\w+)".*?class="badge s-(\w+)"', waits) == [("build", "completed"), ("test", "pending")]
     assert "nightly" in page and "30 2 * * *" in page and "make &lt;backup&gt;" in page
     assert re.search(r"T02:30:00.000Z<br><span class=\"muted\">in ", page)
     _, _, listing = get(base + "/state/blocked")
@@ -243,6 +243,9 @@ def test_dashboard_in_chromium(cli, spool_dir, tmp_path):
                      ["--id", "html", "-c", "echo '<b>not bold</b>'"],
                      ["--id", "long-job", "-c", "echo working; sleep 60", "--priority", "50"]):
             assert cli("enqueue", *args).returncode == 0
+        assert cli("enqueue", "--id", "deploy", "-c", "make deploy", "--after", "long-job",
+                   "--after", "build-42").returncode == 0
+        assert cli("schedule", "add", "nightly-backup", "30 2 * * *", "-c", "make backup").returncode == 0
         workers = cli.start("worker", "start", "--count", "2")
         wait_job(spool_dir, "long-job", "processing", timeout=20)
         for job_id, state in (("hello", "completed"), ("build-42", "completed"), ("html", "completed"),
@@ -254,10 +257,18 @@ def test_dashboard_in_chromium(cli, spool_dir, tmp_path):
         driver.get(url)
         spool = Spool(spool_dir, create=False)
         counts = spool.counts()
-        for state in ("pending", "scheduled", "processing", "failed", "completed", "dead"):
+        for state in ("blocked", "pending", "scheduled", "processing", "failed", "completed", "dead"):
             shown = driver.find_element(By.ID, f"count-{state}").text
             assert shown == str(counts[state]), (state, shown, counts)
         assert counts["completed"] == 3 and counts["dead"] == 1 and counts["scheduled"] == 1
+        assert counts["blocked"] == 1
+        waits = driver.find_element(By.CSS_SELECTOR, ".waits").text.split()
+        assert waits == ["long-job", "processing", "build-42", "completed"], waits
+        assert "nightly-backup" in driver.find_element(By.TAG_NAME, "body").text
+        chart = driver.find_element(By.ID, "chart")
+        assert chart.size["width"] > 600 and chart.size["height"] > 100  # drawn, at its size
+        bars = driver.find_elements(By.CSS_SELECTOR, "#chart rect.ok, #chart rect.bad")
+        assert len(bars) >= 3  # this minute's completions and failures, and the legend's two
         body = driver.find_element(By.TAG_NAME, "body").text
         assert "long-job" in body, "the running job is shown with its worker"
         assert "exit code 3" in body and "exit code 7" in body, "last errors shown"

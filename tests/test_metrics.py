@@ -78,9 +78,10 @@ def test_counts_rates_runtimes(filled):
     assert info["oldest_waiting"] == {"id": "ancient", "state": "pending", "age_seconds": 3 * 86400}
     pm = info["per_minute"]
     assert len(pm["minutes"]) == len(pm["completed"]) == len(pm["failed"]) == 60
-    assert pm["minutes"][0] == "2027-01-15T07:00:00.000Z" and pm["minutes"][-1] == "2027-01-15T07:59:00.000Z"
-    assert pm["completed"][59] == 5 and sum(pm["completed"]) == 5
-    assert pm["failed"][58] == 1 and pm["failed"][30] == 1 and sum(pm["failed"]) == 2  # retrying, d1
+    # the last 60 minutes, the current one (08:00, nothing yet) last
+    assert pm["minutes"][0] == "2027-01-15T07:01:00.000Z" and pm["minutes"][-1] == "2027-01-15T08:00:00.000Z"
+    assert pm["completed"][58] == 5 and sum(pm["completed"]) == 5
+    assert pm["failed"][57] == 1 and pm["failed"][29] == 1 and sum(pm["failed"]) == 2  # retrying, d1
 
 
 def test_counts_agree_with_status(filled):
@@ -113,7 +114,7 @@ def test_no_job_file_is_read_and_the_sample_is_capped(filled, monkeypatch):
 def test_windows_and_minutes_follow_the_journal_times(spool):
     """A journal with known times, in two processes' files, ids that are outcome words, and
     files selected by their hour's name: windows and per_minute as counted one by one."""
-    now = NOW + 1830.5  # 08:30:30.5: the minutes shown are 07:30 to 08:29
+    now = NOW + 1830.5  # 08:30:30.5: the minutes shown are 07:31 to 08:30 (so far)
     rng = random.Random(3)
     entries = []  # (process, ts, outcome, id, attempts, runtime)
     for process in ("hostA_1", "hostB.example_22"):
@@ -135,11 +136,11 @@ def test_windows_and_minutes_follow_the_journal_times(spool):
         for st in ("completed", "dead"):
             expected = sum(1 for e in read if e[2] == st and now - e[1] <= seconds)
             assert info["finished"][window][st] == expected, (window, st)
-    first = NOW - 1800
+    first = NOW - 1740
     pm = info["per_minute"]
-    assert pm["minutes"][0] == timeutil.iso(first) == "2027-01-15T07:30:00.000Z"
+    assert pm["minutes"][0] == timeutil.iso(first) == "2027-01-15T07:31:00.000Z"
     for i in range(60):
-        inside = [e for e in read if first + 60 * i <= e[1] < first + 60 * (i + 1)]
+        inside = [e for e in read if first + 60 * i <= e[1] < first + 60 * (i + 1)]  # a clock ahead counts
         assert pm["completed"][i] == sum(1 for e in inside if e[2] == "completed"), i
         assert pm["failed"][i] == sum(1 for e in inside if e[2] in ("failed", "dead")), i
     final = sorted((e for e in read if e[2] in ("completed", "dead")), key=lambda e: e[1], reverse=True)
