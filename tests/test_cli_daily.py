@@ -130,7 +130,8 @@ def complete(spool_dir, words, cword):
 def test_completion_of_commands_states_and_ids(cli, spool_dir):
     assert complete(spool_dir, "queuectl st", 1) == ["status"]
     assert set(complete(spool_dir, "queuectl d", 1)) == {"dashboard", "dlq", "doctor"}
-    assert complete(spool_dir, "queuectl list --state ", 3) == ["pending", "processing", "failed", "completed", "dead"]
+    states = ["blocked", "pending", "processing", "failed", "completed", "dead"]
+    assert complete(spool_dir, "queuectl list --state ", 3) == states
     assert not os.path.exists(spool_dir), "completion does not create the spool"
     assert cli("config", "set", "backoff-base", "600").returncode == 0
     for job in ('{"id":"alpha","command":"true"}', '{"id":"beta","command":"exit 1","max_retries":0}',
@@ -145,6 +146,7 @@ def test_completion_of_commands_states_and_ids(cli, spool_dir):
     assert complete(spool_dir, "queuectl cancel ", 2) == ["a_b.c", "alpine", "gamma"]
     assert complete(spool_dir, f"queuectl --spool {spool_dir} show a_", 4) == ["a_b.c"]
     assert complete(spool_dir, "queuectl show zzz", 2) == []
+    assert complete(spool_dir, "queuectl enqueue -c true --after al", 5) == ["alpha", "alpine"]
 
 
 @pytest.mark.process
