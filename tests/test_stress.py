@@ -190,7 +190,8 @@ def test_exactly_once_under_contention(cli, spool_dir, tmp_path):
     assert not strangers, f"lines that are no job id (torn writes?): {sorted(strangers)[:10]}"
     assert not lost, f"{len(lost)} job(s) never ran, e.g. {sorted(lost)[:10]}"
     assert not twice, f"{len(twice)} job(s) ran more than once without any crash, e.g. {sorted(twice.items())[:10]}"
-    assert c == {"incoming": 0, "pending": 0, "processing": 0, "failed": 0, "completed": total, "dead": 0}, c
+    assert c == {"incoming": 0, "blocked": 0, "pending": 0, "processing": 0, "failed": 0, "completed": total,
+                 "dead": 0}, c
 
     wrong = []
     for name in job_files(spool_dir, "completed"):
@@ -290,7 +291,8 @@ def test_chaos_kill9_workers_and_supervisors(cli, spool_dir, tmp_path):
 
     # all completed: nothing is left anywhere else
     c = counts(spool_dir)
-    assert c == {"incoming": 0, "pending": 0, "processing": 0, "failed": 0, "completed": total, "dead": 0}, c
+    assert c == {"incoming": 0, "blocked": 0, "pending": 0, "processing": 0, "failed": 0, "completed": total,
+                 "dead": 0}, c
     # stop every worker before reading out.txt for good: the live supervisor like Ctrl+C (it
     # forwards SIGTERM and replaces no one any more), then `worker stop` for the orphans of
     # the supervisors we killed. (`worker stop` alone can miss a replacement that registers
