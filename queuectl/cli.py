@@ -512,7 +512,14 @@ def complete_schedule_name(ctx, param, incomplete):
 
 @cli.group()
 def schedule():
-    """Recurring jobs: one job per time of a cron expression (UTC), fired by the workers."""
+    """Recurring jobs: one job per time of a cron expression (UTC), fired by the workers.
+
+    \b
+    Examples:
+      queuectl schedule add nightly '30 2 * * *' -c 'make backup'
+      queuectl schedule list
+      queuectl schedule remove nightly
+    """
 
 
 @schedule.command("add")
@@ -555,7 +562,12 @@ def schedule_add(ctx, name, cron, job_json, command, priority, max_retries, time
 @json_option
 @click.pass_context
 def schedule_list(ctx, as_json):
-    """The schedules, each with its next occurrence, last fired job, fired and skipped counts."""
+    """The schedules, each with its next occurrence, last fired job, fired and skipped counts.
+
+    \b
+    Example:
+      queuectl schedule list --json
+    """
     entries = get_spool(ctx).schedule_list()
     echo_json(entries) if as_json else click.echo(render.schedules(entries))
 
@@ -564,7 +576,12 @@ def schedule_list(ctx, as_json):
 @click.argument("name", shell_complete=complete_schedule_name)
 @click.pass_context
 def schedule_remove(ctx, name):
-    """Stop schedule NAME (the jobs it already enqueued stay)."""
+    """Stop schedule NAME (the jobs it already enqueued stay).
+
+    \b
+    Example:
+      queuectl schedule remove nightly
+    """
     get_spool(ctx).schedule_remove(name)
     click.echo(f"{name} removed")
 
