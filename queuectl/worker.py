@@ -34,6 +34,7 @@ ALL = frozenset({"incoming", "pending", "failed", "workers", "blocked", "schedul
 # the folders a rescan looks at; completed/ and dead/ only tell that a dependency may have ended
 RESCANNED = ("incoming", "pending", "failed", "processing", "workers", "blocked", "completed", "dead",
              "schedules")
+ENDED = ("completed", "dead")  # their stat changes when a job ends: a blocked job's dependency?
 SHARED_CLAIM_SPREAD = 16  # on a shared spool, steal at random among the first N due names (pending.py)
 PAUSED_LOOK = 0.5         # seconds between looks for `resume` while paused (no event tells of it)
 RELIST_AFTER_LOSSES = 3   # lost claims in a row after which a worker on a shared spool lists pending/ again
@@ -309,7 +310,9 @@ class Worker:
         """The periodic rescan: take back lost jobs, finish crashed moves, and look again at
         the folders that changed since they were last listed (folderstamp.py)."""
         self._next_rescan = time.monotonic() + self._rescan_interval()
-        changed = self._look_around(RESCANNED, everything=startup)
+        # completed/ and dead/ only matter while jobs wait in blocked/: no stat of them otherwise
+        folders = RESCANNED if self._blocked else tuple(f for f in RESCANNED if f not in ENDED)
+        changed = self._look_around(folders, everything=startup)
         self._dirty |= changed & {"incoming", "failed"}
         if "pending" in changed:
             self._dirty.add("rescan")

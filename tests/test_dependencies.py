@@ -234,3 +234,20 @@ def test_a_finish_looks_only_at_the_jobs_waiting_for_it(spool, monkeypatch):
     assert looked == [["a"]]
     assert place(spool, "b") == "pending" and place(spool, "c") == "blocked"
     assert book.dependents(["a"]) == set() and len(book.after) == 301
+
+
+def test_an_idle_worker_sees_a_dependency_end_elsewhere(cli, spool_dir):
+    """A dependency cancelled by a command (no worker finished it): the idle worker's rescan
+    sees dead/ change and buries what waits for it."""
+    from helpers import wait_until
+    assert cli("enqueue", "-c", "true", "--id", "later", "--run-at", "+1h").returncode == 0
+    assert cli("enqueue", "-c", "true", "--id", "waits", "--after", "later").returncode == 0
+    worker = cli.start_tailed("worker", "start")
+    try:
+        wait_until(lambda: "started (wake-ups" in worker.tail.text(), 20, what="the worker to start")
+        assert cli("cancel", "later").returncode == 0
+        wait_until(lambda: "job waits dead (dependency later dead) without running" in worker.tail.text(), 20,
+                   what="the worker to bury the waiting job")
+    finally:
+        cli("worker", "stop", "--timeout", "20")
+        worker.wait(30)
