@@ -372,7 +372,7 @@ def logs(ctx, job_id, follow):
         return
 
     def is_final():
-        found = spool.find(job_id)
+        found = spool.find(job_id, patient=True)
         return found is None or found[0] in ("completed", "dead")
 
     def write(chunk):

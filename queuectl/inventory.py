@@ -13,13 +13,27 @@ from .errors import JobNotFound, SpoolError
 from .job import STATES, State, check_id
 
 
+FIND_AGAIN = (0.0, 0.05, 0.2, 0.5)  # pauses before the looks again of find()
+
+
 class Inventory:
     """Read-only views of a spool; needs `self.layout` and `self.path`."""
 
-    def find(self, job_id):
+    def find(self, job_id, patient=False):
         """(state, file name) of a job, or None. Final states and blocked/ by name; the others
-        by listing."""
+        by listing. A job that moves between two folders while they are listed one after the
+        other is in neither listing: `patient` (for a "no such job" said to a user) looks
+        again while its id marker says it exists, for up to a second (a network filesystem
+        may show a listing that old)."""
         check_id(job_id)
+        for pause in FIND_AGAIN if patient else ():
+            found = self._find_once(job_id)
+            if found or not os.path.lexists(os.path.join(self.layout.ids, job_id)):
+                return found
+            time.sleep(pause)
+        return self._find_once(job_id)
+
+    def _find_once(self, job_id):
         lay = self.layout
         final = names.final_name(job_id)
         for state in (State.COMPLETED, State.DEAD, State.BLOCKED):
@@ -34,7 +48,7 @@ class Inventory:
     def get(self, job_id):
         """The job's record, its `state` taken from its folder. JobNotFound if none."""
         for _ in range(5):  # a job may move between find and read; look again
-            found = self.find(job_id)
+            found = self.find(job_id, patient=True)
             if not found:
                 break
             try:

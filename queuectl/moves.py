@@ -517,7 +517,7 @@ class Moves(Inventory):
 
     def find_held(self, job_id, states):
         for _ in range(5):
-            found = self.find(job_id)
+            found = self.find(job_id, patient=True)
             if not found:
                 raise JobNotFound(job_id)
             if found[0] not in states:

@@ -136,7 +136,7 @@ class Spool(Inventory):
         Raises JobNotFound, or WrongState naming the job's state (running without `kill`,
         already final, did not stop in time, ended by itself first)."""
         check_id(job_id, "ID")
-        found = self.find(job_id)
+        found = self.find(job_id, patient=True)
         if found and found[0] == State.PROCESSING:
             if not kill:
                 raise WrongState(f"job {job_id!r} is processing (running); use --kill to kill it")
@@ -163,10 +163,10 @@ class Spool(Inventory):
             raise WrongState(f"job {job_id!r}: processing/{processing_name} is not a worker's name")
         registry.request_cancel(self.layout, registry.worker_name(owner.host, owner.pid), job_id)
         deadline = time.monotonic() + timeout
-        found = self.find(job_id)
+        found = self.find(job_id, patient=True)
         while found and found[0] == State.PROCESSING and time.monotonic() < deadline:
             time.sleep(0.05)
-            found = self.find(job_id)
+            found = self.find(job_id, patient=True)
         if found and found[0] == State.PROCESSING:
             raise WrongState(f"job {job_id!r} did not stop within {timeout:g}s (still running)")
         if found and found[0] == State.DEAD:
@@ -205,7 +205,7 @@ class Spool(Inventory):
             raise InvalidInput("give at least one job id")
         for job_id in ids:
             check_id(job_id, "ID")
-            found = self.find(job_id)
+            found = self.find(job_id, patient=True)
             if found is None:
                 raise JobNotFound(job_id)
             if found[0] not in RETRYABLE:
@@ -221,7 +221,7 @@ class Spool(Inventory):
             ids = list(dict.fromkeys(job_ids))  # each once
             for job_id in ids:
                 check_id(job_id, "ID")
-                found = self.find(job_id)
+                found = self.find(job_id, patient=True)
                 if found is None:
                     raise JobNotFound(job_id)
                 if found[0] != State.DEAD:
@@ -259,7 +259,7 @@ class Spool(Inventory):
             raise InvalidInput("give at least one job id")
         for job_id in ids:
             check_id(job_id, "ID")
-            if self.find(job_id) is None:
+            if self.find(job_id, patient=True) is None:
                 raise JobNotFound(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         final: dict = {}

@@ -1036,3 +1036,24 @@ def test_counting_job_files_agrees_with_the_plain_filter(tmp_path, monkeypatch):
             assert fsutil._count_dents(folder, number) == expected, folder  # the fast path itself
     if number is None:
         pytest.skip("no getdents64 fast path on this platform: only the fallback was checked")
+
+
+def test_find_looks_again_for_a_job_caught_between_two_folders(spool, monkeypatch):
+    """A job claimed on another host while pending/ and processing/ are listed one after the
+    other is in neither listing: a "no such job" said to a user looks again first."""
+    spool.enqueue("true", id="j")
+    real, looks = spool._find_once, []
+
+    def between_folders(job_id):
+        looks.append(job_id)
+        return None if len(looks) == 1 else real(job_id)
+    monkeypatch.setattr(spool, "_find_once", between_folders)
+    assert spool.find("j") is None  # one look, as the claim loop and id reservation want
+    looks.clear()
+    assert spool.find("j", patient=True)[0] == "pending"
+    looks.clear()
+    result = spool.wait(["j"], timeout=0.1)  # not "no such job"
+    assert result.unfinished == ["j"]
+    started = time.monotonic()
+    assert spool.find("nope", patient=True) is None  # no marker: no job, no second look
+    assert time.monotonic() - started < 0.05
