@@ -36,17 +36,24 @@ _COMPLETE_STATES = {"cancel": ("blocked", "pending", "failed", "processing"), "d
                     "wait": ("blocked", "pending", "processing", "failed")}
 
 
+def _completion_layout(ctx):
+    """The spool's layout as the command line being completed names it (None if unusable)."""
+    from .paths import Layout
+    try:
+        return Layout(ctx.find_root().params.get("spool") or default_spool())
+    except QueuectlError:
+        return None
+
+
 def complete_job_id(ctx, param, incomplete):
     """shell_complete of the job-id arguments: ids that start with what was typed, from the
     file names of the relevant state folders only (no record read, the spool not created)."""
     from click.shell_completion import CompletionItem
     from . import fsutil, names
-    from .paths import Layout
     key = ctx.command.name if ctx.parent is None or ctx.parent.parent is None else f"{ctx.parent.info_name} {ctx.command.name}"
     states = _COMPLETE_STATES.get(key, ("blocked", "pending", "processing", "failed", "completed", "dead"))
-    try:
-        layout = Layout(ctx.find_root().params.get("spool") or default_spool())
-    except QueuectlError:
+    layout = _completion_layout(ctx)
+    if layout is None:
         return []
     found = set()
     for state in states:
@@ -501,10 +508,8 @@ def complete_schedule_name(ctx, param, incomplete):
     """shell_complete of schedule names: the file names in schedules/ (nothing read or created)."""
     from click.shell_completion import CompletionItem
     from . import fsutil
-    from .paths import Layout
-    try:
-        layout = Layout(ctx.find_root().params.get("spool") or default_spool())
-    except QueuectlError:
+    layout = _completion_layout(ctx)
+    if layout is None:
         return []
     return [CompletionItem(n[:-5]) for n in sorted(fsutil.listdir(layout.schedules))
             if n.endswith(".json") and not n.startswith(".") and n.startswith(incomplete)]
