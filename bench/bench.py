@@ -96,17 +96,25 @@ def read_mark(path, timeout=20.0):
 
 # ---------------------------------------------------------------- drain
 
+def warm_up(jobs):
+    """Jobs left out at the start of every drain, on every side: the steady state starts once
+    the runners are all up (a second worker's start-up on a big spool, tsp's first forks)."""
+    return jobs // 10
+
+
 def drain_commands(jobs, folder, tag):
-    """`jobs` commands: the first and the last write their start time, the others are `true`.
-    Returns (commands, first mark, last mark)."""
+    """`jobs` commands: the first after the warm-up and the last write their start time, the
+    others are `true`. Returns (commands, first mark, last mark)."""
     first, last = os.path.join(folder, f"{tag}-first"), os.path.join(folder, f"{tag}-last")
-    return [MARK.format(path=first)] + ["true"] * (jobs - 2) + [MARK.format(path=last)], first, last
+    warm = warm_up(jobs)
+    return (["true"] * warm + [MARK.format(path=first)] + ["true"] * (jobs - warm - 2) + [MARK.format(path=last)],
+            first, last)
 
 
 def steady_rate(jobs, first, last):
-    """Jobs started per second between the first job's start and the last one's, as the
-    commands saw it: start-up of the runner and the tail of the last jobs are left out."""
-    return (jobs - 1) / (read_mark(last, 600) - read_mark(first, 600))
+    """Jobs started per second between the first marked job's start and the last one's, as
+    the commands saw it: the warm-up and the tail of the last jobs are left out."""
+    return (jobs - warm_up(jobs) - 1) / (read_mark(last, 600) - read_mark(first, 600))
 
 
 def raw_rate(jobs, procs=2):
@@ -149,7 +157,11 @@ def drain_rate(jobs, workers=2, backlog=0, failed_backlog=0):
 
 def _fill_failed(spool, count):
     """`count` retries waiting a day in failed/, as a worker's fail move leaves them: real
-    records (enqueued, then moved from pending/ under their failed/ names)."""
+    records (enqueued, then moved from pending/ under their failed/ names).
+
+    Rewritten in place and renamed, never deleted: on ext4 without a journal (these
+    machines) every file created in the next minutes walks past the inodes just freed, so
+    100,000 deletions here would slow the timed drain's log files down, not the backlog."""
     from queuectl import names
     retry_at = time.time() + 86400
     for start in range(0, count, 10000):
@@ -163,9 +175,9 @@ def _fill_failed(spool, count):
         with open(path) as fh:
             record = json.load(fh)
         record.update(state="failed", attempts=1, last_error="exit code 1", run_at=timeutil.iso(retry_at))
-        with open(os.path.join(spool.layout.failed, names.failed_name(retry_at, parsed.job_id)), "w") as fh:
+        with open(path, "w") as fh:
             json.dump(record, fh)
-        os.unlink(path)
+        os.rename(path, os.path.join(spool.layout.failed, names.failed_name(retry_at, parsed.job_id)))
 
 
 def _sample_worker_rss(spool, proc):

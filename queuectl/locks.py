@@ -19,12 +19,18 @@ import os
 from .errors import Busy, SpoolError
 
 
+_EXCLUSIVE_NOW = None  # portalocker's flags, combined once (an enum operation per claim otherwise)
+
+
 def try_lock(fd):
     """Lock an open file (a job's id marker) for this process, or raise Busy if a live
     process holds it."""
+    global _EXCLUSIVE_NOW
     import portalocker  # imported on first use: CLI start-up stays light
+    if _EXCLUSIVE_NOW is None:
+        _EXCLUSIVE_NOW = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
     try:
-        portalocker.lock(fd, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+        portalocker.lock(fd, _EXCLUSIVE_NOW)
     except portalocker.exceptions.AlreadyLocked:
         raise Busy("locked by a live process") from None
     except portalocker.exceptions.LockException as exc:
