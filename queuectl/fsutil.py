@@ -66,6 +66,11 @@ def write_file(path, data, sync=True, mode=0o600):
 
 def open_nofollow(path, flags=os.O_RDONLY):
     """Open an existing regular file without following a symlink or blocking on a FIFO."""
+    return open_nofollow_stat(path, flags)[0]
+
+
+def open_nofollow_stat(path, flags=os.O_RDONLY):
+    """open_nofollow(), and the opened file's stat: (fd, stat_result)."""
     fd = os.open(path, flags | NOFOLLOW | CLOEXEC | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
@@ -75,13 +80,15 @@ def open_nofollow(path, flags=os.O_RDONLY):
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, st
 
 
-def read_fd(fd, limit=None):
-    """Read a whole file from offset 0; with `limit`, read at most limit+1 bytes."""
+def read_fd(fd, limit=None, from_start=True):
+    """Read a whole file from offset 0 (from where it is, for a file just opened: no seek);
+    with `limit`, read at most limit+1 bytes."""
     chunks, size = [], 0
-    os.lseek(fd, 0, os.SEEK_SET)
+    if from_start:
+        os.lseek(fd, 0, os.SEEK_SET)
     while True:
         want = 1 << 16 if limit is None else min(1 << 16, limit + 1 - size)
         if want <= 0:
@@ -94,8 +101,8 @@ def read_fd(fd, limit=None):
     return b"".join(chunks)
 
 
-def read_json_fd(fd):
-    return json.loads(read_fd(fd).decode("utf-8"))
+def read_json_fd(fd, from_start=True):
+    return json.loads(read_fd(fd, from_start=from_start).decode("utf-8"))
 
 
 def read_fd_path(path, limit=1 << 20):

@@ -182,7 +182,7 @@ class Moves(Inventory):
             raise Corrupt(state, name, "a name that is not a job's")
         lock_fd = self._lock_marker(job_id, path)
         try:
-            fd = fsutil.open_nofollow(path, os.O_RDWR)
+            fd, st = fsutil.open_nofollow_stat(path, os.O_RDWR)
         except FileNotFoundError:
             fsutil.close_quiet(lock_fd)
             raise LostRace(f"{state}/{name} is gone") from None
@@ -192,9 +192,9 @@ class Moves(Inventory):
                 raise Corrupt(state, name, "not a regular file (a symlink is never followed)") from None
             raise fsutil.translate(exc, f"{state}/{name}") from None
         try:
-            if os.fstat(fd).st_uid != os.geteuid():
+            if st.st_uid != os.geteuid():
                 raise Corrupt(state, name, "owned by another user; not run (see docs/contract.md, Safety)")
-            record = fsutil.read_json_fd(fd)
+            record = fsutil.read_json_fd(fd, from_start=False)  # just opened: no seek
             if not isinstance(record, dict):
                 raise Corrupt(state, name, "not a JSON object")
             if record.get("id") != job_id:  # an inode since reused by a worker's pool: moved on
@@ -304,15 +304,18 @@ class Moves(Inventory):
 
     # -- the worker's side
 
-    def claim(self, name, worker_host, worker_pid):
+    def claim(self, name, worker_host, worker_pid, job_id=None):
         """Claim pending/NAME for this worker (rule 4). Returns the Held processing file.
+        `job_id`: the id in NAME, when the caller has parsed it already.
 
         Raises LostRace/Busy when another worker was first, Corrupt for a damaged file.
         """
-        held = self.lock("pending", name)
+        if job_id is None:
+            job_id = names.id_of("pending", name)
+        held = self.lock("pending", name, job_id)
         try:
             check_record(held.record)
-            if held.record["id"] != names.id_of("pending", name):
+            if held.record["id"] != job_id:
                 raise FieldError("id", "the record's id is not the one in its file name")
         except FieldError as exc:
             held.close()

@@ -22,6 +22,8 @@ import threading
 CONTROL = "workers"
 RESCAN = "rescan"  # a pseudo-folder: events were lost, look at everything
 _HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len
+_READ_SIZE = 65536
+_MAX_EVENT = _HEADER.size + 256  # the header and a name of at most NAME_MAX bytes, NUL-terminated
 
 
 class Waker:
@@ -204,20 +206,28 @@ class Waker:
     def _read_all(self):
         if self._closed:
             return
-        try:
-            while os.read(self.pipe_r, 4096):
+        # one poll says which descriptors have something: a worker takes the news twice per
+        # job, and a read of each until EAGAIN cost it five system calls each time
+        ready = {fd for fd, _ in self._poller.poll(0)}
+        if self.pipe_r in ready:
+            try:
+                while os.read(self.pipe_r, 4096):
+                    pass
+            except (BlockingIOError, OSError):
                 pass
-        except (BlockingIOError, OSError):
-            pass
         for fd in self._inotify.values():
+            if fd not in ready:
+                continue
             while True:
                 try:
-                    data = os.read(fd, 65536)
+                    data = os.read(fd, _READ_SIZE)
                 except (BlockingIOError, InterruptedError):
                     break
                 if not data:
                     break
                 self._parse(fd, data)
+                if len(data) <= _READ_SIZE - _MAX_EVENT:
+                    break  # the queue was emptied: a fuller read would have held one more event
 
     def _parse(self, fd, data):
         i, end = 0, len(data)

@@ -262,9 +262,9 @@ class Worker:
                     return  # nothing it may run now
                 self.waker.wait(min(PAUSED_LOOK, max(0.0, self._next_rescan - time.monotonic())))
                 continue
-            name, next_pending = self._pick(timeutil.now())
+            (name, job_id), next_pending = self._pick(timeutil.now())
             if name:
-                self._attempt(name)
+                self._attempt(name, job_id)
                 looked_again = False
                 continue
             self._record_previous()
@@ -413,7 +413,8 @@ class Worker:
         return float("inf")
 
     def _pick(self, now):
-        """The first due name in claim order, and the earliest due time of those not due."""
+        """(The first due name in claim order and its job id, or (None, None)), and the
+        earliest due time of those not due."""
         index = self._pending
         while True:
             if index.stale:
@@ -421,8 +422,11 @@ class Worker:
             while index.strays:  # hand-made files: filed as jobs or checked as dropped files
                 self._reroute(index.strays.pop())
             name, next_due = index.pick(now)
-            if name is None or names.parse_pending(name) is not None:
-                return name, next_due
+            if name is None:
+                return (None, None), next_due
+            parsed = names.parse_pending(name)
+            if parsed is not None:
+                return (name, parsed.job_id), next_due
             self._reroute(name)
 
     def _reroute(self, name):
@@ -449,9 +453,9 @@ class Worker:
             except OSError:
                 pass
 
-    def _attempt(self, name):
+    def _attempt(self, name, job_id):
         try:
-            held = self.moves.claim(name, self.host, self.pid)
+            held = self.moves.claim(name, self.host, self.pid, job_id=job_id)
         except Corrupt as exc:
             self._set_aside(exc)
             return
