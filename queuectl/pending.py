@@ -48,17 +48,20 @@ class PendingIndex:
             entries = os.scandir(self.folder)
         except FileNotFoundError:
             entries = None
+        looks_pending = names.looks_pending
         if entries is not None:
             with entries:
                 for entry in entries:
                     name = entry.name
-                    if not names.looks_pending(name):
+                    if not looks_pending(name):
                         if not name.startswith(".") and len(strays) < limit:
                             strays.append(name)
                         continue
                     stamp = name[due_field]
                     if stamp <= now_stamp:
                         due_cut |= _keep_smallest(due, name, limit)
+                    elif later_cut and stamp > later[-1][0]:
+                        continue  # a backlog's common case: later than every name kept
                     else:
                         later_cut |= _keep_smallest(later, (stamp, name), limit)
         self.due, self.due_complete = due, not due_cut

@@ -398,11 +398,22 @@ class Worker:
     def _promote_due(self):
         """Move due retries from failed/ to pending/. Returns the next retry's wall time."""
         now = timeutil.now()
-        for name in self.spool.names("failed"):
+        # a name starts with its retry's time stamp: the due ones are found by comparing text,
+        # and only they are sorted (a worker starting beside 100,000 waiting retries sorted them all)
+        now_stamp, cut = names.stamp(now), len(names.stamp(0))
+        due, first_waiting = [], None
+        for name in fsutil.listdir(self.layout.failed):
+            if not name.endswith(names.SUFFIX) or name.startswith("."):
+                continue
+            if name[:cut] <= now_stamp:
+                due.append(name)
+            elif first_waiting is None or name < first_waiting:
+                first_waiting = name
+        for name in sorted(due):
             parsed = names.parse_failed(name)
             if parsed is None:
                 continue
-            if parsed.next_attempt > now:
+            if parsed.next_attempt > now:  # the stamp is rounded to the millisecond
                 return parsed.next_attempt
             try:
                 self.moves.promote(name, now)
@@ -410,7 +421,14 @@ class Worker:
                 self._set_aside(exc)
             except LostRace:
                 continue
-        return float("inf")
+        if first_waiting is None:
+            return float("inf")
+        parsed = names.parse_failed(first_waiting)
+        if parsed is not None:
+            return parsed.next_attempt
+        # a name not ours sorts first: the next retry is the first that parses
+        return next((p.next_attempt for p in map(names.parse_failed, self.spool.names("failed"))
+                     if p is not None and p.next_attempt > now), float("inf"))
 
     def _pick(self, now):
         """(The first due name in claim order and its job id, or (None, None)), and the

@@ -72,3 +72,48 @@ def test_a_busy_local_worker_does_not_relist_pending_on_each_rescan(spool, monke
     assert not thread.is_alive()
     assert len(ids) >= 10
     assert len(passes) <= 2, f"pending/ listed {len(passes)} times in about 15 rescans"
+
+
+def put_retry(spool, job_id, retry_at):
+    """A retry waiting in failed/ as a worker's fail move leaves it."""
+    import json
+    import os
+    from queuectl import names, timeutil
+    spool.enqueue("true", id=job_id)
+    pending = [n for n in os.listdir(spool.layout.pending) if n.endswith(f"_{job_id}.json")][0]
+    path = os.path.join(spool.layout.pending, pending)
+    with open(path) as fh:
+        record = json.load(fh)
+    record.update(state="failed", attempts=1, last_error="exit code 1", run_at=timeutil.iso(retry_at))
+    with open(path, "w") as fh:
+        json.dump(record, fh)
+    os.rename(path, os.path.join(spool.layout.failed, names.failed_name(retry_at, job_id)))
+
+
+def test_promotion_finds_the_due_retries_and_the_next_one_without_sorting_them_all(spool):
+    import os
+    now = time.time()
+    put_retry(spool, "due-a", now - 5)
+    put_retry(spool, "due-b", now - 1)
+    put_retry(spool, "soon", now + 30)
+    put_retry(spool, "later", now + 3600)
+    open(os.path.join(spool.layout.failed, "1-not-a-retry.json"), "w").close()  # sorts first, never parses
+    w = workermod.Worker(spool)
+    next_at = w._promote_due()
+    assert abs(next_at - (now + 30)) < 0.01
+    assert sorted(r["id"] for r in spool.list("pending")) == ["due-a", "due-b"]
+    assert sorted(os.listdir(spool.layout.failed)) == sorted(
+        ["1-not-a-retry.json"] + [n for n in os.listdir(spool.layout.failed) if n.endswith(("_soon.json", "_later.json"))])
+
+
+def test_a_name_not_ours_that_sorts_first_among_the_waiting_does_not_hide_the_next_retry(spool):
+    import os
+    now = time.time()
+    put_retry(spool, "soon", now + 30)
+    soon = os.listdir(spool.layout.failed)[0]
+    junk = soon.replace("_soon.json", "_a bad id!.json")  # the same stamp, sorts first, never parses
+    assert junk < soon
+    open(os.path.join(spool.layout.failed, junk), "w").close()
+    assert abs(workermod.Worker(spool)._promote_due() - (now + 30)) < 0.01
+    os.unlink(os.path.join(spool.layout.failed, [n for n in os.listdir(spool.layout.failed) if "_soon" in n][0]))
+    assert workermod.Worker(spool)._promote_due() == float("inf")
