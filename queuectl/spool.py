@@ -28,6 +28,7 @@ from .paths import Layout, default_spool
 Record = dict
 WAIT_POLL = 0.2  # seconds between looks of Spool.wait
 BURIED_SCAN_LIMIT = 10_000  # dead jobs read at most to name those a retry leaves buried
+KILL_RECORD_GRACE = 2.0  # seconds `cancel --kill` reads dead/ID.json again for the worker's new record
 Progress = Optional[Callable[[int, int], None]]
 
 
@@ -170,9 +171,16 @@ class Spool(Inventory):
         if found and found[0] == State.PROCESSING:
             raise WrongState(f"job {job_id!r} did not stop within {timeout:g}s (still running)")
         if found and found[0] == State.DEAD:
-            record = self.get(job_id)
-            if record.get("last_error") == "cancelled":
-                return record
+            # the worker's move renames the file into dead/, then its new record over it: on
+            # a network filesystem the old record may still be read there for a while
+            settle = time.monotonic() + KILL_RECORD_GRACE
+            while True:
+                record = self.get(job_id)
+                if record.get("last_error") == "cancelled":
+                    return record
+                if time.monotonic() >= settle:
+                    break
+                time.sleep(0.05)
         raise WrongState(f"job {job_id!r} ended before it could be killed (state {found and found[0]})")
 
     def retry_dead(self, job_id: str) -> Record:

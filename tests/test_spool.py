@@ -1057,3 +1057,39 @@ def test_find_looks_again_for_a_job_caught_between_two_folders(spool, monkeypatc
     started = time.monotonic()
     assert spool.find("nope", patient=True) is None  # no marker: no job, no second look
     assert time.monotonic() - started < 0.05
+
+
+def test_cancel_kill_waits_out_a_dead_record_that_still_reads_as_the_old_one(spool):
+    """On a network filesystem the worker's new record may land in dead/ID.json a while after
+    the file itself (the move's two renames, a reader's cache): `cancel --kill` reads again
+    instead of calling the killed job one that ended by itself."""
+    spool.enqueue("sleep 60", id="slowfs")
+    held = claim(spool, "slowfs", "hostX", 777)
+    processing = os.path.join(spool.layout.processing, held.name)
+    dead = os.path.join(spool.layout.dead, "slowfs.json")
+
+    def worker_on_a_slow_filesystem():
+        time.sleep(0.2)
+        os.rename(processing, dead)  # the file has moved; its content is still the running attempt's
+        time.sleep(0.4)
+        record = dict(held.record, state="dead", last_error="cancelled", exit_code=None)
+        with open(dead + ".new", "w") as fh:
+            json.dump(record, fh)
+        os.rename(dead + ".new", dead)
+    thread = threading.Thread(target=worker_on_a_slow_filesystem)
+    thread.start()
+    try:
+        record = spool._kill_running("slowfs", held.name, timeout=10)
+    finally:
+        thread.join(5)
+        held.close()
+    assert record["last_error"] == "cancelled"
+
+
+def test_cancel_kill_of_a_job_that_ended_by_itself_says_so(spool):
+    spool.enqueue("true", id="ended")
+    held = claim(spool, "ended", "hostX", 777)
+    os.rename(os.path.join(spool.layout.processing, held.name), os.path.join(spool.layout.completed, "ended.json"))
+    held.close()
+    with pytest.raises(WrongState, match="ended before it could be killed"):
+        spool._kill_running("ended", held.name, timeout=5)
