@@ -14,6 +14,7 @@ from .job import STATES, State, check_id
 
 
 FIND_AGAIN = (0.0, 0.05, 0.2, 0.5)  # pauses before the looks again of find()
+UNREADABLE_PATIENCE = 1.5  # seconds a record that is not valid JSON is read again before it is called damaged
 
 
 class Inventory:
@@ -47,7 +48,10 @@ class Inventory:
 
     def get(self, job_id):
         """The job's record, its `state` taken from its folder. JobNotFound if none."""
-        for _ in range(5):  # a job may move between find and read; look again
+        unreadable_since = None
+        looks = 0
+        while looks < 5:  # a job may move between find and read; look again
+            looks += 1
             found = self.find(job_id, patient=True)
             if not found:
                 break
@@ -55,7 +59,19 @@ class Inventory:
                 record = self._read(found[0], found[1])
             except FileNotFoundError:
                 continue
-            except (OSError, ValueError) as exc:
+            except ValueError as exc:
+                # on a network filesystem a record just renamed into place may read empty or
+                # short from another host for a moment (MooseFS: until the writer's close and
+                # the reader's attribute cache catch up); a damaged file stays so
+                now = time.monotonic()
+                unreadable_since = unreadable_since or now
+                if now - unreadable_since < UNREADABLE_PATIENCE:
+                    looks -= 1
+                    time.sleep(0.05)
+                    continue
+                raise SpoolError(f"job {job_id!r}: {found[0]}/{found[1]} is unreadable ({exc}); "
+                                 "see `queuectl fsck`") from None
+            except OSError as exc:
                 raise SpoolError(f"job {job_id!r}: {found[0]}/{found[1]} is unreadable ({exc}); "
                                  "see `queuectl fsck`") from None
             if not isinstance(record, dict):

@@ -11,7 +11,7 @@ import pytest
 from helpers import STATE_FOLDERS, find_job, job_files, read_job_file, state_counts, tree_snapshot
 from queuectl import fsck
 from queuectl import Spool, fsutil, locks, names, registry, timeutil
-from queuectl.errors import (Busy, DuplicateJob, FieldError, InvalidInput, JobNotFound, LostRace,
+from queuectl.errors import (SpoolError, Busy, DuplicateJob, FieldError, InvalidInput, JobNotFound, LostRace,
                              WrongState)
 from queuectl.job import due_time
 from queuectl.paths import ALL_DIRS
@@ -1093,3 +1093,37 @@ def test_cancel_kill_of_a_job_that_ended_by_itself_says_so(spool):
     held.close()
     with pytest.raises(WrongState, match="ended before it could be killed"):
         spool._kill_running("ended", held.name, timeout=5)
+
+
+def test_a_record_that_reads_empty_for_a_moment_is_read_again(spool):
+    """Another host may read a record just renamed into place before its bytes (MooseFS):
+    `get` (and `wait`, `show`) reads it again instead of calling it damaged."""
+    spool.enqueue("true", id="late")
+    held = claim(spool, "late", "hostX", 777)
+    record = spool.moves.finish(held, 0).record
+    path = os.path.join(spool.layout.completed, "late.json")
+    open(path, "w").close()  # what the other host sees for a moment
+
+    def bytes_arrive():
+        time.sleep(0.3)
+        with open(path + ".new", "w") as fh:
+            json.dump(record, fh)
+        os.rename(path + ".new", path)
+    thread = threading.Thread(target=bytes_arrive)
+    thread.start()
+    try:
+        assert spool.get("late")["state"] == "completed"
+    finally:
+        thread.join(5)
+
+
+def test_a_record_that_stays_damaged_is_reported_after_a_moment(spool):
+    spool.enqueue("true", id="broken")
+    held = claim(spool, "broken", "hostX", 777)
+    spool.moves.finish(held, 0)
+    with open(os.path.join(spool.layout.completed, "broken.json"), "w") as fh:
+        fh.write("{not json")
+    started = time.monotonic()
+    with pytest.raises(SpoolError, match="unreadable"):
+        spool.get("broken")
+    assert 1.0 < time.monotonic() - started < 10
