@@ -130,19 +130,13 @@ def _read_job(spool, path, job_id, config=None):
     if st.st_size > MAX_DROP_BYTES:
         raise _NotAJob(f"too large: {st.st_size} bytes (at most {MAX_DROP_BYTES})")
     try:
-        # O_NONBLOCK: a FIFO swapped in since the lstat cannot hang us (a regular file's
-        # reads ignore the flag); one fstat checks what was opened (on an idle worker's
-        # pickup path, each system call saved is a start sooner)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | fsutil.NOFOLLOW | fsutil.CLOEXEC)
+        fd, st = fsutil.open_nofollow_stat(path)
     except OSError as exc:
         raise _NotAJob(f"cannot open: {exc.strerror}") from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _NotAJob("not a regular file")
         if st.st_uid != os.geteuid():
             raise _NotAJob("owned by another user")
-        data = fsutil.read_fd(fd, MAX_DROP_BYTES, from_start=False)
+        data = fsutil.read_fd(fd, MAX_DROP_BYTES, from_start=False)  # just opened: no seek
     finally:
         os.close(fd)
     if len(data) > MAX_DROP_BYTES:

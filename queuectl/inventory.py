@@ -48,36 +48,35 @@ class Inventory:
 
     def get(self, job_id):
         """The job's record, its `state` taken from its folder. JobNotFound if none."""
-        unreadable_since = None
-        looks = 0
-        while looks < 5:  # a job may move between find and read; look again
-            looks += 1
+        for _ in range(5):  # a job may move between find and read; look again
             found = self.find(job_id, patient=True)
             if not found:
                 break
             try:
-                record = self._read(found[0], found[1])
+                record = self._read_settled(found[0], found[1])
             except FileNotFoundError:
                 continue
-            except ValueError as exc:
-                # on a network filesystem a record just renamed into place may read empty or
-                # short from another host for a moment (MooseFS: until the writer's close and
-                # the reader's attribute cache catch up); a damaged file stays so
-                now = time.monotonic()
-                unreadable_since = unreadable_since or now
-                if now - unreadable_since < UNREADABLE_PATIENCE:
-                    looks -= 1
-                    time.sleep(0.05)
-                    continue
-                raise SpoolError(f"job {job_id!r}: {found[0]}/{found[1]} is unreadable ({exc}); "
-                                 "see `queuectl fsck`") from None
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 raise SpoolError(f"job {job_id!r}: {found[0]}/{found[1]} is unreadable ({exc}); "
                                  "see `queuectl fsck`") from None
             if not isinstance(record, dict):
                 raise SpoolError(f"job {job_id!r}: {found[0]}/{found[1]} is not a record; see `queuectl fsck`")
             return record
         raise JobNotFound(job_id)
+
+    def _read_settled(self, state, name):
+        """_read(), reading a record that is not valid JSON again for UNREADABLE_PATIENCE: on a
+        network filesystem a record just renamed into place may read empty or short from
+        another host for a moment (MooseFS: until the writer's close and the reader's
+        attribute cache catch up); a damaged file stays so."""
+        give_up = time.monotonic() + UNREADABLE_PATIENCE
+        while True:
+            try:
+                return self._read(state, name)
+            except ValueError:
+                if time.monotonic() >= give_up:
+                    raise
+                time.sleep(0.05)
 
     def _read(self, state, name):
         """A job file's record. Between the two renames of a move (docs/protocol.md, rule 3) the file

@@ -400,12 +400,12 @@ class Worker:
         now = timeutil.now()
         # a name starts with its retry's time stamp: the due ones are found by comparing text,
         # and only they are sorted (a worker starting beside 100,000 waiting retries sorted them all)
-        now_stamp, cut = names.stamp(now), len(names.stamp(0))
+        now_stamp = names.stamp(now)  # fixed width
         due, first_waiting = [], None
         for name in fsutil.listdir(self.layout.failed):
             if not name.endswith(names.SUFFIX) or name.startswith("."):
                 continue
-            if name[:cut] <= now_stamp:
+            if name[:len(now_stamp)] <= now_stamp:
                 due.append(name)
             elif first_waiting is None or name < first_waiting:
                 first_waiting = name
