@@ -231,6 +231,12 @@ class Moves(Inventory):
             raise fsutil.translate(exc, f"ids/{job_id}") from None
         try:
             locks.try_lock(fd)
+        except Busy:
+            fsutil.close_quiet(fd)
+            if not os.path.lexists(job_path):
+                # its holder has moved it on (a claim that runs it): gone from here, not busy here
+                raise LostRace(f"{job_path} is gone") from None
+            raise
         except BaseException:
             fsutil.close_quiet(fd)
             raise

@@ -11,7 +11,10 @@ Claims take `due[0]`; names reported by inotify are slotted in; a name of `later
 `due` when its time comes. A new pass is made only when a list that was cut short runs out
 (so at most once per LIMIT claims), on the worker's periodic rescan, and after lost events.
 A name that sorts after a cut-short `due` list is left for that next pass: it comes after
-every name kept, so claim order holds. Due times are compared as the fixed-width text of
+every name kept, so claim order holds. A name whose job was locked when the worker tried to
+claim it (a command still moving the job into pending/, another worker mid-claim) is
+deferred, not forgotten: no event tells when a lock is released, so it is tried again after
+DEFER_FIRST seconds, doubling up to DEFER_MAX while it stays locked. Due times are compared as the fixed-width text of
 the names (names.py), so nothing is parsed per name.
 """
 import bisect
@@ -23,6 +26,8 @@ from . import names
 
 LIMIT = 2048
 SHARE_SCAN = 256  # how far into the best priority a worker looks for a name of its share
+DEFER_FIRST = 0.01  # seconds before a name found locked is tried again (a move holds it for ms)
+DEFER_MAX = 1.0
 
 
 class PendingIndex:
@@ -36,6 +41,9 @@ class PendingIndex:
         self.spread = 1       # see pick()
         self.share = None     # (rank, count): this worker's share of the names, see pick()
         self.steal_lag = 2.0  # seconds another share's head may lag behind ours, see pick()
+        self.deferred = {}    # name -> (wall time to try it again, delay): found locked, out of `due`
+        self._retrying = {}   # name -> delay: a deferred name back in `due`
+        self._picked = (None, 0.0)  # the last name picked and its delay, for defer()
 
     def refill(self, now):
         """One pass over the folder (O(names) time, O(limit) memory)."""
@@ -49,6 +57,7 @@ class PendingIndex:
         except FileNotFoundError:
             entries = None
         looks_pending = names.looks_pending
+        deferred = self.deferred
         if entries is not None:
             with entries:
                 for entry in entries:
@@ -57,6 +66,8 @@ class PendingIndex:
                         if not name.startswith(".") and len(strays) < limit:
                             strays.append(name)
                         continue
+                    if deferred and name in deferred:
+                        continue  # comes back when its time to try again comes (_bring_due)
                     stamp = name[due_field]
                     if stamp <= now_stamp:
                         due_cut |= _keep_smallest(due, name, limit)
@@ -67,6 +78,7 @@ class PendingIndex:
         self.due, self.due_complete = due, not due_cut
         self.later, self.later_complete = later, not later_cut
         self.strays = strays
+        self._retrying = {}
         self.stale = False
 
     def add(self, name, now):
@@ -75,6 +87,8 @@ class PendingIndex:
             if not name.startswith(".") and name not in self.strays:
                 self.strays.append(name)
             return
+        if name in self.deferred:
+            return  # the event of the move that holds it: tried again when its time comes
         stamp = names.pending_due_text(name)
         if stamp <= names.stamp(now):
             _insert(self.due, name, self.limit, self.due_complete, self._cut_due)
@@ -83,11 +97,20 @@ class PendingIndex:
 
     def remove(self, name):
         """A name that left pending/ (claimed, cancelled, moved by hand)."""
+        self.deferred.pop(name, None)
+        self._retrying.pop(name, None)
         if names.looks_pending(name):
             _discard(self.due, name)
             _discard(self.later, (names.pending_due_text(name), name))
         elif name in self.strays:
             self.strays.remove(name)
+
+    def defer(self, name, now):
+        """The job of `name` (just picked) was locked by another live process: try it again
+        later, sooner than any rescan, since nothing will announce the lock's release."""
+        picked, delay = self._picked
+        delay = min(DEFER_MAX, delay * 2) if picked == name and delay else DEFER_FIRST
+        self.deferred[name] = (now + delay, delay)
 
     def pick(self, now):
         """(name to claim or None, wall time of the next due job or inf). Pops the name.
@@ -98,7 +121,9 @@ class PendingIndex:
         order always holds."""
         self._bring_due(now)
         if self.due:
-            return self.due.pop(self._choose()), self.next_due()
+            name = self.due.pop(self._choose())
+            self._picked = (name, self._retrying.pop(name, 0.0) if self._retrying else 0.0)
+            return name, self.next_due()
         return None, self.next_due()
 
     def peek(self, now):
@@ -109,6 +134,8 @@ class PendingIndex:
     def _bring_due(self, now):
         if self.stale:
             self.refill(now)
+        if self.deferred:
+            self._bring_deferred(now)
         now_stamp = names.stamp(now)
         while self.later and self.later[0][0] <= now_stamp:
             _stamp, name = self.later.pop(0)
@@ -118,6 +145,15 @@ class PendingIndex:
                 now_stamp = names.stamp(now)
         if not self.due and not self.due_complete:
             self.refill(now)
+
+    def _bring_deferred(self, now):
+        """Deferred names whose time to try again has come go back to `due`; their delay is
+        kept until they are picked, so that a second refusal doubles it."""
+        for name, (again_at, delay) in list(self.deferred.items()):
+            if again_at <= now:
+                del self.deferred[name]
+                self._retrying[name] = delay
+                _insert(self.due, name, self.limit, self.due_complete, self._cut_due)
 
     def _choose(self):
         """Index in `due` of the name to claim.
@@ -154,11 +190,12 @@ class PendingIndex:
         return random.randrange(looked)
 
     def next_due(self):
+        again = min((at for at, _ in self.deferred.values()), default=float("inf"))
         if self.later:
-            return names.parse_stamp(self.later[0][0])
+            return min(again, names.parse_stamp(self.later[0][0]))
         if not self.later_complete:
             return 0.0  # names were cut: look again at once
-        return float("inf")
+        return again
 
     def __len__(self):
         return len(self.due) + len(self.later)

@@ -15,7 +15,7 @@ import time
 from . import doctor, fsck, fsinfo, fsutil, ingest, journal, names, pool, registry, runner, timeutil
 from .dependencies import BlockedJobs
 from .folderstamp import FolderStamp
-from .errors import LostRace, QueuectlError, SpoolError
+from .errors import Busy, LostRace, QueuectlError, SpoolError
 from .moves import Corrupt
 from .pending import PendingIndex
 from .registry import StopMode
@@ -98,7 +98,7 @@ class Worker:
         self._unrecorded = None   # the Attempt whose command has exited, result not yet recorded
         self.waker = None
         self.shared = False       # the spool is on a network filesystem (fsinfo.py)
-        self.claims_won = self.claims_lost = self._lost_in_row = 0
+        self.claims_won = self.claims_lost = self.claims_deferred = self._lost_in_row = 0
         self._paused = False
         self.contact = None       # its ContactWatch then
         self._base_env = dict(os.environ)  # a plain dict: cheaper to copy per job than os.environ
@@ -184,7 +184,8 @@ class Worker:
             except OSError:  # the spool is gone or unreachable: the lock dies with us anyway
                 pass
             self._log(f"worker {self.id} stopped ({self.claims_won} job(s) claimed, "
-                      f"{self.claims_lost} claim(s) lost to other workers)")
+                      f"{self.claims_lost} claim(s) lost to other workers, "
+                      f"{self.claims_deferred} deferred while a job was locked)")
         return 0
 
     def _loop(self):
@@ -477,8 +478,14 @@ class Worker:
         except Corrupt as exc:
             self._set_aside(exc)
             return
+        except Busy:
+            # a live process holds the job: another worker claiming it, or a command whose move
+            # into pending/ is not over; the name stays ours to try again (pending.py)
+            self.claims_deferred += 1
+            self._pending.defer(name, timeutil.now())
+            return
         except LostRace:
-            self.claims_lost += 1  # another worker was first (or holds it): normal, but counted
+            self.claims_lost += 1  # another worker was first: normal, but counted
             self._lost_in_row += 1
             if self.shared and self._lost_in_row >= RELIST_AFTER_LOSSES:
                 self._lost_in_row = 0  # our view is stale (other hosts' claims): look again

@@ -205,3 +205,38 @@ def test_a_share_never_breaks_priority_order(tmp_path):
     index = shared_index(folder, 0, 2)
     assert sorted(index.pick(NOW)[0] for _ in range(2)) == sorted(best)
     assert [index.pick(NOW)[0] for _ in range(2)] == ours
+
+
+def test_a_name_found_locked_is_tried_again_soon_not_forgotten(folder):
+    """A claim that met a held lock defers the name (pending.py): it comes back after
+    DEFER_FIRST, then after twice as long each time it is found locked again, up to DEFER_MAX;
+    neither a refill nor its own inotify event brings it back early."""
+    from queuectl.pending import DEFER_FIRST, DEFER_MAX
+    name = put(folder, 10, NOW - 1, 1, "held")
+    index = PendingIndex(folder)
+    assert index.pick(NOW)[0] == name
+    index.defer(name, NOW)
+    assert index.pick(NOW) == (None, NOW + DEFER_FIRST), "the wake-up time includes the deferral"
+    index.refill(NOW)
+    index.add(name, NOW)  # the second rename of the move that holds it
+    assert index.pick(NOW)[0] is None
+    now, delays = NOW, []
+    for _ in range(9):
+        again = index.pick(now)[1]
+        delays.append(round(again - now, 6))
+        now = again
+        assert index.pick(now)[0] == name
+        index.defer(name, now)
+    assert delays == [min(DEFER_MAX, DEFER_FIRST * 2 ** i) for i in range(9)]
+    later = index.pick(now)[1]
+    assert index.pick(later)[0] == name  # unlocked at last: the claim wins, nothing is left
+    assert index.deferred == {} and index.pick(later + 10) == (None, float("inf"))
+
+
+def test_a_deferred_name_that_leaves_is_forgotten(folder):
+    name = put(folder, 10, NOW - 1, 1, "moved")
+    index = PendingIndex(folder)
+    assert index.pick(NOW)[0] == name
+    index.defer(name, NOW)
+    index.remove(name)  # its inotify event: claimed by another worker, or cancelled
+    assert index.pick(NOW + 5) == (None, float("inf"))
