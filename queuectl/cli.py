@@ -85,59 +85,94 @@ def cli(ctx, spool):
 
 # ---------------------------------------------------------------- enqueue
 
-@cli.command()
-@click.argument("job_json", required=False)
+class _CommandWords(click.Command):
+    """enqueue's parsing (docs/usage.md "enqueue"): queuectl's options may come before or after
+    the command's words; an option queuectl does not know belongs to the command once its
+    first word is given; `--` ends queuectl's options. Only --help shows help: `-h` is the
+    command's (`du -h`)."""
+
+    def parse_args(self, ctx, args):
+        # the words after `--`: click drops the `--` itself, and they are the command's whatever they look like
+        ctx.meta["words_after_dashes"] = len(args) - args.index("--") - 1 if "--" in args else 0
+        return super().parse_args(ctx, args)
+
+
+def _env_option(ctx, param, values):
+    """--env KEY=VALUE (repeatable) -> a dict; a bad one is a usage error."""
+    from .job import check_env_name
+    env = {}
+    for text in values:
+        name, eq, value = text.partition("=")
+        if not eq:
+            raise click.BadParameter(f"{text!r} is not KEY=VALUE", param=param)
+        try:
+            check_env_name(name)
+        except QueuectlError:
+            raise click.BadParameter(f"invalid variable name {name!r} (not empty, no '=' or NUL)", param=param) from None
+        if "\x00" in value:
+            raise click.BadParameter(f"the value of {name} contains a NUL byte", param=param)
+        env[name] = value
+    return env
+
+
+@cli.command(cls=_CommandWords, context_settings={"ignore_unknown_options": True, "help_option_names": ["--help"]})
+@click.argument("words", nargs=-1, type=click.UNPROCESSED)
 @click.option("-f", "--file", "file_", type=click.Path(dir_okay=False, allow_dash=True),
               help="Read jobs from a file (- = stdin): an object, an array, or JSON Lines.")
-@click.option("-c", "--command", help="The shell command (run with /bin/sh -c).")
+@click.option("-c", "--command", help="The shell command (run with /bin/sh -c), instead of the words.")
 @click.option("--id", "job_id", help="The job id (default: generated, sortable by time).")
 @click.option("--priority", type=int, help="0-999, lower runs first (default 10).")
 @click.option("--run-at", help="Earliest start: ISO-8601, Unix seconds, or +30s/+5m/+2h/+1d.")
-@click.option("--max-retries", type=int, help="Retries after the first attempt.")
+@click.option("--max-retries", type=int,
+              help="Retries after the first attempt: 3 means up to 4 runs (default: config max-retries).")
 @click.option("--timeout", type=float, help="Kill the attempt after this many seconds (0 = none).")
 @click.option("--after", "after", multiple=True, shell_complete=complete_job_id,
               help="Run only once job ID has completed (repeatable; the job waits in blocked/).")
+@click.option("--env", "env", multiple=True, callback=_env_option, metavar="KEY=VALUE",
+              help="Set a variable for the command (repeatable).")
+@click.option("--no-capture-env", is_flag=True,
+              help="Run with the worker's environment (plus --env), not this shell's.")
+@click.option("--on-finish", help="A shell command run when the job is completed or dead (overrides config on-finish).")
 @click.option("--wait", "wait_", is_flag=True, help="Then block until the jobs are final, as `wait` does (its exit codes).")
 @json_option
 @click.pass_context
-def enqueue(ctx, job_json, file_, command, job_id, priority, run_at, max_retries, timeout, after, wait_, as_json):
-    """Add jobs; prints each new id. Exits 0 once they are on disk for good.
+def enqueue(ctx, words, file_, command, job_id, priority, run_at, max_retries, timeout, after, env,
+            no_capture_env, on_finish, wait_, as_json):
+    """Add a job: a shell command, or JSON; prints each new id. Exits 0 once they are on disk
+    for good. The job runs with this shell's environment (as tsp, nq and pueue do).
+
+    Several words are one command, quoted for the shell. queuectl's options may come before
+    or after them; an option queuectl does not know belongs to the command, and every word
+    after -- does. An argument that starts with { or [ is a JSON job. max_retries counts
+    retries after the first attempt.
 
     \b
     Examples:
+      queuectl enqueue "echo 'Hello World'"
+      queuectl enqueue make -C src test --max-retries 3
+      queuectl enqueue -- grep -r "a b" . --count      # --count is grep's
       queuectl enqueue '{"id":"job1","command":"sleep 2"}'
-      queuectl enqueue -c 'make backup' --priority 1 --run-at +10m
       queuectl enqueue --file jobs.jsonl
-      queuectl enqueue -c 'make test' --wait     # like tsp -w / nq -w: exit 0 if it completed
-      queuectl enqueue -c 'make deploy' --after build1 --after test1   # once both completed
+      queuectl enqueue --wait make test     # like tsp -w / nq -w: exit 0 if it completed
+      queuectl enqueue --after build1 --after test1 make deploy   # once both completed
     """
-    from .job import parse_batch, run_at_option
-    if job_json is not None and file_ is not None:
-        raise click.UsageError("give a JSON argument or --file, not both")
-    if job_json is not None:
-        if not job_json.lstrip().startswith(("{", "[")):  # a bare command, as tsp and pueue take it
-            raise InvalidInput(f"the argument is a JSON job, not a command; to queue a shell command use -c: "
-                               f"queuectl enqueue -c {shlex.quote(job_json)}")
-        items = parse_batch(job_json, "JSON argument")
-        if len(items) != 1 or not isinstance(items[0], dict):
-            raise InvalidInput("JSON argument: must be one JSON object (use --file for several)")
-    elif file_ is not None:
-        try:
-            with click.open_file(file_, "r", encoding="utf-8") as fh:
-                text = fh.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"--file {file_}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-        items = parse_batch(text, f"--file {file_}")
-    else:
-        items = [{}]
+    from .job import capture_env, run_at_option
+    items, bare = _enqueue_items(ctx, words, file_)
+    if bare is not None:
+        if command is not None:
+            raise click.UsageError("give the command once: as words or with -c "
+                                   "(to pass -c to the command, put it after --)")
+        command = bare
     if not items:
         raise InvalidInput("no job given (an empty array)")
     overrides = {"command": command, "id": job_id, "priority": priority, "run_at": run_at_option(run_at),
-                 "max_retries": max_retries, "timeout_seconds": timeout, "after": list(after) or None}
+                 "max_retries": max_retries, "timeout_seconds": timeout, "after": list(after) or None,
+                 "on_finish": on_finish}
     with _progress("enqueue") as progress:
-        # the CLI records the caller's directory (docs/contract.md "The job record")
+        # the CLI records the caller's directory and environment (docs/contract.md "The job record")
         records = get_spool(ctx).enqueue_many(items, overrides=overrides, defaults={"cwd": os.getcwd()},
-                                              progress=progress)
+                                              progress=progress, extra_env=env,
+                                              captured_env=None if no_capture_env else capture_env(os.environ))
     if as_json:
         echo_json(records)
     else:
@@ -146,6 +181,44 @@ def enqueue(ctx, job_json, file_, command, job_id, priority, run_at, max_retries
     if wait_:
         sys.stdout.flush()
         ctx.exit(_wait_for(get_spool(ctx), [rec["id"] for rec in records], None))
+
+
+def _enqueue_items(ctx, words, file_):
+    """(the JSON items, the bare command or None) of enqueue's arguments."""
+    from .job import parse_batch
+    words = list(words)
+    after_dashes = ctx.meta.get("words_after_dashes", 0)
+    before = words[:len(words) - after_dashes]
+    if before and before[0].startswith("-") and before[0] != "-":
+        raise click.UsageError(f"no such option: {before[0]} (to pass options to the command, put them "
+                               f"after --: queuectl enqueue [OPTIONS] -- COMMAND {before[0]} ...)")
+    is_json = bool(before) and before[0].lstrip().startswith(("{", "["))
+    if (words or is_json) and file_ is not None:
+        raise click.UsageError("give a command, a JSON argument or --file, not two of them")
+    if is_json:
+        if len(words) > 1:
+            unknown = next((w for w in words[1:] if w.startswith("-") and w != "-"), None)
+            if unknown is not None:
+                raise click.UsageError(f"no such option: {unknown}")
+            raise click.UsageError("a JSON job is one argument; for a command that starts with { or [, "
+                                   "use -c or put it after --")
+        try:
+            items = parse_batch(words[0], "JSON argument")
+        except InvalidInput as exc:
+            raise InvalidInput(f"{exc} (a shell command that starts with {{ or [: use -c, or put it after --)") from None
+        if len(items) != 1 or not isinstance(items[0], dict):
+            raise InvalidInput("JSON argument: must be one JSON object (use --file for several)")
+        return items, None
+    if file_ is not None:
+        try:
+            with click.open_file(file_, "r", encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"--file {file_}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+        return parse_batch(text, f"--file {file_}"), None
+    if not words:
+        return [{}], None
+    return [{}], words[0] if len(words) == 1 else shlex.join(words)
 
 
 def _wait_for(spool, job_ids, timeout):

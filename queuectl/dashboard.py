@@ -238,7 +238,7 @@ class Pages:
         return self.page(state, body)
 
     def job(self, job_id):
-        rec = self.spool.get(job_id)
+        rec = render.summarized(self.spool.get(job_id))
         state = rec.get("state")
         facts = [(k, json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v) for k, v in rec.items()]
         facts.append(("log", self.spool.log_path(job_id)))
@@ -422,7 +422,7 @@ class Handler(BaseHTTPRequestHandler):
             return 200, "application/json", render.to_json(metrics.collect(pages.spool))
         if parts[:2] == ["api", "job"] and len(parts) == 3:
             job_id = check_id(parts[2], "id")
-            rec = pages.spool.get(job_id)
+            rec = render.summarized(pages.spool.get(job_id))  # a web page never shows a captured environment
             return 200, "application/json", render.to_json(dict(rec, log_path=pages.spool.log_path(job_id)))
         if parts == ["metrics"]:
             return 200, "text/plain; version=0.0.4", metrics.prometheus(metrics.collect(pages.spool))

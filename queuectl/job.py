@@ -32,11 +32,13 @@ STATES = [s.value for s in State]
 FINAL_STATES = (State.COMPLETED, State.DEAD)
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-INPUT_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "timeout_seconds", "cwd", "env", "after")
+INPUT_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "timeout_seconds", "cwd", "env", "after",
+                "on_finish")
+# captured_env is not input: the CLI passes its caller's environment through the API
 RECORD_FIELDS = (
     "id", "command", "state", "attempts", "max_retries", "priority", "run_at", "timeout_seconds",
-    "cwd", "env", "created_at", "updated_at", "started_at", "finished_at", "exit_code",
-    "last_error", "worker", "after",
+    "cwd", "env", "captured_env", "created_at", "updated_at", "started_at", "finished_at", "exit_code",
+    "last_error", "worker", "after", "on_finish",
 )
 DEFAULT_PRIORITY = 10
 MAX_RETRIES_LIMIT = 1_000_000
@@ -160,13 +162,37 @@ def validate_input(data, defaults=None, now=None):
         if len(env) > 1000:
             raise FieldError("env", "too many variables (at most 1000)")
         for k, v in env.items():
-            if not isinstance(k, str) or not _ENV_NAME.fullmatch(k):
-                raise FieldError("env", f"invalid variable name {shown(k)}")
+            check_env_name(k)
             _text("env", k, 4096)  # a name must be UTF-8 too
             _text(f"env.{k[:40]}", v, 64 * 1024)
     out["env"] = env
     out["after"] = check_after(data.get("after"))
+    hook = data.get("on_finish")
+    out["on_finish"] = _text("on_finish", hook, MAX_COMMAND_BYTES) if hook is not None else None
     return out
+
+
+def check_env_name(name, field="env"):
+    """A variable name: not empty, no '=' and no NUL (execve could not pass it)."""
+    if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+        raise FieldError(field, f"invalid variable name {shown(name)}")
+    return name
+
+
+def capture_env(environ):
+    """The environment to store in a job (`captured_env`): every variable that a JSON record
+    can carry, i.e. whose name and value are UTF-8 text (os.environ keeps other bytes as
+    surrogates, which would not encode)."""
+    captured = {}
+    for name, value in environ.items():
+        try:
+            name.encode("utf-8")
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            continue
+        if _ENV_NAME.fullmatch(name):
+            captured[name] = value
+    return captured
 
 
 def check_after(value):
@@ -199,6 +225,7 @@ def new_record(fields, now):
         "timeout_seconds": fields["timeout_seconds"],
         "cwd": fields["cwd"],
         "env": fields["env"],
+        "captured_env": fields.get("captured_env"),
         "created_at": stamp,
         "updated_at": stamp,
         "started_at": None,
@@ -207,6 +234,7 @@ def new_record(fields, now):
         "last_error": None,
         "worker": None,
         "after": fields.get("after"),
+        "on_finish": fields.get("on_finish"),
     }
 
 
@@ -232,10 +260,13 @@ def check_record(data):
         _number("timeout_seconds", data["timeout_seconds"], 0, 10**9)
     if data.get("cwd") is not None:
         _text("cwd", data["cwd"])
-    env = data.get("env")
-    if env is not None and (not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
-        raise FieldError("env", "must be an object of string to string")
+    for field in ("env", "captured_env"):
+        env = data.get(field)
+        if env is not None and (not isinstance(env, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+            raise FieldError(field, "must be an object of string to string")
+    if data.get("on_finish") is not None:
+        _text("on_finish", data["on_finish"], MAX_COMMAND_BYTES)
     check_after(data.get("after"))
     return data
 

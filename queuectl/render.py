@@ -39,7 +39,17 @@ def job_table(records):
     return table(rows, LIST_COLUMNS)
 
 
+def summarized(rec):
+    """A record to show to a person: the captured environment as a count, not its values
+    (they may hold secrets; `show --json` has them)."""
+    captured = rec.get("captured_env")
+    if isinstance(captured, dict):
+        return dict(rec, captured_env=f"{len(captured)} variables (values: show --json)")
+    return rec
+
+
 def record(rec, log_path):
+    rec = summarized(rec)
     width = max(len(k) for k in rec) + 1
     lines = []
     for key, value in rec.items():

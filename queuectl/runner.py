@@ -43,7 +43,13 @@ class Outcome:
 
 
 def job_env(record, spool_path, base=None):
-    env = dict(os.environ if base is None else base)  # a worker passes a copy made once
+    """The command's environment: the one captured when it was queued from the CLI, else the
+    worker's (`base`, a copy made once); then the job's `env`, then queuectl's variables."""
+    captured = record.get("captured_env")
+    if captured is not None:
+        env = dict(captured)
+    else:
+        env = dict(os.environ if base is None else base)
     env.update(record.get("env") or {})
     env["QUEUECTL_JOB_ID"] = record["id"]
     env["QUEUECTL_ATTEMPT"] = str(record["attempts"])

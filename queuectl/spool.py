@@ -93,12 +93,15 @@ class Spool(Inventory):
         return self.enqueue_many([fields])[0]
 
     def enqueue_many(self, items: Sequence[Any], overrides: Optional[dict] = None,
-                     defaults: Optional[dict] = None, progress: Progress = None) -> list[Record]:
+                     defaults: Optional[dict] = None, progress: Progress = None,
+                     extra_env: Optional[dict] = None, captured_env: Optional[dict] = None) -> list[Record]:
         """Add jobs all or nothing: every item is checked before anything is written.
 
         `overrides` replace fields of every item (the CLI's -c, --priority, ...), `defaults`
-        fill fields an item lacks (the CLI's cwd). `progress(done, total)`, if given, is
-        called while the job files are written. Returns the records ([] for no items)."""
+        fill fields an item lacks (the CLI's cwd), `extra_env` is added to every item's `env`
+        (the CLI's --env). `captured_env`: the environment the jobs run with instead of the
+        worker's (the CLI passes its caller's; see job.capture_env). `progress(done, total)`,
+        if given, is called while the job files are written. Returns the records ([] for no items)."""
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         if not items:
             return []
@@ -112,13 +115,15 @@ class Spool(Inventory):
             if not isinstance(item, dict):
                 raise FieldError(where, f"must be a JSON object, got {type_name(item)}")
             item = {**(defaults or {}), **item, **overrides}
+            if extra_env:
+                item["env"] = {**item["env"], **extra_env} if isinstance(item.get("env"), dict) else dict(extra_env)
             try:
                 fields = validate_input(item, config_defaults, now=now)
             except FieldError as exc:
                 if len(items) > 1:
                     raise FieldError(f"{where}: {exc.field}", str(exc).split(": ", 1)[1]) from None
                 raise
-            record = new_record(fields, now)
+            record = new_record(dict(fields, captured_env=captured_env), now)
             if record["id"] in seen:
                 raise FieldError(f"{where}: id", f"{record['id']!r} appears twice in the batch")
             seen.add(record["id"])

@@ -133,14 +133,6 @@ def test_pause_persists_and_shows_in_status_and_metrics(spool):
 
 # ---------------------------------------------------------------- habits of other queues
 
-def test_a_bare_command_gets_a_hint_naming_dash_c_and_changes_nothing(spool):
-    before = tree_snapshot(spool.path)
-    result = invoke(spool, "enqueue", "echo hi")
-    assert result.exit_code == 2
-    assert "-c 'echo hi'" in result.output and "Traceback" not in result.output
-    assert tree_snapshot(spool.path) == before
-
-
 def test_completion_offers_the_ids_each_command_takes(spool):
     from queuectl.cli import complete_job_id
     spool.enqueue("true", id="done1")
