@@ -336,6 +336,20 @@ class _progress:
 
 # ---------------------------------------------------------------- workers
 
+def _duration_option(ctx, param, value):
+    """A duration option (30s, 10m, 2h, 1d, or seconds) -> seconds > 0, or None."""
+    from .timeutil import parse_duration
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration(value, param.opts[0])
+    except QueuectlError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1], param=param) from None
+    if seconds <= 0:
+        raise click.BadParameter(f"must be more than 0, got {value!r}", param=param)
+    return seconds
+
+
 @cli.group()
 def worker():
     """Start and stop workers."""
@@ -345,11 +359,20 @@ def worker():
 @click.option("--count", "-n", type=click.IntRange(1, 256), help="Worker processes (default: config worker-count).")
 @click.option("--detach", is_flag=True, help="Run in the background and return.")
 @click.option("--burst", is_flag=True, help="Exit once no job is due and none is running.")
+@click.option("--for", "run_for", callback=_duration_option, metavar="DURATION",
+              help="Stop gracefully after this long: 30s, 10m, 2h, 1d (plain number: seconds).")
 @click.pass_context
-def worker_start(ctx, count, detach, burst):
+def worker_start(ctx, count, detach, burst, run_for):
     """Start N workers under a supervisor; a line per job event.
 
     Ctrl+C: running jobs finish, then exit; a second Ctrl+C kills them (back to pending/).
+    --detach runs them in the background; `queuectl worker stop` stops them from anywhere.
+
+    \b
+    Examples:
+      queuectl worker start -n 4
+      queuectl worker start --detach --for 8h
+      queuectl worker start --burst        # run what is due, then exit
     """
     from . import supervisor
     from .worker import check_filesystem
@@ -358,12 +381,16 @@ def worker_start(ctx, count, detach, burst):
     check_filesystem(spool.layout)  # once here, rather than once per worker that would be refused
     count = count or spool.config()["worker-count"]
     if detach:
-        pid, live, log_path = supervisor.start_detached(spool, count, burst=burst)
-        click.echo(f"started {len(live)} worker(s) under supervisor pid {pid}; log: {log_path}")
+        pid, live, log_path = supervisor.start_detached(spool, count, burst=burst, run_for=run_for)
+        until = f" for {run_for:g}s" if run_for else ""
+        click.echo(f"started {len(live)} worker(s){until} under supervisor pid {pid}; log: {log_path}")
         return
     from . import ingest
     ingest.ingest_all(spool)  # every `worker start` takes what waits in incoming/
-    code = supervisor.Supervisor(spool, count, burst=burst, emit=_emit_line).run()
+    if not burst:
+        click.echo("workers in the foreground: Ctrl+C stops them after their jobs (twice: at once); "
+                   "--detach runs them in the background", err=True)
+    code = supervisor.Supervisor(spool, count, burst=burst, emit=_emit_line, run_for=run_for).run()
     ctx.exit(code)
 
 
@@ -510,11 +537,23 @@ def cancel(ctx, job_id, kill, timeout):
 
 
 @cli.command()
-@click.option("--state", type=click.Choice(["completed", "dead"]), required=True, help="Which jobs to delete.")
+@click.option("--state", type=click.Choice(["completed", "dead"]), help="Which jobs to delete.")
+@click.option("--completed", is_flag=True, help="Same as --state completed.")
+@click.option("--dead", is_flag=True, help="Same as --state dead.")
 @click.option("--older-than", help="Only jobs finished longer ago than this (30m, 12h, 7d).")
 @click.pass_context
-def purge(ctx, state, older_than):
-    """Delete completed or dead jobs and their logs."""
+def purge(ctx, state, completed, dead, older_than):
+    """Delete completed or dead jobs and their logs.
+
+    \b
+    Examples:
+      queuectl purge --completed --older-than 7d
+      queuectl purge --state dead
+    """
+    chosen = {s for s, given in (("completed", completed), ("dead", dead), (state, state)) if given}
+    if len(chosen) != 1:
+        raise click.UsageError("say which jobs, once: --completed, --dead or --state completed|dead")
+    state = chosen.pop()
     with _progress("purge") as progress:
         count = get_spool(ctx).purge(state, older_than=older_than, progress=progress)
     click.echo(f"purged {count} {state} job(s)")
@@ -664,9 +703,19 @@ def schedule_remove(ctx, name):
     click.echo(f"{name} removed")
 
 
-@cli.group()
-def config():
-    """Settings of this spool (config.json); running workers pick up changes."""
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def config(ctx):
+    """Settings of this spool (config.json); running workers pick up changes. Alone: `config list`.
+
+    \b
+    Examples:
+      queuectl config
+      queuectl config set max-retries 5
+      queuectl config set on-finish 'notify-send "queuectl: $QUEUECTL_JOB_ID $QUEUECTL_STATE"'
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(config_list)
 
 
 @config.command("list")
@@ -679,7 +728,8 @@ def config_list(ctx, as_json):
     if as_json:
         echo_json(values)
     else:
-        click.echo(render.table([[k, v, configmod.KEYS[k][3]] for k, v in values.items()], ("KEY", "VALUE", "")))
+        click.echo(render.table([[k, render.short(v), configmod.KEYS[k][3]] for k, v in values.items()],
+                                ("KEY", "VALUE", "")))
 
 
 @config.command("get")
@@ -688,7 +738,8 @@ def config_list(ctx, as_json):
 def config_get(ctx, key):
     """Print one value."""
     from . import config as configmod
-    click.echo(get_spool(ctx).config()[configmod.canonical_key(key)])
+    value = get_spool(ctx).config()[configmod.canonical_key(key)]
+    click.echo("" if value is None else value)  # the bare value: none is an empty line
 
 
 @config.command("set", context_settings={"ignore_unknown_options": True})
@@ -699,7 +750,7 @@ def config_set(ctx, key, value):
     """Set a value (checked first)."""
     from . import config as configmod
     name = configmod.canonical_key(key)
-    click.echo(f"{name} = {get_spool(ctx).set_config(name, value)}")
+    click.echo(f"{name} = {_config_value(get_spool(ctx).set_config(name, value))}")
 
 
 @config.command("unset")
@@ -709,7 +760,11 @@ def config_unset(ctx, key):
     """Back to the default."""
     from . import config as configmod
     name = configmod.canonical_key(key)
-    click.echo(f"{name} = {get_spool(ctx).unset_config(name)} (default)")
+    click.echo(f"{name} = {_config_value(get_spool(ctx).unset_config(name))} (default)")
+
+
+def _config_value(value):
+    return "none" if value is None else value
 
 
 # ---------------------------------------------------------------- observability
@@ -827,3 +882,7 @@ def main(argv=None):
 
 def entry():
     sys.exit(main())
+
+
+if __name__ == "__main__":  # `python -m queuectl.cli`, as other implementations are run
+    entry()

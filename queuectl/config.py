@@ -22,7 +22,9 @@ KEYS = {
     "log-max-bytes": (10 * 1024 * 1024, int, 0, "cap of a job's log; 0 = no cap"),
     "rescan-interval": (2, float, 0.05, "seconds between idle workers' looks for what inotify misses"),
     "contact-timeout": (10, float, 1, "shared spool: kill the job after this long without an answer"),
+    "on-finish": (None, str, None, "shell command run when a job is completed or dead; none by default"),
 }
+MAX_TEXT_BYTES = 64 * 1024
 MAXIMUM = {"backoff-jitter": 1, "max-retries": 1_000_000, "worker-count": 256}
 
 
@@ -37,6 +39,8 @@ def canonical_key(key):
 def parse_value(key, value):
     """Check a value for `key` (text from the CLI or a JSON number); returns int or float."""
     default, kind, low, _ = KEYS[key]
+    if kind is str:
+        return _parse_text(key, value)
     high = MAXIMUM.get(key, 10**12)
     if isinstance(value, bool):
         raise FieldError(key, f"must be a number, got {value!r}")
@@ -62,6 +66,17 @@ def parse_value(key, value):
     if kind is float and float(number).is_integer():
         number = int(number)
     return number
+
+
+def _parse_text(key, value):
+    """A text key (a shell command): an empty one means none."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise FieldError(key, f"must be text, got {type(value).__name__}")
+    if "\x00" in value or len(value.encode("utf-8", "replace")) > MAX_TEXT_BYTES:
+        raise FieldError(key, f"must be text without NUL bytes, at most {MAX_TEXT_BYTES} bytes")
+    return value if value.strip() else None
 
 
 def defaults():

@@ -39,6 +39,14 @@ def job_table(records):
     return table(rows, LIST_COLUMNS)
 
 
+def short(value, width=48):
+    """A value for a table cell: '-' for none, long text cut (the whole: `config get`)."""
+    if value is None:
+        return "-"
+    text = str(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def summarized(rec):
     """A record to show to a person: the captured environment as a count, not its values
     (they may hold secrets; `show --json` has them)."""

@@ -238,7 +238,8 @@ class Spool(Inventory):
                 if found is None:
                     raise JobNotFound(job_id)
                 if found[0] != State.DEAD:
-                    raise WrongState(f"job {job_id!r} is {found[0]}, not dead; nothing was retried")
+                    hint = f"; to run it again: queuectl retry {job_id}" if found[0] in RETRYABLE else ""
+                    raise WrongState(f"job {job_id!r} is {found[0]}, not dead; nothing was retried{hint}")
         for job_id in ids:
             self.retry_dead(job_id)
         return ids

@@ -24,9 +24,11 @@ def worker_command(spool_path, burst):
 
 
 class Supervisor:
-    def __init__(self, spool, count, burst=False, emit=None):
+    def __init__(self, spool, count, burst=False, emit=None, run_for=None):
         self.spool, self.count, self.burst = spool, count, burst
         self.emit = emit or (lambda text: None)
+        self.run_for = run_for    # seconds, then stop gracefully as `worker stop` would (--for)
+        self.deadline = None
         self.children = {}  # pid -> (Popen, pidfd)
         self.signals = 0
         self.stop_asked = False
@@ -65,15 +67,21 @@ class Supervisor:
         for _ in range(self.count):
             self._spawn()
         self.emit(f"{time.strftime('%H:%M:%S')} supervisor {names.hostname()}:{os.getpid()} "
-                  f"started {self.count} worker(s) on {self.spool.path}")
+                  f"started {self.count} worker(s) on {self.spool.path}"
+                  + (f" for {self.run_for:g}s" if self.run_for else ""))
+        if self.run_for:
+            self.deadline = time.monotonic() + self.run_for
         worst = 0
         try:
             while self.children:
                 fds = [r] + [pidfd for _, pidfd in self.children.values()]
+                wait = 0.5 if self.deadline is None else min(0.5, max(0.0, self.deadline - time.monotonic()))
                 try:
-                    select.select(fds, [], [], 0.5)  # and look for a stop request
+                    select.select(fds, [], [], wait)  # and look for a stop request
                 except InterruptedError:
                     pass
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    self._time_is_up()
                 if not self.stop_asked and registry.stop_requested(self.spool.layout, self.name):
                     self.stop_asked = True  # `worker stop` asked our workers too
                 try:
@@ -94,6 +102,18 @@ class Supervisor:
             os.close(w)
             registry.unregister(self.spool.layout, host, os.getpid(), self._reg_fd)
         return worst
+
+    def _time_is_up(self):
+        """--for ran out: every worker finishes its job and exits; none is replaced."""
+        self.deadline = None
+        self.stop_asked = True
+        self.emit(f"{time.strftime('%H:%M:%S')} supervisor: {self.run_for:g}s are up; "
+                  "stopping after the running jobs")
+        for proc, _ in list(self.children.values()):
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def _on_exit(self, proc, code):
         """A worker exited. Take its job back if it died; replace it unless we are stopping."""
@@ -116,14 +136,14 @@ class Supervisor:
         return 0
 
 
-def start_detached(spool, count, burst=False, timeout=15.0):
+def start_detached(spool, count, burst=False, timeout=15.0, run_for=None):
     """Run the supervisor in the background (own session, output to workers/HOST.log).
     Returns (supervisor pid, live worker names) once the workers registered."""
     # in the spool's root, not workers/: that folder is watched, and every line would wake workers
     log_path = os.path.join(spool.path, f"supervisor-{names.hostname()}.log")
     before = {w["name"] for w in registry.live_workers(spool.layout)}
     cmd = [sys.executable, "-m", "queuectl", "--spool", spool.path, "worker", "start",
-           "--count", str(count)] + (["--burst"] if burst else [])
+           "--count", str(count)] + (["--burst"] if burst else []) + (["--for", repr(run_for)] if run_for else [])
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, close_fds=True)

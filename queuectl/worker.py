@@ -13,6 +13,7 @@ import sys
 import time
 
 from . import doctor, fsck, fsinfo, fsutil, ingest, journal, names, pool, registry, runner, timeutil
+from .hooks import Hooks
 from .dependencies import BlockedJobs
 from .folderstamp import FolderStamp
 from .errors import Busy, LostRace, QueuectlError, SpoolError
@@ -102,6 +103,7 @@ class Worker:
         self._paused = False
         self.contact = None       # its ContactWatch then
         self._base_env = dict(os.environ)  # a plain dict: cheaper to copy per job than os.environ
+        self.hooks = Hooks(spool.path, self.host, self._log, base_env=self._base_env)
 
     # ---------------------------------------------------------------- control
 
@@ -170,6 +172,7 @@ class Worker:
         finally:
             try:
                 self._record_previous()
+                self.hooks.finish(kill=self.stopping == StopMode.NOW)
             finally:
                 if self.moves.pool is not None:
                     self.moves.pool.close()
@@ -276,9 +279,17 @@ class Worker:
             if self.burst and not ingest.candidates(self.spool):
                 return
             wake_at = min(next_failed, next_pending, self._clock.next_at)
-            timeout = min(self._next_rescan - time.monotonic(), wake_at - timeutil.now())
+            timeout = min(self._next_rescan - time.monotonic(), wake_at - timeutil.now(), self._reap_hooks())
             if timeout > 0:
                 self.waker.wait(timeout)
+
+    def _reap_hooks(self):
+        """Seconds until a running on-finish hook must be killed (inf: none runs)."""
+        return self.hooks.reap() if self.hooks.running else float("inf")
+
+    def _hook(self, record):
+        """A job reached a final state here: start its on-finish hook, if it has one."""
+        self.hooks.start(record, self.config(), self.spool.log_path(record["id"]))
 
     def _check_paused(self):
         """Whether the spool is paused (`queuectl pause`, any host): a stat per pass."""
@@ -373,6 +384,7 @@ class Worker:
                 self._log(f"job {record['id']} released: the jobs it waited for completed")
             else:
                 self._log(f"job {record['id']} dead ({record['last_error']}) without running")
+                self._hook(record)
         if self._blocked.resolve(candidates, report) and self.waker.mechanism != "inotify":
             self._pending.stale = True  # no event will name the released files
 
@@ -611,6 +623,8 @@ class Worker:
             self._log(f"job {job_id} finished late; result discarded (the job was taken back)")
             return
         rec = new.record
+        if rec["state"] in ("completed", "dead"):
+            self._hook(rec)
         if rec["state"] in ("completed", "dead") and self._blocked:
             # at once, even while our next command runs: other workers may take what it frees
             self._resolve_blocked(self._blocked.dependents([job_id]))
@@ -624,6 +638,7 @@ class Worker:
     def _tick(self):
         """While a job runs: on the rescan's schedule, take back other workers' lost jobs and
         look for requests (a stop or cancel written on another host raises no event here)."""
+        self._reap_hooks()
         if time.monotonic() >= self._next_rescan:
             self._next_rescan = time.monotonic() + self._rescan_interval()
             changed = self._look_around(("processing", "workers"))
@@ -638,6 +653,7 @@ class Worker:
         taken = self.moves.take_back_lost(exclude=exclude, candidates=self._processing)
         for record in taken:
             self._log(f"job {record['id']} taken back: {record['last_error']} -> {record['state']}")
+            self._hook(record)
         if taken:
             self._processing = None  # moved: list again next time
             self._share_names()      # a worker died: its share goes to the others

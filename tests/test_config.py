@@ -9,7 +9,7 @@ from queuectl.errors import FieldError, InvalidInput
 
 DEFAULTS = {"max-retries": 3, "backoff-base": 2, "backoff-max": 3600, "backoff-jitter": 0,
             "job-timeout": 0, "worker-count": 1, "log-max-bytes": 10 * 1024 * 1024,
-            "rescan-interval": 2, "contact-timeout": 10}
+            "rescan-interval": 2, "contact-timeout": 10, "on-finish": None}
 
 
 def config_bytes(spool):
@@ -43,6 +43,7 @@ def test_defaults(spool):
     ("worker-count", "4", 4),
     ("log-max-bytes", "0", 0),
     ("log-max-bytes", "100000", 100000),
+    ("on-finish", "notify-send done", "notify-send done"),
 ])
 def test_every_key_can_be_set_and_read_back(spool, key, text, value):
     assert spool.set_config(key, text) == value
@@ -84,7 +85,7 @@ def test_underscore_spelling_of_every_key(spool, key):
 def test_unset_returns_to_the_default(spool):
     for key in DEFAULTS:
         spool.set_config(key, "1")
-    assert all(v == 1 for v in spool.config().values())
+    assert all(v in (1, "1") for v in spool.config().values())
     for key, default in DEFAULTS.items():
         assert spool.unset_config(key) == default
         assert spool.config()[key] == default
@@ -193,3 +194,16 @@ def test_config_set_leaves_no_temporary_files(spool):
     spool.set_config("max-retries", "5")
     assert [n for n in os.listdir(os.path.join(spool.path, "tmp"))] == []
     assert spool.config()["max-retries"] == 5
+
+
+@pytest.mark.parametrize("value, stored", [("", None), ("  ", None), ("echo $QUEUECTL_JOB_ID", "echo $QUEUECTL_JOB_ID")])
+def test_on_finish_is_text_and_blank_means_none(spool, value, stored):
+    assert spool.set_config("on_finish", value) == stored
+    assert spool.config()["on-finish"] == stored
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "x" * (64 * 1024 + 1), 5])
+def test_a_bad_on_finish_is_refused_and_changes_nothing(spool, value):
+    with pytest.raises(FieldError, match="on-finish") as info:
+        spool.set_config("on-finish", value)
+    assert info.value.exit_code == 2 and config_bytes(spool) is None

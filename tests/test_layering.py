@@ -11,7 +11,8 @@ LAYERS = [
     ["errors", "faults", "version"], ["timeutil"], ["job"], ["names"], ["fsutil", "fsinfo"], ["locks"],
     ["pool", "journal"], ["paths"], ["config"], ["registry"], ["inventory"], ["moves"],
     ["dependencies", "schedules"], ["spool"], ["ingest", "logs", "metrics"],
-    ["fsck", "doctor"], ["runner", "pending", "contact", "folderstamp"], ["waker"], ["worker"], ["supervisor"], ["render"],
+    ["fsck", "doctor"], ["runner", "pending", "contact", "folderstamp"], ["hooks", "waker"], ["worker"],
+    ["supervisor"], ["render"],
     ["dashboard"], ["cli"],
 ]
 LEVEL = {mod: i for i, layer in enumerate(LAYERS) for mod in layer}
