@@ -6,8 +6,8 @@ and runs it again. So the worker itself must kill its job first: a prober thread
 spool for a fresh answer every second (a stat that the filesystem's caches serve for at most
 about a second), and a watch thread, which touches no file and so never hangs, kills the
 running job's process group once no answer came for `bound` seconds. `bound` (config
-`contact-timeout`) must be shorter than the filesystem's lock timeout (README: operators'
-guide). The job is then left in processing/ for a take-back: nothing is recorded for it.
+`contact-timeout`) must be shorter than the filesystem's lock timeout (docs/operations.md
+"Tuning"). The job is then left in processing/ for a take-back: nothing is recorded for it.
 """
 import os
 import signal

@@ -1,5 +1,5 @@
 """The benchmark script works: CI runs its --quick mode, so the script a user runs by hand to get
-the README's figures (README "Performance") cannot rot; the figures themselves never come
+the figures of docs/performance.md cannot rot; the figures themselves never come
 from timed assertions."""
 import json
 import subprocess
