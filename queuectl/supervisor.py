@@ -16,6 +16,7 @@ import time
 
 from . import names, registry
 from .errors import QueuectlError
+from .hooks import Hooks
 
 
 def worker_command(spool_path, burst):
@@ -29,6 +30,9 @@ class Supervisor:
         self.emit = emit or (lambda text: None)
         self.run_for = run_for    # seconds, then stop gracefully as `worker stop` would (--for)
         self.deadline = None
+        # a job it takes back from a worker that died may be final: its on-finish hook runs here
+        self.hooks = Hooks(spool.path, names.hostname(),
+                           lambda text: self.emit(f"{time.strftime('%H:%M:%S')} supervisor: {text}"))
         self.children = {}  # pid -> (Popen, pidfd)
         self.signals = 0
         self.stop_asked = False
@@ -82,6 +86,8 @@ class Supervisor:
                     pass
                 if self.deadline is not None and time.monotonic() >= self.deadline:
                     self._time_is_up()
+                if self.hooks.running:
+                    self.hooks.reap()
                 if not self.stop_asked and registry.stop_requested(self.spool.layout, self.name):
                     self.stop_asked = True  # `worker stop` asked our workers too
                 try:
@@ -97,6 +103,7 @@ class Supervisor:
                     del self.children[pid]
                     worst = self._on_exit(proc, code) or worst
         finally:
+            self.hooks.finish(kill=self.signals > 1)
             signal.set_wakeup_fd(-1)
             os.close(r)
             os.close(w)
@@ -123,6 +130,7 @@ class Supervisor:
         for record in self.spool.moves.take_back_lost():
             self.emit(f"{time.strftime('%H:%M:%S')} supervisor: job {record['id']} taken back: "
                       f"{record['last_error']} -> {record['state']}")
+            self.hooks.start(record, self.spool.config(), self.spool.log_path(record["id"]))
         if self.signals or self.stop_asked or code == 2 or self._stop_requested():
             return code if code > 0 else 1
         now = time.monotonic()

@@ -170,3 +170,23 @@ def test_a_slow_or_failing_hook_never_holds_up_the_next_job_nor_changes_the_job(
     assert [cli.show(j)["state"] for j in ("first", "second")] == ["completed", "completed"]
     worker.send_signal(signal.SIGINT)
     assert worker.wait(timeout=30) == 0
+
+
+@pytest.mark.process
+def test_the_hook_of_a_job_buried_when_its_worker_died_runs(cli, spool_dir, tmp_path):
+    """kill -9 of the worker that runs a job with no retry left: the supervisor takes the job
+    back into dead/ and runs its hook (the worker that would have run it is gone)."""
+    out, pidfile = tmp_path / "hook", tmp_path / "job.pid"
+    assert cli("enqueue", "--id", "lost", "--max-retries", "0", "--on-finish",
+               f'echo "$QUEUECTL_STATE $QUEUECTL_LAST_ERROR" > {out}', f"echo $$ > {pidfile}; exec sleep 60").returncode == 0
+    cli.kill_at_teardown(str(pidfile))
+    supervisor = cli.start_tailed("worker", "start", "-n", "1")
+    wait_until(pidfile.exists, timeout=15, what="the job to start")
+    [worker] = [w for w in cli.live_workers() if w.get("job") == "lost"]
+    os.kill(worker["pid"], signal.SIGKILL)
+    wait_until(lambda: out.exists() and out.read_text().strip(), timeout=15, what="the hook")
+    assert out.read_text().startswith(f"dead worker lost (host {worker['host']}, pid {worker['pid']})")
+    wait_until(lambda: [w for w in cli.live_workers() if w["pid"] != worker["pid"]], timeout=15,
+               what="the replacement worker")  # a SIGTERM before it has its handlers would kill it
+    supervisor.send_signal(signal.SIGINT)
+    assert supervisor.wait(timeout=30) == 0, supervisor.tail.text()
