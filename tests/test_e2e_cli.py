@@ -24,7 +24,7 @@ RECORD_FIELDS = {"id", "command", "state", "attempts", "max_retries", "priority"
                  "timeout_seconds", "cwd", "env", "created_at", "updated_at", "started_at",
                  "finished_at", "exit_code", "last_error", "worker", "after", "captured_env", "on_finish"}
 CONFIG_KEYS = ["max-retries", "backoff-base", "backoff-max", "backoff-jitter", "job-timeout",
-               "worker-count", "log-max-bytes", "rescan-interval", "contact-timeout"]
+               "worker-count", "log-max-bytes", "rescan-interval", "contact-timeout", "on-finish"]
 
 
 def ok(result):
@@ -235,7 +235,6 @@ BAD_ENQUEUE = [
     (['{"command": "true", "timeout_seconds": -1}'], ["timeout_seconds"]),
     (["-c", "true", "--timeout", "-1"], ["timeout_seconds"]),
     (['[{"command": "true"}, {"command": "false"}]'], []),
-    (['"just a string"'], []),
     (["--file", "/nonexistent/jobs.json"], ["/nonexistent/jobs.json"]),
     (['{"command": "true"}', "--file", "/dev/null"], []),
 ]
