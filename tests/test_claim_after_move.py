@@ -19,7 +19,8 @@ from helpers import wait_until
 from queuectl import names, timeutil
 from queuectl.registry import StopMode
 from queuectl.schedules import Schedules
-from queuectl.worker import EVENTS_TRUSTED_RELIST, Worker
+from queuectl.housekeeping import EVENTS_TRUSTED_RELIST
+from queuectl.worker import Worker
 
 pytestmark = pytest.mark.process
 BOUND = 5.0

@@ -11,7 +11,8 @@ LAYERS = [
     ["errors", "faults", "version"], ["timeutil"], ["job"], ["names"], ["fsutil", "fsinfo"], ["locks"],
     ["pool", "journal"], ["paths"], ["config"], ["registry"], ["inventory"], ["moves"],
     ["dependencies", "schedules"], ["spool"], ["ingest", "logs", "metrics"],
-    ["fsck", "doctor"], ["runner", "pending", "contact", "folderstamp"], ["hooks", "waker"], ["worker"],
+    ["fsck", "doctor"], ["runner", "pending", "contact", "folderstamp"], ["hooks", "waker"],
+    ["housekeeping", "execution"], ["worker"],
     ["supervisor"], ["render"],
     ["dashboard"], ["cli"],
 ]

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from helpers import job_state, wait_until
-from queuectl import timeutil, worker as workermod
+from queuectl import housekeeping, timeutil, worker as workermod
 
 pytestmark = pytest.mark.process
 
@@ -33,7 +33,7 @@ class FakeWallClock:
 def clock(monkeypatch):
     fake = FakeWallClock()
     monkeypatch.setattr(timeutil, "now", fake)
-    monkeypatch.setattr(workermod, "RESCAN_OVERRIDE", "0.5")
+    monkeypatch.setattr(housekeeping, "RESCAN_OVERRIDE", "0.5")
     return fake
 
 

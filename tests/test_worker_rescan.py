@@ -11,7 +11,7 @@ import types
 import pytest
 
 from helpers import wait_until
-from queuectl import worker as workermod
+from queuectl import housekeeping, worker as workermod
 from queuectl.pending import PendingIndex
 
 pytestmark = pytest.mark.process
@@ -26,25 +26,25 @@ def bare_worker(spool, mechanism, shared):
 
 def test_local_inotify_relists_at_start_then_only_as_a_safety_net(spool):
     w = bare_worker(spool, "inotify", shared=False)
-    assert w._relist_due(startup=True)
-    assert not w._relist_due(startup=False)  # the events since told every name
-    assert not w._relist_due(startup=False)
-    w._next_relist = time.monotonic() - 0.001  # EVENTS_TRUSTED_RELIST has passed
-    assert w._relist_due(startup=False)
-    assert not w._relist_due(startup=False)
+    assert w.housekeeping.relist_due(startup=True)
+    assert not w.housekeeping.relist_due(startup=False)  # the events since told every name
+    assert not w.housekeeping.relist_due(startup=False)
+    w.housekeeping.next_relist = time.monotonic() - 0.001  # EVENTS_TRUSTED_RELIST has passed
+    assert w.housekeeping.relist_due(startup=False)
+    assert not w.housekeeping.relist_due(startup=False)
 
 
 @pytest.mark.parametrize("mechanism, shared", [("inotify", True), ("polling", False), ("none", False)])
 def test_relists_on_every_change_where_events_may_miss_some(spool, mechanism, shared):
     w = bare_worker(spool, mechanism, shared)
-    assert all(w._relist_due(startup=False) for _ in range(3))
+    assert all(w.housekeeping.relist_due(startup=False) for _ in range(3))
 
 
 def test_a_busy_local_worker_does_not_relist_pending_on_each_rescan(spool, monkeypatch):
     """Jobs keep arriving for 1.5 s while rescans run every 0.1 s: pending/ changes between
     every two of them, yet the folder is listed only at the start (and once at the end of
     nothing), and every job runs."""
-    monkeypatch.setattr(workermod, "RESCAN_OVERRIDE", "0.1")
+    monkeypatch.setattr(housekeeping, "RESCAN_OVERRIDE", "0.1")
     passes = []
     real_refill = PendingIndex.refill
 
@@ -99,7 +99,7 @@ def test_promotion_finds_the_due_retries_and_the_next_one_without_sorting_them_a
     put_retry(spool, "later", now + 3600)
     open(os.path.join(spool.layout.failed, "1-not-a-retry.json"), "w").close()  # sorts first, never parses
     w = workermod.Worker(spool)
-    next_at = w._promote_due()
+    next_at = w.housekeeping.promote_due()
     assert abs(next_at - (now + 30)) < 0.01
     assert sorted(r["id"] for r in spool.list("pending")) == ["due-a", "due-b"]
     assert sorted(os.listdir(spool.layout.failed)) == sorted(
@@ -114,6 +114,6 @@ def test_a_name_not_ours_that_sorts_first_among_the_waiting_does_not_hide_the_ne
     junk = soon.replace("_soon.json", "_a bad id!.json")  # the same stamp, sorts first, never parses
     assert junk < soon
     open(os.path.join(spool.layout.failed, junk), "w").close()
-    assert abs(workermod.Worker(spool)._promote_due() - (now + 30)) < 0.01
+    assert abs(workermod.Worker(spool).housekeeping.promote_due() - (now + 30)) < 0.01
     os.unlink(os.path.join(spool.layout.failed, [n for n in os.listdir(spool.layout.failed) if "_soon" in n][0]))
-    assert workermod.Worker(spool)._promote_due() == float("inf")
+    assert workermod.Worker(spool).housekeeping.promote_due() == float("inf")
