@@ -24,15 +24,37 @@ THIRD_PARTY_HOME = {"click": {"cli"}, "watchdog": {"waker"}, "portalocker": {"lo
 
 
 def modules():
-    return sorted(n[:-3] for n in os.listdir(PACKAGE) if n.endswith(".py"))
+    """The package's modules; a subpackage (cli/) counts as one module of its own level."""
+    return sorted(n[:-3] if n.endswith(".py") else n for n in os.listdir(PACKAGE)
+                  if n.endswith(".py") or os.path.isfile(os.path.join(PACKAGE, n, "__init__.py")))
+
+
+def sources(module):
+    """The files of `module`: one, or every file of a subpackage."""
+    path = os.path.join(PACKAGE, module)
+    if os.path.isdir(path):
+        return sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".py"))
+    return [path + ".py"]
+
+
+def trees(module):
+    for path in sources(module):
+        with open(path, encoding="utf-8") as fh:
+            yield ast.parse(fh.read(), filename=path)
 
 
 def imports_of(module):
     """(internal modules, top-level external packages) imported anywhere in `module`,
-    including imports inside functions."""
-    with open(os.path.join(PACKAGE, module + ".py"), encoding="utf-8") as fh:
-        tree = ast.parse(fh.read(), filename=module + ".py")
+    including imports inside functions. Inside a subpackage, `from .x` names its own files
+    and `from ..x` the package's modules."""
     internal, external = set(), set()
+    depth = 2 if os.path.isdir(os.path.join(PACKAGE, module)) else 1
+    for tree in trees(module):
+        _collect(module, tree, depth, internal, external)
+    return internal, external
+
+
+def _collect(module, tree, depth, internal, external):
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -52,7 +74,9 @@ def imports_of(module):
                         internal.update(a.name for a in node.names)
                 else:
                     external.add(parts[0])
-            elif node.level == 1:
+            elif node.level < depth:
+                continue  # a file of the same subpackage
+            elif node.level == depth:
                 if node.module:
                     internal.add(node.module.split(".")[0])
                 else:  # from . import a, b
@@ -62,7 +86,6 @@ def imports_of(module):
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module" or \
                 isinstance(node, ast.Call) and getattr(node.func, "id", None) == "__import__":
             raise AssertionError(f"{module}: dynamic import hides the layering")
-    return internal, external
 
 
 def test_every_module_has_a_place_in_the_layers():
@@ -101,13 +124,12 @@ def test_the_layer_check_sees_function_level_imports():
 def test_no_private_member_of_another_object_is_used(module):
     """A module uses another module's or object's public names only (`x._y` only on self/cls),
     so that each module's surface is what it documents."""
-    with open(os.path.join(PACKAGE, module + ".py"), encoding="utf-8") as fh:
-        tree = ast.parse(fh.read(), filename=module + ".py")
     offenders = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
-            owner = node.value
-            if isinstance(owner, ast.Name) and owner.id in ("self", "cls") or node.attr == "_exit":  # os._exit is public
-                continue
-            offenders.append(f"line {node.lineno}: .{node.attr}")
+    for tree in trees(module):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                owner = node.value
+                if isinstance(owner, ast.Name) and owner.id in ("self", "cls") or node.attr == "_exit":  # os._exit
+                    continue
+                offenders.append(f"line {node.lineno}: .{node.attr}")
     assert not offenders, f"{module} uses private members of other objects: {offenders}"
