@@ -30,3 +30,6 @@ def test_the_demo_runs_and_shows_what_it_promises(tmp_path):
                  "every-minute: next at "):
         assert line in out, line
     assert "dependency flaky dead" in out and "never runs" in out
+    assert "\nhello from the shell that queued it\n" in out, "the bare command saw the caller's environment"
+    for line in ("greet completed", "flaky dead", "too-slow dead", "report completed"):
+        assert f"\n{line}\n" in out, f"the on-finish hook's {line!r}"
