@@ -68,11 +68,20 @@ class Execution:
             self.running = None
             if contact is not None:
                 contact.running(None)  # its group is gone: the id may be reused
+            self._release_slots(held)
         if not attempt.announced:  # the command could not start: on_start never ran
             self._settle(attempt)
             self.record_previous()
             self._announce(attempt)
         self.unrecorded = attempt
+
+    def _release_slots(self, held):
+        """The command has exited: its queue's slots go at once, before the result is recorded."""
+        grant, held.grant = held.grant, None
+        if grant is not None and grant.fds:
+            grant.release()
+            self.worker.admission.released(held.record)
+            self.worker.reopen_queues()
 
     def record_previous(self):
         """Record the result of the attempt whose command has exited, if any."""
@@ -134,7 +143,11 @@ class Execution:
                 return runner.run(record, log_path, self.spool.path, worker.id,
                                   timeout=timeout or None, log_max_bytes=cfg["log-max-bytes"],
                                   interrupt=worker.interrupt, wakeup_fds=worker.waker.control_fds,
-                                  on_tick=worker.tick, base_env=self.base_env, guard=worker.shared,
+                                  on_tick=worker.tick, base_env=self.base_env,
+                                  # a job holding a slot dies with its worker, as on a shared spool:
+                                  # the slot is free then, and no orphan may run beside the next job
+                                  guard=worker.shared or bool(attempt.held.grant and attempt.held.grant.fds),
+                                  extra_env=gpu_env(attempt.held.grant),
                                   on_start=lambda pgid: self._started(pgid, attempt))
             except runner.LogError as exc:
                 # something that is not a regular file sits where the log goes: set it aside
@@ -190,3 +203,11 @@ class Execution:
                 os.close(fd)
         except OSError:
             pass
+
+
+def gpu_env(grant):
+    """The variables that give a job exactly its GPUs (none: the job needs none)."""
+    if grant is None or not grant.gpus:
+        return None
+    indices = ",".join(map(str, grant.gpus))
+    return {"CUDA_VISIBLE_DEVICES": indices, "QUEUECTL_GPUS": indices}

@@ -51,14 +51,14 @@ class Taken:
         self.held, self.copy = held, copy
 
 
-def take_first(spool, worker_host, worker_pid, report=None, config=None):
+def take_first(spool, worker_host, worker_pid, report=None, config=None, may_take=None):
     """For an idle worker with nothing due in pending/: take the first file waiting in
     incoming/ and, if it is a job due now, store it as this worker's claimed job (no trip
     through pending/, no fsync before its command starts). Returns a Taken, or None when
     there was nothing to take (what was found is then filed as ingest_all() does). `config`:
     the spool's config if the caller has it at hand (its defaults apply to the job)."""
     for name in candidates(spool):
-        result = ingest_one(spool, name, take=(worker_host, worker_pid), config=config)
+        result = ingest_one(spool, name, take=(worker_host, worker_pid), config=config, may_take=may_take)
         if result is None:
             continue
         kind, value = result
@@ -72,9 +72,10 @@ def settle(spool, taken):
     spool.moves.settle_claimed(taken.held, taken.copy)
 
 
-def ingest_one(spool, name, take=None, config=None):
+def ingest_one(spool, name, take=None, config=None, may_take=None):
     """-> ("accepted", record) | ("rejected", reason) | None when another process took it;
-    with `take` (host, pid), ("taken", Taken) when the job was due and stored as claimed."""
+    with `take` (host, pid), ("taken", Taken) when the job was due and stored as claimed (and
+    `may_take(record)`, if given, allows it: a job of a limited queue goes through a claim)."""
     lay = spool.layout
     job_id = new_id()
     claimed = os.path.join(lay.tmp, f"{PREFIX}{job_id}-{name}")  # fits: names are <= 255 bytes
@@ -94,7 +95,8 @@ def ingest_one(spool, name, take=None, config=None):
     try:
         record = _read_job(spool, claimed, job_id, config)
         dependencies.place(spool, [record])  # blocked/ when it waits for jobs not completed
-        if take is not None and record["state"] == "pending" and due_time(record) <= timeutil.now():
+        if take is not None and record["state"] == "pending" and due_time(record) <= timeutil.now() \
+                and (may_take is None or may_take(record)):
             held = spool.moves.store_claimed(record, *take)
             if held is not None:
                 return "taken", Taken(held, claimed)

@@ -8,12 +8,14 @@ listings alone, never from opening files.
 import os
 import time
 
-from . import fsutil, names, timeutil
+from . import fsutil, names, queues, timeutil
 from .errors import JobNotFound, SpoolError
-from .job import STATES, State, check_id
+from .job import STATES, State, check_id, queue_of
+from .waiting import why_waiting
 
 
 FIND_AGAIN = (0.0, 0.05, 0.2, 0.5)  # pauses before the looks again of find()
+WAITING_SCAN = 50  # due pending jobs `status` reads to say why they wait (a read each)
 UNREADABLE_PATIENCE = 1.5  # seconds a record that is not valid JSON is read again before it is called damaged
 
 
@@ -118,8 +120,9 @@ class Inventory:
         return sorted(n for n in fsutil.listdir(self.layout.state_dir(state))
                       if n.endswith(names.SUFFIX) and not n.startswith("."))
 
-    def list(self, state=None, limit=None):
-        """Records of one state (or all), pending in claim order. Unreadable files are skipped."""
+    def list(self, state=None, limit=None, queue=None):
+        """Records of one state (or all), pending in claim order; of one queue, if given.
+        Unreadable files are skipped."""
         states = [State(state).value] if state else STATES
         out = []
         for st in states:
@@ -130,7 +133,7 @@ class Inventory:
                     record = self._read(st, name)
                 except (OSError, ValueError):
                     continue
-                if isinstance(record, dict):
+                if isinstance(record, dict) and (queue is None or queue_of(record) == queue):
                     out.append(record)
         return out
 
@@ -138,13 +141,44 @@ class Inventory:
         return count_jobs(self.layout, now)
 
     def status(self):
-        """What `status` shows: counts, live workers with their current job, oldest waiting job."""
+        """What `status` shows: counts, live workers with their current job, oldest waiting job,
+        the queues with settings, and the first due jobs that no live worker can serve (why)."""
+        from . import registry
         paused = os.path.lexists(self.layout.paused)
-        return {"spool": self.path, "paused": paused, "counts": self.counts(), "workers": self.workers(),
-                "oldest_waiting": self._oldest_waiting()}
+        live = registry.live_workers(self.layout)
+        settings = queues.read_all(self.layout)
+        return {"spool": self.path, "paused": paused, "counts": self.counts(), "workers": self.workers(live),
+                "oldest_waiting": self._oldest_waiting(),
+                "queues": [dict(s.as_dict(), running=None) for s in settings.values()],
+                "waiting": self.waiting(live, settings)}
 
-    def workers(self):
-        """Live workers (any host), each with the job it runs now and since when."""
+    def waiting(self, live, settings, scan=WAITING_SCAN):
+        """[{id, queue, why}] for the first `scan` due jobs of pending/ that no live worker
+        can run (a paused queue, no worker of its queue, more GPUs than offered)."""
+        out = []
+        due = names.stamp(timeutil.now())
+        for name in self.names("pending")[:scan]:
+            if names.pending_due_text(name) > due:
+                break
+            try:
+                record = self._read("pending", name)
+            except (OSError, ValueError):
+                continue
+            why = why_waiting(record, live, settings) if isinstance(record, dict) else None
+            if why:
+                out.append({"id": record["id"], "queue": queue_of(record), "why": why})
+        return out
+
+    def why_waiting(self, record):
+        """Why this pending job waits although due, or None (for `show`)."""
+        from . import registry
+        if record.get("state") != "pending":
+            return None
+        return why_waiting(record, registry.live_workers(self.layout), queues.read_all(self.layout))
+
+    def workers(self, live=None):
+        """Live workers (any host), each with the job it runs now and since when, and the queues
+        and GPUs it serves."""
         from . import registry
         running = {}
         for name in self.names("processing"):
@@ -152,7 +186,7 @@ class Inventory:
             if parsed:
                 running[registry.worker_name(parsed.host, parsed.pid)] = (parsed.job_id, name)
         workers = []
-        for w in registry.live_workers(self.layout):
+        for w in registry.live_workers(self.layout) if live is None else live:
             job, since = None, None
             if w["name"] in running:
                 job, name = running[w["name"]]
@@ -161,7 +195,7 @@ class Inventory:
                 except (OSError, ValueError):
                     pass
             workers.append({"host": w.get("host"), "pid": w.get("pid"), "job": job, "since": since,
-                            "started_at": w.get("started_at")})
+                            "started_at": w.get("started_at"), "queues": w.get("queues"), "gpus": w.get("gpus") or []})
         return workers
 
     def _oldest_waiting(self):

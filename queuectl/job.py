@@ -33,13 +33,16 @@ FINAL_STATES = (State.COMPLETED, State.DEAD)
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 INPUT_FIELDS = ("id", "command", "max_retries", "priority", "run_at", "timeout_seconds", "cwd", "env", "after",
-                "on_finish")
+                "on_finish", "queue", "gpus")
 # captured_env is not input: the CLI passes its caller's environment through the API
 RECORD_FIELDS = (
     "id", "command", "state", "attempts", "max_retries", "priority", "run_at", "timeout_seconds",
     "cwd", "env", "captured_env", "created_at", "updated_at", "started_at", "finished_at", "exit_code",
-    "last_error", "worker", "after", "on_finish",
+    "last_error", "worker", "after", "on_finish", "queue", "gpus",
 )
+DEFAULT_QUEUE = "default"
+QUEUE_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+MAX_GPUS = 64
 DEFAULT_PRIORITY = 10
 MAX_RETRIES_LIMIT = 1_000_000
 MAX_COMMAND_BYTES = 256 * 1024
@@ -169,7 +172,21 @@ def validate_input(data, defaults=None, now=None):
     out["after"] = check_after(data.get("after"))
     hook = data.get("on_finish")
     out["on_finish"] = _text("on_finish", hook, MAX_COMMAND_BYTES) if hook is not None else None
+    queue = data.get("queue")
+    out["queue"] = check_queue(queue) if queue is not None else DEFAULT_QUEUE
+    gpus = data.get("gpus")
+    out["gpus"] = _int("gpus", gpus, 0, MAX_GPUS) if gpus is not None else 0
     return out
+
+
+def check_queue(value, field="queue"):
+    """A queue name: 1 to 64 of a-z 0-9 _ -, starting with a letter or digit."""
+    if not isinstance(value, str):
+        raise FieldError(field, f"must be a string, got {type_name(value)}")
+    if not QUEUE_PATTERN.fullmatch(value):
+        raise FieldError(field, f"invalid queue name {shown(value)}: use 1 to 64 of a-z 0-9 _ -, "
+                                "starting with a letter or digit")
+    return value
 
 
 def check_env_name(name, field="env"):
@@ -235,6 +252,8 @@ def new_record(fields, now):
         "worker": None,
         "after": fields.get("after"),
         "on_finish": fields.get("on_finish"),
+        "queue": fields.get("queue") or DEFAULT_QUEUE,
+        "gpus": fields.get("gpus") or 0,
     }
 
 
@@ -267,8 +286,17 @@ def check_record(data):
             raise FieldError(field, "must be an object of string to string")
     if data.get("on_finish") is not None:
         _text("on_finish", data["on_finish"], MAX_COMMAND_BYTES)
+    if data.get("queue") is not None:
+        check_queue(data["queue"])
+    if data.get("gpus") is not None:
+        _int("gpus", data["gpus"], 0, MAX_GPUS)
     check_after(data.get("after"))
     return data
+
+
+def queue_of(record):
+    """The job's queue (records written before queues existed are in the default one)."""
+    return record.get("queue") or DEFAULT_QUEUE
 
 
 def due_time(record):

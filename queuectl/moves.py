@@ -40,6 +40,7 @@ class Held:
     def __init__(self, state, name, fd, record, lock_fd=None):
         self.state, self.name, self.fd, self.record = state, name, fd, record
         self.lock_fd = lock_fd
+        self.grant = None  # the slots a claimed attempt holds (slots.Grant), if any
 
     def close(self):
         """Close the file and release the job's lock."""
@@ -310,9 +311,12 @@ class Moves(Inventory):
 
     # -- the worker's side
 
-    def claim(self, name, worker_host, worker_pid, job_id=None):
+    def claim(self, name, worker_host, worker_pid, job_id=None, admit=None):
         """Claim pending/NAME for this worker (rule 4). Returns the Held processing file.
-        `job_id`: the id in NAME, when the caller has parsed it already.
+        `job_id`: the id in NAME, when the caller has parsed it already. `admit(record)`, if
+        given, is asked once the job is locked and read, before it moves: it returns what the
+        attempt holds besides the job (a slots.Grant, kept as `Held.grant`), or None when the
+        job may not start now; the claim then returns None and leaves the job in pending/.
 
         Raises LostRace/Busy when another worker was first, Corrupt for a damaged file.
         """
@@ -326,16 +330,30 @@ class Moves(Inventory):
         except FieldError as exc:
             held.close()
             raise Corrupt("pending", name, str(exc)) from None
+        grant = None
+        if admit is not None:
+            try:
+                grant = admit(held.record)
+            except BaseException:
+                held.close()
+                raise
+            if grant is None:
+                held.close()
+                return None
         now = timeutil.now()
         record = dict(held.record)
         record.update(attempts=record["attempts"] + 1, started_at=timeutil.iso(now), finished_at=None,
                       worker=f"{worker_host}:{worker_pid}")
         dst = names.processing_name(record["id"], worker_host, worker_pid, record["attempts"])
         try:
-            return self.move(held, State.PROCESSING, dst, record, kind="claim", keep_lock=True)
+            claimed = self.move(held, State.PROCESSING, dst, record, kind="claim", keep_lock=True)
         except BaseException:
             held.close()
+            if grant is not None:
+                grant.release()
             raise
+        claimed.grant = grant
+        return claimed
 
     def store_claimed(self, record, worker_host, worker_pid):
         """A dropped job that this idle worker runs at once (rule 6b): reserve its id and write

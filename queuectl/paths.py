@@ -5,7 +5,8 @@ import stat
 from .errors import SpoolError, UnsafeSpool, InvalidInput
 
 STATE_DIRS = ("blocked", "pending", "processing", "failed", "completed", "dead")
-ALL_DIRS = ("incoming",) + STATE_DIRS + ("logs", "rejected", "tmp", "ids", "workers", "schedules", "journal")
+ALL_DIRS = ("incoming",) + STATE_DIRS + ("logs", "rejected", "tmp", "ids", "workers", "schedules", "journal") \
+    + ("queues", "slots")  # queues' settings, and the lock files of their limits (slots.py)
 
 
 def default_spool():

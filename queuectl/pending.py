@@ -44,6 +44,7 @@ class PendingIndex:
         self.deferred = {}    # name -> (wall time to try it again, delay): found locked, out of `due`
         self._retrying = {}   # name -> delay: a deferred name back in `due`
         self._picked = (None, 0.0)  # the last name picked and its delay, for defer()
+        self.parked = set()   # names whose job may not start now (its queue's limit): admission.py
 
     def refill(self, now):
         """One pass over the folder (O(names) time, O(limit) memory)."""
@@ -57,7 +58,7 @@ class PendingIndex:
         except FileNotFoundError:
             entries = None
         looks_pending = names.looks_pending
-        deferred = self.deferred
+        deferred, parked = self.deferred, self.parked
         if entries is not None:
             with entries:
                 for entry in entries:
@@ -66,8 +67,8 @@ class PendingIndex:
                         if not name.startswith(".") and len(strays) < limit:
                             strays.append(name)
                         continue
-                    if deferred and name in deferred:
-                        continue  # comes back when its time to try again comes (_bring_due)
+                    if deferred and name in deferred or parked and name in parked:
+                        continue  # comes back when its time to try again comes (_bring_due, unpark)
                     stamp = name[due_field]
                     if stamp <= now_stamp:
                         due_cut |= _keep_smallest(due, name, limit)
@@ -87,7 +88,7 @@ class PendingIndex:
             if not name.startswith(".") and name not in self.strays:
                 self.strays.append(name)
             return
-        if name in self.deferred:
+        if name in self.deferred or name in self.parked:
             return  # the event of the move that holds it: tried again when its time comes
         stamp = names.pending_due_text(name)
         if stamp <= names.stamp(now):
@@ -99,6 +100,7 @@ class PendingIndex:
         """A name that left pending/ (claimed, cancelled, moved by hand)."""
         self.deferred.pop(name, None)
         self._retrying.pop(name, None)
+        self.parked.discard(name)
         if names.looks_pending(name):
             _discard(self.due, name)
             _discard(self.later, (names.pending_due_text(name), name))
@@ -111,6 +113,16 @@ class PendingIndex:
         picked, delay = self._picked
         delay = min(DEFER_MAX, delay * 2) if picked == name and delay else DEFER_FIRST
         self.deferred[name] = (now + delay, delay)
+
+    def park(self, name):
+        """The job of `name` (just picked) may not start now: keep it out of `due` until unpark()."""
+        self.parked.add(name)
+
+    def unpark(self):
+        """The parked names go back to `due`, in claim order (a slot may have been freed)."""
+        for name in self.parked:
+            _insert(self.due, name, self.limit, self.due_complete, self._cut_due)
+        self.parked.clear()
 
     def pick(self, now):
         """(name to claim or None, wall time of the next due job or inf). Pops the name.

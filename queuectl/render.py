@@ -101,10 +101,18 @@ def status(info):
     workers = info["workers"]
     if workers:
         lines.append(f"workers: {len(workers)}")
-        lines.append(table([[w["host"], w["pid"], w["job"] or "idle", w["since"] or "-"] for w in workers],
-                           ("HOST", "PID", "JOB", "SINCE")))
+        lines.append(table([[w["host"], w["pid"], w["job"] or "idle", w["since"] or "-",
+                             ",".join(w.get("queues") or ()) or "all", ",".join(map(str, w.get("gpus") or ())) or "-"]
+                            for w in workers], ("HOST", "PID", "JOB", "SINCE", "QUEUES", "GPUS")))
     else:
         lines.append("workers: none running (start them: queuectl worker start)")
+    if info.get("queues"):
+        lines.append("")
+        lines.append("queues: " + "; ".join(
+            f"{q['name']} limit {short(q['limit'])}, per host {short(q['per_host'])}" + (", PAUSED" if q["paused"] else "")
+            for q in sorted(info["queues"], key=lambda q: q["name"])))
+    for waiting in info.get("waiting") or ():
+        lines.append(f"waits: {waiting['id']}: {waiting['why']}")
     oldest = info.get("oldest_waiting")
     if oldest:
         lines.append("")
@@ -200,3 +208,16 @@ def colour_line(line):
     so a command that prints "failed" does not colour its `started` line."""
     m = _EVENT.match(line)
     return f"\x1b[{EVENT_COLOURS[m.group(1)]}m{line}\x1b[0m" if m else line
+
+
+def queues(entries):
+    """`queue list`: a row per queue."""
+    if not entries:
+        return "no queue has jobs or settings"
+    rows = []
+    for e in entries:
+        c = e["counts"]
+        rows.append([e["name"], short(e["limit"]), short(e["per_host"]), "yes" if e["paused"] else "",
+                     c["pending"], c["processing"], c["blocked"], c["failed"], c["completed"], c["dead"]])
+    return table(rows, ("QUEUE", "LIMIT", "PER-HOST", "PAUSED", "PENDING", "RUNNING", "BLOCKED", "FAILED",
+                        "COMPLETED", "DEAD"))

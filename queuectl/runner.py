@@ -42,7 +42,7 @@ class Outcome:
         return self.exit_code == 0 and self.error is None
 
 
-def job_env(record, spool_path, base=None):
+def job_env(record, spool_path, base=None, extra=None):
     """The command's environment: the one captured when it was queued from the CLI, else the
     worker's (`base`, a copy made once); then the job's `env`, then queuectl's variables."""
     captured = record.get("captured_env")
@@ -54,6 +54,8 @@ def job_env(record, spool_path, base=None):
     env["QUEUECTL_JOB_ID"] = record["id"]
     env["QUEUECTL_ATTEMPT"] = str(record["attempts"])
     env["QUEUECTL_SPOOL"] = spool_path
+    if extra:
+        env.update(extra)
     return env
 
 
@@ -75,7 +77,8 @@ exit "$code"
 
 
 def run(record, log_path, spool_path, worker_id, timeout=None, log_max_bytes=0,
-        interrupt=lambda: None, wakeup_fds=(), on_tick=None, base_env=None, on_start=None, guard=False):
+        interrupt=lambda: None, wakeup_fds=(), on_tick=None, base_env=None, on_start=None, guard=False,
+        extra_env=None):
     """Run one attempt; returns an Outcome. `interrupt()` returns None or an Interrupt; it
     is called on every tick and whenever one of `wakeup_fds` is readable, and must consume
     what made it readable (the worker's waker does). With `guard`, the job dies with this
@@ -96,7 +99,7 @@ def run(record, log_path, spool_path, worker_id, timeout=None, log_max_bytes=0,
         else:
             argv = ["/bin/sh", "-c", record["command"]]
         try:
-            pid = spawn(argv, cwd, job_env(record, spool_path, base_env), log_fd, guard_fd=guard_r)
+            pid = spawn(argv, cwd, job_env(record, spool_path, base_env, extra_env), log_fd, guard_fd=guard_r)
         except OSError as exc:
             if guard:
                 os.close(guard_r)

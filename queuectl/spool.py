@@ -17,11 +17,11 @@ import time
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from . import config as configmod
-from . import dependencies, fsutil, locks, names, timeutil
+from . import dependencies, fsutil, locks, names, queues, timeutil
 from .schedules import Schedules
 from .errors import FieldError, InvalidInput, JobNotFound, LostRace, WrongState
 from .inventory import Inventory
-from .job import State, check_id, type_name, validate_input, new_record
+from .job import STATES, State, check_id, check_queue, new_record, queue_of, type_name, validate_input
 from .moves import Corrupt, Moves
 from .paths import Layout, default_spool
 
@@ -297,9 +297,12 @@ class Spool(Inventory):
 
     # ---------------------------------------------------------------- pause
 
-    def pause(self) -> dict:
+    def pause(self, queue: Optional[str] = None) -> dict:
         """`pause`: no worker on any host claims a job until resume(); running jobs finish,
-        dropped files are still filed. Persistent (a file in the spool). Returns its record."""
+        dropped files are still filed. Persistent (a file in the spool). Returns its record.
+        With `queue`: only that queue's jobs wait (its settings say paused)."""
+        if queue is not None:
+            return queues.update(self.layout, queue, paused=True).as_dict()
         info = {"paused_at": timeutil.iso(timeutil.now()), "by": f"{names.hostname()}:{os.getpid()}"}
         existing = self.paused()
         if existing:
@@ -310,8 +313,12 @@ class Spool(Inventory):
         fsutil.fsync_dir(self.layout.root)
         return info
 
-    def resume(self) -> bool:
-        """`resume`: workers claim again. False when the spool was not paused."""
+    def resume(self, queue: Optional[str] = None) -> bool:
+        """`resume`: workers claim again. False when the spool (or `queue`) was not paused."""
+        if queue is not None:
+            was = queues.read(self.layout, check_queue(queue, "--queue")).paused
+            queues.update(self.layout, queue, paused=False)
+            return was
         try:
             os.unlink(self.layout.paused)
         except FileNotFoundError:
@@ -328,6 +335,38 @@ class Spool(Inventory):
         except (OSError, ValueError):
             return {"paused_at": None, "by": None}  # unreadable: paused all the same
         return info if isinstance(info, dict) else {"paused_at": None, "by": None}
+
+    # ---------------------------------------------------------------- queues
+
+    def queue_set(self, name: str, **limits: Any) -> dict:
+        """`queue set`: a queue's `limit` (all hosts) and `per_host` limit; None removes one,
+        a key left out keeps its value. Returns the queue's settings."""
+        unknown = set(limits) - {"limit", "per_host"}
+        if unknown:
+            raise InvalidInput(f"queue settings: unknown {', '.join(sorted(unknown))}")
+        return queues.update(self.layout, name, **limits).as_dict()
+
+    def queue_list(self) -> list[dict]:
+        """Every queue that has jobs or settings: name, limit, per_host, paused, running (slots
+        held now on all hosts, for a limited queue), counts per state. Reads every record."""
+        from .slots import Slots
+        settings = queues.read_all(self.layout)
+        counts: dict = {}
+        for record in self.list():
+            per_state = counts.setdefault(queue_of(record), dict.fromkeys(STATES, 0))
+            per_state[record.get("state")] = per_state.get(record.get("state"), 0) + 1
+        slots = Slots(self.layout, names.hostname())
+        out = []
+        for name in sorted(set(settings) | set(counts)):
+            one = settings.get(name) or queues.Settings(name)
+            out.append({"name": name, "limit": one.limit, "per_host": one.per_host, "paused": one.paused,
+                        "running_slots": slots.held(one) if one.limit is not None else None,
+                        "counts": counts.get(name, dict.fromkeys(STATES, 0))})
+        return out
+
+    def queue_remove(self, name: str) -> None:
+        """`queue remove`: forget a queue's settings; refused while any job is in the queue."""
+        queues.remove(self.layout, name, lambda q: any(queue_of(r) == q for r in self.list()))
 
     # ---------------------------------------------------------------- schedules
 

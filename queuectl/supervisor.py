@@ -19,14 +19,23 @@ from .errors import QueuectlError
 from .hooks import Hooks
 
 
-def worker_command(spool_path, burst):
+def worker_command(spool_path, burst, serve=()):
     cmd = [sys.executable, "-m", "queuectl", "--spool", spool_path, "worker", "run"]
-    return cmd + (["--burst"] if burst else [])
+    return cmd + (["--burst"] if burst else []) + list(serve)
+
+
+def serve_options(queues=None, gpus=None):
+    """The options of `worker run`/`start` that say what the workers serve."""
+    options = [arg for queue in queues or () for arg in ("--queue", queue)]
+    if gpus is not None:
+        options += ["--gpus", ",".join(map(str, gpus)) or "none"]
+    return options
 
 
 class Supervisor:
-    def __init__(self, spool, count, burst=False, emit=None, run_for=None):
+    def __init__(self, spool, count, burst=False, emit=None, run_for=None, serve=()):
         self.spool, self.count, self.burst = spool, count, burst
+        self.serve = list(serve)  # serve_options(): the workers' --queue and --gpus
         self.emit = emit or (lambda text: None)
         self.run_for = run_for    # seconds, then stop gracefully as `worker stop` would (--for)
         self.deadline = None
@@ -53,7 +62,7 @@ class Supervisor:
                    for pid in self.children)
 
     def _spawn(self):
-        proc = subprocess.Popen(worker_command(self.spool.path, self.burst), process_group=0,
+        proc = subprocess.Popen(worker_command(self.spool.path, self.burst, self.serve), process_group=0,
                                 stdin=subprocess.DEVNULL)
         self.children[proc.pid] = (proc, os.pidfd_open(proc.pid))
         return proc
@@ -144,14 +153,15 @@ class Supervisor:
         return 0
 
 
-def start_detached(spool, count, burst=False, timeout=15.0, run_for=None):
+def start_detached(spool, count, burst=False, timeout=15.0, run_for=None, serve=()):
     """Run the supervisor in the background (own session, output to workers/HOST.log).
     Returns (supervisor pid, live worker names) once the workers registered."""
     # in the spool's root, not workers/: that folder is watched, and every line would wake workers
     log_path = os.path.join(spool.path, f"supervisor-{names.hostname()}.log")
     before = {w["name"] for w in registry.live_workers(spool.layout)}
     cmd = [sys.executable, "-m", "queuectl", "--spool", spool.path, "worker", "start",
-           "--count", str(count)] + (["--burst"] if burst else []) + (["--for", repr(run_for)] if run_for else [])
+           "--count", str(count)] + (["--burst"] if burst else []) + (["--for", repr(run_for)] if run_for else []) \
+        + list(serve)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, close_fds=True)

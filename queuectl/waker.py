@@ -69,6 +69,8 @@ class Waker:
             "pending": c.IN_CREATE | c.IN_MOVED_TO | c.IN_MOVED_FROM | c.IN_DELETE,
             "failed": c.IN_CREATE | c.IN_MOVED_TO,
             CONTROL: c.IN_CREATE | c.IN_MOVED_TO,  # requests are renamed in; the job note is not
+            # settings are renamed in or removed; a worker that lets a slot go touches them (admission.py)
+            "queues": c.IN_MOVED_TO | c.IN_DELETE | c.IN_ATTRIB,
         }
         for path, name in self.folders.items():
             group = "control" if name == CONTROL else "queue"

@@ -14,6 +14,7 @@ import sys
 import time
 
 from . import doctor, fsinfo, fsutil, ingest, names, pool, registry, runner, timeutil
+from .admission import Admission, detect_gpus
 from .contact import ContactWatch
 from .errors import Busy, LostRace, QueuectlError, SpoolError
 from .execution import Execution
@@ -29,14 +30,14 @@ from .waker import Waker
 OUTAGE_ERRNOS = frozenset({errno.ENOTCONN, errno.EIO, errno.EBADFD, errno.ETIMEDOUT, errno.ESTALE,
                            errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED,
                            errno.ECONNRESET, errno.ECONNREFUSED})
-ALL = frozenset({"incoming", "pending", "failed", "workers", "blocked", "schedules"})
+ALL = frozenset({"incoming", "pending", "failed", "workers", "blocked", "schedules", "queues"})
 SHARED_CLAIM_SPREAD = 16  # on a shared spool, steal at random among the first N due names (pending.py)
 PAUSED_LOOK = 0.5         # seconds between looks for `resume` while paused (no event tells of it)
 RELIST_AFTER_LOSSES = 3   # lost claims in a row after which a worker on a shared spool lists pending/ again
 
 
 class Worker:
-    def __init__(self, spool, burst=False, emit=None):
+    def __init__(self, spool, burst=False, emit=None, queues=None, gpus=None):
         self.spool = spool
         self.moves = spool.moves  # a worker moves job files through the engine
         self.layout = spool.layout
@@ -58,6 +59,8 @@ class Worker:
         self._paused = False
         self.contact = None       # its ContactWatch then
         self.job_note = None      # registry.JobNote: the running job's process group, for take-backs
+        self.admission = Admission(self.layout, self.host, served=queues,
+                                   gpus=detect_gpus() if gpus is None else gpus)
         self.housekeeping = Housekeeping(self)
         self.execution = Execution(self)
 
@@ -119,7 +122,7 @@ class Worker:
         self.layout.check_safe()
         check_filesystem(self.layout)
         runner.close_inherited()
-        self._reg_fd = registry.register(self.layout, self.host, self.pid)
+        self._reg_fd = registry.register(self.layout, self.host, self.pid, self._offer())
         self.shared = fsinfo.is_network(self.layout.root)
         if self.shared:  # other hosts' claims are unseen here: workers share the names out (pending.py)
             self._pending.spread = SHARED_CLAIM_SPREAD
@@ -129,10 +132,15 @@ class Worker:
             self.contact = ContactWatch(os.path.join(self.layout.workers, self.name + ".json"),
                                         self.config()["contact-timeout"], on_kill=self._lost_contact).start()
         self.job_note = registry.JobNote(self.layout, self.host, self.pid)
+        os.makedirs(self.layout.queues, mode=0o700, exist_ok=True)  # a spool made before queues
         self.waker = Waker([self.layout.incoming, self.layout.pending, self.layout.failed,
-                            self.layout.workers, self.layout.blocked, self.layout.schedules]).start()
+                            self.layout.workers, self.layout.blocked, self.layout.schedules,
+                            self.layout.queues]).start()
         try:
-            self.log(f"worker {self.id} started (wake-ups: {self.waker.mechanism})")
+            offer = self._offer()
+            self.log(f"worker {self.id} started (wake-ups: {self.waker.mechanism}"
+                     + (f"; queues: {', '.join(offer['queues'])}" if offer["queues"] else "")
+                     + (f"; GPUs: {','.join(map(str, offer['gpus']))}" if offer["gpus"] else "") + ")")
             self.housekeeping.maintain(startup=True)
             self._loop()
         finally:
@@ -157,6 +165,11 @@ class Worker:
                      f"{self.claims_deferred} deferred while a job was locked)")
         return 0
 
+    def _offer(self):
+        """What this worker serves, in its registration (status, and why a job waits)."""
+        served = self.admission.served
+        return {"gpus": self.admission.gpus, "queues": sorted(served) if served else None}
+
     def _loop(self):
         while True:
             try:
@@ -173,7 +186,7 @@ class Worker:
         """After an outage the filesystem may have dropped our registration's lock (it frees a
         silent client's locks): register again, so that `status` and `worker stop` see us."""
         try:
-            fd = registry.register(self.layout, self.host, self.pid)
+            fd = registry.register(self.layout, self.host, self.pid, self._offer())
             note = registry.JobNote(self.layout, self.host, self.pid)
         except OSError:
             return
@@ -195,9 +208,12 @@ class Worker:
                 return
             if time.monotonic() >= keeping.next_rescan:
                 keeping.maintain()
+                self.reopen_queues(reload=True)  # another host's slot may be free by now
                 if self.stopping:
                     continue  # asked on the rescan (a request from another host): stop now
             dirty, self._dirty = self._dirty, set()
+            if "queues" in dirty:
+                self.reopen_queues(reload=True)
             if "failed" in dirty or timeutil.now() >= keeping.next_failed:
                 keeping.next_failed = keeping.promote_due()
             next_failed = keeping.next_failed
@@ -218,7 +234,7 @@ class Worker:
                 if not paused and self._pending.peek(timeutil.now()) is None:
                     # nothing due waits: run the first dropped job at once (no trip through pending/)
                     taken = ingest.take_first(self.spool, self.host, self.pid, report=self._report_ingest,
-                                              config=self.config())
+                                              config=self.config(), may_take=self.admission.needs_nothing)
                     if taken is not None:
                         self._dirty.add("incoming")  # the rest: filed once the command runs
                         execution.execute(taken.held, taken)
@@ -270,6 +286,14 @@ class Worker:
 
     # ---------------------------------------------------------------- the view of pending/
 
+    def reopen_queues(self, reload=False):
+        """A slot may be free, or the queues' settings changed: try the parked jobs again."""
+        if reload:
+            self.admission.stale = True
+        if self._pending.parked or self.admission.closed:
+            self.admission.reopen()
+            self._pending.unpark()
+
     def pending_changed_unseen(self):
         """Files entered pending/ that no event will name: list it before the next pick."""
         self._pending.stale = True
@@ -286,6 +310,7 @@ class Worker:
         index, now = self._pending, timeutil.now()
         for entry in removed:
             index.remove(entry)
+            self.admission.forget(entry)
         for entry in added:
             if entry.startswith(".") or not os.path.lexists(os.path.join(self.layout.pending, entry)):
                 continue
@@ -343,8 +368,13 @@ class Worker:
                 pass
 
     def _attempt(self, name, job_id):
+        admission = self.admission
+        if admission.known_closed(name):
+            self._pending.park(name)  # its queue is full, paused or not ours: no read needed
+            return
         try:
-            held = self.moves.claim(name, self.host, self.pid, job_id=job_id)
+            held = self.moves.claim(name, self.host, self.pid, job_id=job_id,
+                                    admit=lambda record: admission.admit(name, record))
         except Corrupt as exc:
             self.set_aside(exc)
             return
@@ -361,6 +391,10 @@ class Worker:
                 self._lost_in_row = 0  # our view is stale (other hosts' claims): look again
                 self._relist_pending()
             return
+        if held is None:
+            self._pending.park(name)
+            return
+        admission.forget(name)
         self.claims_won += 1
         self._lost_in_row = 0
         self.execution.execute(held)
@@ -399,7 +433,7 @@ def check_filesystem(layout):
                          f"fix: {first.fix}")
 
 
-def run_worker(spool, burst=False, out=None):
+def run_worker(spool, burst=False, out=None, queues=None, gpus=None):
     """Entry point of a worker process; prints a line per event to `out` (stdout)."""
     out = out or sys.stdout
 
@@ -410,7 +444,7 @@ def run_worker(spool, burst=False, out=None):
         except (OSError, ValueError):
             pass
 
-    worker = Worker(spool, burst=burst, emit=emit)
+    worker = Worker(spool, burst=burst, emit=emit, queues=queues, gpus=gpus)
     worker.install_signal_handlers()
     try:
         return worker.run()

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.process
 
 RECORD_FIELDS = {"id", "command", "state", "attempts", "max_retries", "priority", "run_at",
                  "timeout_seconds", "cwd", "env", "created_at", "updated_at", "started_at",
-                 "finished_at", "exit_code", "last_error", "worker", "after", "captured_env", "on_finish"}
+                 "finished_at", "exit_code", "last_error", "worker", "after", "captured_env", "on_finish",
+                 "queue", "gpus"}
 CONFIG_KEYS = ["max-retries", "backoff-base", "backoff-max", "backoff-jitter", "job-timeout",
                "worker-count", "log-max-bytes", "rescan-interval", "contact-timeout", "on-finish"]
 

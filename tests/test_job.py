@@ -32,7 +32,7 @@ def test_minimal_input_gets_defaults():
     out = check({"command": "echo hi"})
     assert out == {"id": None, "command": "echo hi", "max_retries": 3, "priority": 10,
                    "run_at": None, "timeout_seconds": None, "cwd": None, "env": None, "after": None,
-                   "on_finish": None}
+                   "on_finish": None, "queue": "default", "gpus": 0}
 
 
 def test_default_max_retries_comes_from_the_given_defaults():

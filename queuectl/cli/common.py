@@ -22,6 +22,20 @@ def get_spool(ctx):
     return Spool(ctx.obj["spool"])
 
 
+def queue_option(ctx, param, value):
+    """A queue name option (or several): checked, exit 2 naming the option."""
+    from ..job import check_queue
+    if value is None:
+        return None
+    values = value if isinstance(value, tuple) else (value,)
+    for one in values:
+        try:
+            check_queue(one, param.opts[0])
+        except QueuectlError as exc:
+            raise click.BadParameter(str(exc).split(": ", 1)[-1], param=param) from None
+    return value
+
+
 def json_option(func):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(func)
 

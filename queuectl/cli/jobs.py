@@ -8,7 +8,7 @@ import click
 from .. import render
 from ..errors import InvalidInput, QueuectlError
 from .common import (Progress, check_job_id, cli, complete_job_id, echo_json, get_spool, json_option,
-                     note_buried, wait_for)
+                     note_buried, queue_option, wait_for)
 
 
 class _CommandWords(click.Command):
@@ -59,11 +59,13 @@ def _env_option(ctx, param, values):
 @click.option("--no-capture-env", is_flag=True,
               help="Run with the worker's environment (plus --env), not this shell's.")
 @click.option("--on-finish", help="A shell command run when the job is completed or dead (overrides config on-finish).")
+@click.option("--queue", "-q", callback=queue_option, help="The job's queue (default: default); see `queuectl queue`.")
+@click.option("--gpus", type=click.IntRange(0, 64), help="GPUs the job needs on its host (default 0).")
 @click.option("--wait", "wait_", is_flag=True, help="Then block until the jobs are final, as `wait` does (its exit codes).")
 @json_option
 @click.pass_context
 def enqueue(ctx, words, file_, command, job_id, priority, run_at, max_retries, timeout, after, env,
-            no_capture_env, on_finish, wait_, as_json):
+            no_capture_env, on_finish, queue, gpus, wait_, as_json):
     """Add a job: a shell command, or JSON; prints each new id. Exits 0 once they are on disk
     for good. The job runs with this shell's environment (as tsp, nq and pueue do).
 
@@ -93,7 +95,7 @@ def enqueue(ctx, words, file_, command, job_id, priority, run_at, max_retries, t
         raise InvalidInput("no job given (an empty array)")
     overrides = {"command": command, "id": job_id, "priority": priority, "run_at": run_at_option(run_at),
                  "max_retries": max_retries, "timeout_seconds": timeout, "after": list(after) or None,
-                 "on_finish": on_finish}
+                 "on_finish": on_finish, "queue": queue, "gpus": gpus}
     with Progress("enqueue") as progress:
         # the CLI records the caller's directory and environment (docs/contract.md "The job record")
         records = get_spool(ctx).enqueue_many(items, overrides=overrides, defaults={"cwd": os.getcwd()},
@@ -194,30 +196,39 @@ def retry(ctx, job_ids, as_json):
 
 
 @cli.command()
+@click.option("--queue", "-q", callback=queue_option, help="Only this queue.")
 @click.pass_context
-def pause(ctx):
+def pause(ctx, queue):
     """Stop claiming: no worker on any host starts a new job until `resume`. Running jobs
-    finish; dropped files are still filed. Persists across worker restarts.
+    finish; dropped files are still filed. Persists across worker restarts. With --queue,
+    only that queue's jobs wait.
 
     \b
-    Example:
+    Examples:
       queuectl pause && queuectl status
+      queuectl pause --queue deploy
     """
-    info = get_spool(ctx).pause()
-    click.echo(f"paused since {info.get('paused_at') or '?'}; `queuectl resume` to go on")
+    info = get_spool(ctx).pause(queue)
+    if queue:
+        click.echo(f"queue {queue} paused; `queuectl resume --queue {queue}` to go on")
+    else:
+        click.echo(f"paused since {info.get('paused_at') or '?'}; `queuectl resume` to go on")
 
 
 @cli.command()
+@click.option("--queue", "-q", callback=queue_option, help="Only this queue.")
 @click.pass_context
-def resume(ctx):
+def resume(ctx, queue):
     """Claim again after `pause` (workers notice within half a second).
 
     \b
-    Example:
+    Examples:
       queuectl resume
+      queuectl resume --queue deploy
     """
-    was = get_spool(ctx).resume()
-    click.echo("resumed" if was else "not paused; nothing to do")
+    was = get_spool(ctx).resume(queue)
+    what = f"queue {queue}" if queue else "the spool"
+    click.echo(f"{what} resumed" if was else f"{what} was not paused; nothing to do")
 
 
 @cli.group()

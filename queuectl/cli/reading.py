@@ -3,7 +3,7 @@ import click
 
 from .. import render
 from ..errors import InvalidInput
-from .common import STATE_CHOICE, check_job_id, cli, complete_job_id, echo_json, get_spool, json_option
+from .common import STATE_CHOICE, check_job_id, cli, complete_job_id, echo_json, get_spool, json_option, queue_option
 
 
 @cli.command()
@@ -18,11 +18,12 @@ def status(ctx, as_json):
 @cli.command("list")
 @click.option("--state", type=STATE_CHOICE, help="Only this state.")
 @click.option("--limit", type=click.IntRange(0), help="At most N jobs.")
+@click.option("--queue", "-q", callback=queue_option, help="Only this queue's jobs.")
 @json_option
 @click.pass_context
-def list_(ctx, state, limit, as_json):
+def list_(ctx, state, limit, queue, as_json):
     """A table of jobs (pending in claim order)."""
-    records = get_spool(ctx).list(state, limit=limit)
+    records = get_spool(ctx).list(state, limit=limit, queue=queue)
     echo_json(records) if as_json else click.echo(render.job_table(records))
 
 
@@ -36,7 +37,11 @@ def show(ctx, job_id, as_json):
     check_job_id(job_id)
     rec = spool.get(job_id)
     path = spool.log_path(job_id)
-    echo_json(dict(rec, log_path=path)) if as_json else click.echo(render.record(rec, path))
+    why = spool.why_waiting(rec)
+    if as_json:
+        echo_json(dict(rec, log_path=path, **({"waiting": why} if why else {})))
+    else:
+        click.echo(render.record(rec, path) + (f"\nwaits:  {why}" if why else ""))
 
 
 @cli.command()

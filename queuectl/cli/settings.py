@@ -1,11 +1,11 @@
-"""Settings of a spool: `config`, and recurring jobs: `schedule`."""
+"""Settings of a spool: `config`, `queue` (limits), and recurring jobs: `schedule`."""
 import os
 
 import click
 
 from .. import render
 from ..errors import InvalidInput
-from .common import cli, complete_schedule_name, echo_json, get_spool, json_option
+from .common import cli, complete_schedule_name, echo_json, get_spool, json_option, queue_option
 
 
 @cli.group()
@@ -146,3 +146,57 @@ def config_unset(ctx, key):
 
 def _config_value(value):
     return "none" if value is None else value
+
+
+@cli.group()
+def queue():
+    """Named queues: how many of a queue's jobs may run at once, on all hosts or on each.
+
+    A job's queue is its `queue` field (enqueue --queue NAME; default: default).
+
+    \b
+    Examples:
+      queuectl queue set deploy --limit 1          # one deploy at a time, on every host together
+      queuectl queue set db --limit 2 --per-host 1
+      queuectl queue list
+    """
+
+
+@queue.command("set")
+@click.argument("name")
+@click.option("--limit", metavar="N|none", help="At most N of its jobs run at once, across all hosts.")
+@click.option("--per-host", metavar="N|none", help="At most N of its jobs run at once on any one host.")
+@json_option
+@click.pass_context
+def queue_set(ctx, name, limit, per_host, as_json):
+    """Set a queue's limits (a limit left out keeps its value; none removes it). Workers
+    apply them to their next claims; running jobs finish."""
+    changes = {k: v for k, v in (("limit", limit), ("per_host", per_host)) if v is not None}
+    settings = get_spool(ctx).queue_set(name, **changes)
+    if as_json:
+        echo_json(settings)
+    else:
+        click.echo(f"queue {settings['name']}: limit {_limit(settings['limit'])}, "
+                   f"per host {_limit(settings['per_host'])}" + (", paused" if settings["paused"] else ""))
+
+
+def _limit(value):
+    return "none" if value is None else value
+
+
+@queue.command("list")
+@json_option
+@click.pass_context
+def queue_list(ctx, as_json):
+    """Every queue that has jobs or settings: limits, paused, jobs per state (reads every job)."""
+    entries = get_spool(ctx).queue_list()
+    echo_json(entries) if as_json else click.echo(render.queues(entries))
+
+
+@queue.command("remove")
+@click.argument("name", callback=queue_option)
+@click.pass_context
+def queue_remove(ctx, name):
+    """Forget a queue's settings; refused while any job is in the queue."""
+    get_spool(ctx).queue_remove(name)
+    click.echo(f"queue {name}: settings removed")

@@ -1,0 +1,144 @@
+"""Whether a worker may start a job now: its queue served here, not paused, a free slot under
+its limits (slots.py).
+
+A job that may not start stays in pending/ and is set aside in the worker's view of pending/
+("parked", pending.py) with its queue noted, so that the jobs behind it, of other queues, are
+claimed; the queue's other jobs are parked too, without a read, until something may have freed
+a slot: a settings change or a slot released on this host (an event in queues/), a rescan,
+or this worker's own job ending. Within a queue, claim order holds: its parked jobs come back
+together, in order.
+"""
+import os
+import re
+import shutil
+import subprocess
+
+from . import queues
+from .job import queue_of
+from .slots import Grant, Slots
+
+OPEN = Grant()  # what an attempt of a queue without limits holds: nothing
+
+
+class Admission:
+    def __init__(self, layout, host, served=None, gpus=()):
+        self.layout = layout
+        self.host = host
+        self.slots = Slots(layout, host)
+        self.served = frozenset(served) if served else None  # `worker start --queue`: only these
+        self.gpus = list(gpus)  # the GPU indices this worker offers (`worker start --gpus`)
+        self.gpus_short = False  # a GPU job found too few free GPUs since the last reopen()
+        self.gpus_of = {}       # pending/ name -> GPUs its job needs, once read
+        self.settings = {}      # queue name -> queues.Settings, for queues with a settings file
+        self.closed = set()     # queues found full, paused or not served since the last reopen()
+        self.queue_of = {}      # pending/ name -> its job's queue, once read
+        self.stale = True
+
+    def reload(self):
+        """Read the queues' settings again (they changed, or a rescan)."""
+        self.settings = queues.read_all(self.layout)
+        self.stale = False
+
+    def reopen(self):
+        """Something may have freed a slot: every queue may be tried again."""
+        self.closed.clear()
+        self.gpus_short = False
+
+    def forget(self, name):
+        self.queue_of.pop(name, None)
+        self.gpus_of.pop(name, None)
+
+    def known_closed(self, name):
+        """Whether `name` is a job of a queue already found closed, or needs more GPUs than are
+        free here: parked without a read."""
+        queue = self.queue_of.get(name)
+        if queue is None:
+            return False
+        needs = self.gpus_of.get(name, 0)
+        return queue in self.closed or needs and (self.gpus_short or needs > len(self.gpus))
+
+    def needs_nothing(self, record):
+        """Whether a dropped job may run at once without a claim (ingest.take_first): its
+        queue is served here and has no limit and no pause, and it needs no GPU."""
+        queue = queue_of(record)
+        if record.get("gpus"):
+            return False
+        if self.served is not None and queue not in self.served:
+            return False
+        if self.stale:
+            self.reload()
+        settings = self.settings.get(queue)
+        return settings is None or not settings.restricted
+
+    def admit(self, name, record):
+        """Called by the claim with the locked job's record: a Grant (OPEN when its queue has no
+        limit), or None when it may not start now."""
+        queue = queue_of(record)
+        needs = record.get("gpus") or 0
+        self.queue_of[name] = queue
+        self.gpus_of[name] = needs
+        if queue in self.closed or self.served is not None and queue not in self.served:
+            self.closed.add(queue)
+            return None
+        if needs and (self.gpus_short or needs > len(self.gpus)):
+            return None
+        if self.stale:
+            self.reload()
+        settings = self.settings.get(queue)
+        if (settings is None or not settings.restricted) and not needs:
+            return OPEN
+        grant = self.slots.take(settings) if settings is not None else Grant()
+        if grant is None:
+            self.closed.add(queue)
+            return None
+        if needs and not self.slots.take_gpus(grant, needs, self.gpus):
+            grant.release()
+            self.gpus_short = True  # the queue is not full: only the GPU jobs wait
+            return None
+        return grant
+
+    def released(self, record):
+        """A job's slots were let go: wake this host's other workers (an attribute change in
+        queues/; other hosts look on their rescan)."""
+        try:
+            if record.get("gpus"):  # GPU waiters may be of any queue: a file of the host's own
+                path = os.path.join(self.layout.queues, f".gpus@{self.host}")
+                if not os.path.exists(path):
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                os.utime(path)
+            if self.settings.get(queue_of(record)) is not None:
+                os.utime(queues.path_of(self.layout, queue_of(record)))
+        except OSError:
+            pass
+
+
+def detect_gpus(environ=None):
+    """The GPU indices a worker offers by default: those `nvidia-smi -L` lists, else the
+    worker's CUDA_VISIBLE_DEVICES (numbers only), else none."""
+    environ = os.environ if environ is None else environ
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
+            found = [int(m) for m in re.findall(r"^GPU (\d+):", out, re.M)]
+            if found:
+                return found
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return parse_gpus(environ.get("CUDA_VISIBLE_DEVICES", ""), strict=False)
+
+
+def parse_gpus(text, strict=True):
+    """'0,1,3' -> [0, 1, 3]. Strict (`--gpus`): anything else is a ValueError naming it."""
+    indices = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or int(part) > 1023:
+            if strict:
+                raise ValueError(f"not a GPU index: {part!r} (give indices such as 0,1,3)")
+            return []
+        if int(part) not in indices:
+            indices.append(int(part))
+    return indices
