@@ -1,12 +1,14 @@
 """What a worker costs a (shared) filesystem: metadata operations per job, and per second
 when idle, counted with `strace -f -c` on a real worker.
 
-    python3 bench/fs_cost.py SPOOL_PARENT [--jobs 300] [--idle 10]
+    python3 bench/fs_cost.py SPOOL_PARENT [--jobs 300] [--idle 10] [--limit N] [--queues K]
 
 SPOOL_PARENT is a folder on the filesystem to measure (a local disk, or a mount of the
 multi-host test bed: /tmp/queuectl-bed/mnt/host1). Prints one table: operations per job
 by kind (opens, renames, links, unlinks, fsyncs, listings, stats, locks), and the same per
 second for an idle worker (after its start-up). Needs strace (Debian `strace`).
+`--limit N`: the jobs are in a queue limited to N (each claim takes a slot); `--queues K`: the
+spool has K queues with settings (limits) while the worker idles.
 """
 import argparse
 import json
@@ -72,6 +74,8 @@ def main(argv=None):
     parser.add_argument("parent")
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--idle", type=float, default=10.0)
+    parser.add_argument("--limit", type=int, help="put the jobs in a queue with this limit")
+    parser.add_argument("--queues", type=int, default=0, help="queues with settings while idle")
     args = parser.parse_args(argv)
     if not shutil.which("strace"):
         print("strace is not installed (apt-get install strace)", file=sys.stderr)
@@ -80,8 +84,14 @@ def main(argv=None):
     os.chmod(spool, 0o700)
     out = tempfile.mkdtemp(prefix="fscost-strace-")
     try:
-        jobs = "\n".join(json.dumps({"command": "true"}) for _ in range(args.jobs))
-        queuectl(spool, "enqueue", "--file", "-", input=jobs)
+        job = {"command": "true"}
+        if args.limit is not None:
+            queuectl(spool, "queue", "set", "bench", "--limit", str(args.limit))
+            job["queue"] = "bench"
+        for i in range(args.queues):
+            queuectl(spool, "queue", "set", f"idle-{i}", "--limit", "2")
+        jobs = "\n".join(json.dumps(job) for _ in range(args.jobs))
+        queuectl(spool, "enqueue", "--no-capture-env", "--file", "-", input=jobs)
         trace = os.path.join(out, "drain")
         started = time.monotonic()
         subprocess.run(["strace", "-f", "-y", "-qq", "-e", TRACED, "-o", trace, sys.executable, "-m", "queuectl",
@@ -101,8 +111,10 @@ def main(argv=None):
     finally:
         shutil.rmtree(spool, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
-    print(f"filesystem of {args.parent}: {args.jobs} jobs drained by one worker in {elapsed:.1f}s "
-          f"(under strace, so slower than without); calls on the spool's files only")
+    queue = f"a queue limited to {args.limit}" if args.limit is not None else "the default queue (no limit)"
+    print(f"filesystem of {args.parent}: {args.jobs} jobs of {queue} drained by one worker in {elapsed:.1f}s "
+          f"(under strace, so slower than without); {args.queues} other queues with settings; "
+          "calls on the spool's files only")
     print(f"{'operation':<12}{'per job':>10}{'idle, per s':>14}")
     for kind in KINDS:
         print(f"{kind:<12}{drain[kind] / args.jobs:>10.1f}{idle[kind] / args.idle:>14.2f}")

@@ -74,7 +74,11 @@ def _parse_text(key, value):
         return None
     if not isinstance(value, str):
         raise FieldError(key, f"must be text, got {type(value).__name__}")
-    if "\x00" in value or len(value.encode("utf-8", "replace")) > MAX_TEXT_BYTES:
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise FieldError(key, "is not valid UTF-8 text") from None
+    if "\x00" in value or size > MAX_TEXT_BYTES:
         raise FieldError(key, f"must be text without NUL bytes, at most {MAX_TEXT_BYTES} bytes")
     return value if value.strip() else None
 

@@ -94,9 +94,10 @@ class Execution:
             attempt.held.close()
             registry.clear_cancel(self.spool.layout, self.worker.name, attempt.job_id)  # a request that came too late
 
-    def hook(self, record):
-        """A job reached a final state here: start its on-finish hook, if it has one."""
-        self.hooks.start(record, self.worker.config(), self.spool.log_path(record["id"]))
+    def hook(self, record, cfg=None):
+        """A job reached a final state here: start its on-finish hook, if it has one. `cfg`:
+        the config at hand (an attempt's), which spares a stat of config.json per job."""
+        self.hooks.start(record, cfg or self.worker.config(), self.spool.log_path(record["id"]))
 
     def reap_hooks(self):
         """Seconds until a running on-finish hook must be killed (inf: none runs)."""
@@ -184,7 +185,7 @@ class Execution:
             return
         rec = new.record
         if rec["state"] in ("completed", "dead"):
-            self.hook(rec)
+            self.hook(rec, cfg)
             # at once, even while our next command runs: other workers may take what it frees
             worker.housekeeping.ended(job_id)
         if rec["state"] == "completed":

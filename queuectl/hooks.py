@@ -13,7 +13,11 @@ import time
 
 from . import runner
 
-HOOK_TIMEOUT = float(os.environ.get("QUEUECTL_HOOK_TIMEOUT") or 30.0)  # tests shorten it
+try:
+    HOOK_TIMEOUT = float(os.environ.get("QUEUECTL_HOOK_TIMEOUT") or 30.0)  # tests shorten it
+except ValueError:
+    HOOK_TIMEOUT = 30.0
+MAX_RUNNING = 32  # hooks of one worker at once: past that, starting one waits for the oldest
 FINAL = ("completed", "dead")
 
 
@@ -61,10 +65,13 @@ class Hooks:
         if not os.path.isdir(cwd):
             cwd = os.path.expanduser("~")
         env = hook_env(record, self.spool_path, self.host, log_path, self.base_env)
+        self.reap()
+        while len(self.running) >= MAX_RUNNING:  # bounded: each is killed after `timeout`
+            time.sleep(min(0.05, self.reap()))
         try:
             pid = runner.spawn(["/bin/sh", "-c", command], cwd, env, self.out_fd)
-        except OSError as exc:
-            self.log(f"job {record['id']}: on-finish hook could not start: {exc.strerror}")
+        except (OSError, ValueError) as exc:  # ValueError: text that cannot be passed to exec
+            self.log(f"job {record['id']}: on-finish hook could not start: {getattr(exc, 'strerror', None) or exc}")
             return None
         self.running[pid] = (record["id"], time.monotonic() + self.timeout)
         return pid
@@ -93,10 +100,11 @@ class Hooks:
             return float("inf")
         return max(0.0, min(deadline for _, deadline in self.running.values()) - now)
 
-    def finish(self, kill=False):
-        """At the worker's exit: wait for the running hooks (each within its time), or kill them."""
+    def finish(self, kill=lambda: False):
+        """At the worker's exit: wait for the running hooks (each within its time), or kill them
+        once `kill()` says so (asked again, to stop at once, while waiting)."""
         while self.running:
-            if kill:
+            if kill():
                 for pid in self.running:
                     _kill_group(pid)
             time.sleep(min(0.05, self.reap()))

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from . import names, registry
+from . import names, registry, runner
 from .errors import QueuectlError
 from .hooks import Hooks
 
@@ -69,6 +69,7 @@ class Supervisor:
 
     def run(self):
         self.spool.layout.check_safe()
+        runner.close_inherited()  # nothing of the caller's reaches a hook run here
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(w)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -112,7 +113,7 @@ class Supervisor:
                     del self.children[pid]
                     worst = self._on_exit(proc, code) or worst
         finally:
-            self.hooks.finish(kill=self.signals > 1)
+            self.hooks.finish(kill=lambda: self.signals > 1)
             signal.set_wakeup_fd(-1)
             os.close(r)
             os.close(w)
@@ -135,6 +136,8 @@ class Supervisor:
         """A worker exited. Take its job back if it died; replace it unless we are stopping."""
         if code == 0:
             return 0  # burst done, or stopped (a signal, or `worker stop`)
+        if code == -signal.SIGTERM and (self.signals or self.stop_asked):
+            return 0  # our own stop reached it before it could take it gracefully: it ran nothing
         died = f"signal {-code}" if code < 0 else f"exit code {code}"
         for record in self.spool.moves.take_back_lost():
             self.emit(f"{time.strftime('%H:%M:%S')} supervisor: job {record['id']} taken back: "
@@ -159,9 +162,8 @@ def start_detached(spool, count, burst=False, timeout=15.0, run_for=None, serve=
     # in the spool's root, not workers/: that folder is watched, and every line would wake workers
     log_path = os.path.join(spool.path, f"supervisor-{names.hostname()}.log")
     before = {w["name"] for w in registry.live_workers(spool.layout)}
-    cmd = [sys.executable, "-m", "queuectl", "--spool", spool.path, "worker", "start",
-           "--count", str(count)] + (["--burst"] if burst else []) + (["--for", repr(run_for)] if run_for else []) \
-        + list(serve)
+    cmd = [sys.executable, "-m", "queuectl", "--spool", spool.path, "worker", "start", "--count", str(count)]
+    cmd += (["--burst"] if burst else []) + (["--for", f"{max(run_for, 0.001):.3f}"] if run_for else []) + list(serve)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, close_fds=True)

@@ -146,7 +146,7 @@ class Worker:
         finally:
             try:
                 self.execution.record_previous()
-                self.execution.hooks.finish(kill=self.stopping == StopMode.NOW)
+                self.execution.hooks.finish(kill=lambda: self.stopping == StopMode.NOW)
             finally:
                 if self.moves.pool is not None:
                     self.moves.pool.close()
@@ -206,6 +206,7 @@ class Worker:
             if self.stopping:
                 execution.record_previous()
                 return
+            execution.reap_hooks()  # a stream of short jobs never idles: collect finished hooks here
             if time.monotonic() >= keeping.next_rescan:
                 keeping.maintain()
                 self.reopen_queues(reload=True)  # another host's slot may be free by now
@@ -257,8 +258,8 @@ class Worker:
                 looked_again = True  # events are hints: read the folder itself before leaving
                 self._relist_pending()
                 continue
-            if self.burst and not ingest.candidates(self.spool):
-                return
+            if self.burst and not ingest.candidates(self.spool) and not self._pending.deferred:
+                return  # (a deferred job is being moved into pending/ right now: wait for it)
             wake_at = min(next_failed, next_pending, keeping.clock.next_at)
             timeout = min(keeping.next_rescan - time.monotonic(), wake_at - timeutil.now(), execution.reap_hooks())
             if timeout > 0:

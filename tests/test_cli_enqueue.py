@@ -43,7 +43,9 @@ def enqueued(spool_dir, *args, env=None):
     (["make", "-C", "src", "test"], "make -C src test"),                   # several: joined
     (["--", "grep", "-r", "a b", ".", "--count"], "grep -r 'a b' . --count"),  # -- ends ours
     (["du", "-h"], "du -h"),                                               # -h is the command's
-    (["ls", "--", "-l"], "ls -l"),
+    (["ls", "--", "-l"], "ls -- -l"),                                      # the command's own --
+    (["git", "checkout", "--", "main.c"], "git checkout -- main.c"),
+    (["make", "-C", "src", "--", "--max-retries", "3"], "make -C src -- --max-retries 3"),
     (["--", "[ -f x ] && make"], "[ -f x ] && make"),                      # after --: never JSON
     (["-c", "{ echo a; }"], "{ echo a; }"),
     (["  {\"command\": \"from json\"}"], "from json"),                    # { after blanks: JSON
@@ -52,11 +54,28 @@ def test_bare_words_become_the_command(spool_dir, args, command):
     assert enqueued(spool_dir, *args)["command"] == command
 
 
-def test_options_after_the_command_are_queuectls(spool_dir):
+def test_options_after_a_command_of_one_argument_are_queuectls(spool_dir):
     rec = enqueued(spool_dir, "sleep 5", "--max-retries", "3", "--priority", "2", "--id", "s5")
     assert (rec["command"], rec["max_retries"], rec["priority"], rec["id"]) == ("sleep 5", 3, 2, "s5")
-    rec = enqueued(spool_dir, "make", "-C", "src", "--run-at", "+1h", "test")
+    rec = enqueued(spool_dir, "--run-at", "+1h", "make", "-C", "src", "test")
     assert rec["command"] == "make -C src test" and rec["run_at"] is not None
+
+
+@pytest.mark.parametrize("args", [
+    ["gh", "pr", "list", "--json", "title"],      # would be queuectl's --json: the command changed
+    ["curl", "--timeout", "5", "http://x"],
+    ["helm", "upgrade", "x", "chart", "--wait"],
+    ["make", "-C", "src", "--run-at", "+1h", "test"],
+    ["sleep", "5", "--max-retries", "3"],
+])
+def test_one_of_queuectls_options_among_the_words_of_a_command_is_refused(spool_dir, args):
+    """It may be the command's own option: exit 2, saying to put the command after --."""
+    Spool(spool_dir)
+    before = tree_snapshot(spool_dir)
+    r = run(spool_dir, "enqueue", *args)
+    assert r.code == 2 and "comes after the words of the command" in r.stderr and "--" in r.stderr
+    assert tree_snapshot(spool_dir) == before
+    assert enqueued(spool_dir, "--", *args)["command"] == " ".join(args), "after --, it is the command's"
 
 
 @pytest.mark.parametrize("args, says", [

@@ -190,3 +190,41 @@ def test_the_hook_of_a_job_buried_when_its_worker_died_runs(cli, spool_dir, tmp_
                what="the replacement worker")  # a SIGTERM before it has its handlers would kill it
     supervisor.send_signal(signal.SIGINT)
     assert supervisor.wait(timeout=30) == 0, supervisor.tail.text()
+
+
+@pytest.mark.process
+def test_hooks_are_reaped_and_capped_while_the_worker_is_busy(tmp_path, monkeypatch):
+    """A stream of short jobs never idles the worker: starting a hook reaps the ended ones, and
+    at most MAX_RUNNING run at once (no zombies pile up, no fork fails)."""
+    monkeypatch.setattr(hooks, "MAX_RUNNING", 3)
+    logged = []
+    pool = hooks.Hooks(str(tmp_path), "h", logged.append)
+    peak = 0
+    for i in range(8):
+        pool.start({"id": f"j{i}", "state": "completed", "command": "true", "attempts": 1, "on_finish": "sleep 0.2"}, {},
+                   str(tmp_path / "log"))
+        peak = max(peak, len(pool.running))
+    assert peak == 3
+    pool.finish()
+    assert pool.running == {} and logged == []
+
+
+@pytest.mark.process
+def test_a_hook_that_cannot_be_passed_to_exec_is_logged_not_raised(tmp_path):
+    logged = []
+    pool = hooks.Hooks(str(tmp_path), "h", logged.append)
+    assert pool.start({"id": "j", "state": "dead", "command": "true", "attempts": 1, "on_finish": "echo \ud800"}, {},
+                      str(tmp_path / "log")) is None
+    assert logged and "on-finish hook could not start" in logged[0]
+
+
+def test_an_on_finish_that_is_not_utf8_text_is_refused(spool):
+    r = invoke(spool.path, "config", "set", "on-finish", "echo \udcff")
+    assert r.exception.exit_code == 2 and "not valid UTF-8" in str(r.exception)
+    assert spool.config()["on-finish"] is None
+
+
+@pytest.mark.process
+def test_a_very_short_for_still_stops_cleanly(cli, spool_dir):
+    r = cli("worker", "start", "-n", "2", "--for", "0.001", timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr

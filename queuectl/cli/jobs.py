@@ -12,15 +12,55 @@ from .common import (Progress, check_job_id, cli, complete_job_id, echo_json, ge
 
 
 class _CommandWords(click.Command):
-    """enqueue's parsing (docs/usage.md "enqueue"): queuectl's options may come before or after
-    the command's words; an option queuectl does not know belongs to the command once its
-    first word is given; `--` ends queuectl's options. Only --help shows help: `-h` is the
-    command's (`du -h`)."""
+    """enqueue's parsing (docs/usage.md "enqueue"): queuectl's options may come before the
+    command, or after a command given as one argument ("sleep 5" --max-retries 3); an option
+    queuectl does not know belongs to the command once its first word is given; `--` ends
+    queuectl's options. One of queuectl's options after a command of several words is refused:
+    it could be the command's own (`gh pr list --json title`), and guessing would run something
+    else. Only --help shows help: `-h` is the command's (`du -h`)."""
 
     def parse_args(self, ctx, args):
+        first = self._first_word_of_several(args)
+        if first is not None:  # every word from there is the command's, a `--` among them too
+            args = args[:first] + ["--"] + args[first:]
         # the words after `--`: click drops the `--` itself, and they are the command's whatever they look like
         ctx.meta["words_after_dashes"] = len(args) - args.index("--") - 1 if "--" in args else 0
         return super().parse_args(ctx, args)
+
+    def _first_word_of_several(self, args):
+        """The index of the command's first word when the command has several words (None
+        otherwise); a UsageError when one of queuectl's options comes after it."""
+        takes_value = {}
+        for param in self.params:
+            if isinstance(param, click.Option):
+                for opt in param.opts + param.secondary_opts:
+                    takes_value[opt] = not param.is_flag and not param.count
+        first, more_words, inside = None, 0, []
+        i = 0
+        while i < len(args) and (args[i] != "--" or first is not None):
+            arg = args[i]
+            name = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2]
+            if arg.startswith("-") and arg != "-" and name in takes_value:
+                if first is not None:
+                    inside.append(name)
+                attached = "=" in arg if arg.startswith("--") else len(arg) > 2
+                i += 2 if takes_value[name] and not attached else 1
+                continue
+            if first is None and not arg.startswith("-"):
+                first = i
+            elif first is not None:
+                more_words += 1
+                if arg == "--":
+                    break  # the command's own `--`: what follows is its for sure
+            i += 1
+        if inside and more_words:
+            raise click.UsageError(
+                f"{inside[0]} comes after the words of the command, where it may be the command's own: "
+                f"put queuectl's options before the command, and the command after -- "
+                f"(queuectl enqueue {inside[0]} ... -- {args[first]} ...)")
+        if first is not None and args[first].lstrip().startswith(("{", "[")):
+            return None  # a JSON job: one argument, checked as such
+        return first if more_words else None
 
 
 def _env_option(ctx, param, values):
@@ -84,7 +124,7 @@ def enqueue(ctx, words, file_, command, job_id, priority, run_at, max_retries, t
       queuectl enqueue --wait make test     # like tsp -w / nq -w: exit 0 if it completed
       queuectl enqueue --after build1 --after test1 make deploy   # once both completed
     """
-    from ..job import capture_env, run_at_option
+    from ..job import run_at_option
     items, bare = _enqueue_items(ctx, words, file_)
     if bare is not None:
         if command is not None:
@@ -100,7 +140,7 @@ def enqueue(ctx, words, file_, command, job_id, priority, run_at, max_retries, t
         # the CLI records the caller's directory and environment (docs/contract.md "The job record")
         records = get_spool(ctx).enqueue_many(items, overrides=overrides, defaults={"cwd": os.getcwd()},
                                               progress=progress, extra_env=env,
-                                              captured_env=None if no_capture_env else capture_env(os.environ))
+                                              captured_env=None if no_capture_env else _captured())
     if as_json:
         echo_json(records)
     else:
@@ -109,6 +149,17 @@ def enqueue(ctx, words, file_, command, job_id, priority, run_at, max_retries, t
     if wait_:
         sys.stdout.flush()
         ctx.exit(wait_for(get_spool(ctx), [rec["id"] for rec in records], None))
+
+
+def _captured():
+    """This shell's environment for the job; says on stderr which variables it cannot carry."""
+    from ..job import capture_env
+    captured = capture_env(os.environ)
+    left = sorted(set(os.environ) - set(captured))
+    if left:
+        click.echo(f"note: not captured (not UTF-8 text): {', '.join(left[:10])}{' ...' if len(left) > 10 else ''}; "
+                   "the job runs without them", err=True)
+    return captured
 
 
 def _enqueue_items(ctx, words, file_):
