@@ -12,12 +12,14 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 from . import queues
 from .job import queue_of
 from .slots import Grant, Slots
 
 OPEN = Grant()  # what an attempt of a queue without limits holds: nothing
+FULL_READ_EVERY = 10.0  # seconds: the settings are read again at least this often when a claim asks
 
 
 class Admission:
@@ -33,10 +35,22 @@ class Admission:
         self.closed = set()     # queues found full, paused or not served since the last reopen()
         self.queue_of = {}      # pending/ name -> its job's queue, once read
         self.stale = True
+        self._seen = None       # the stat of queues/ when the settings were read
+        self._read_at = -FULL_READ_EVERY
 
     def reload(self):
-        """Read the queues' settings again (they changed, or a rescan)."""
-        self.settings = queues.read_all(self.layout)
+        """Read the queues' settings again if queues/ changed since they were read: settings are
+        renamed in or removed, which changes the folder; a slot's release only touches a file."""
+        try:
+            st = os.stat(self.layout.queues)
+            seen = (st.st_ino, st.st_mtime_ns, st.st_nlink)
+        except OSError:
+            seen = None
+        now = time.monotonic()
+        # a filesystem whose folder times are coarse could hide a change: read them all now and then
+        if seen is None or seen != self._seen or now >= self._read_at + FULL_READ_EVERY:
+            self.settings = queues.read_all(self.layout)
+            self._seen, self._read_at = seen, now
         self.stale = False
 
     def reopen(self):

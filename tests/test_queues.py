@@ -295,8 +295,9 @@ def test_a_paused_queue_waits_and_a_lowered_limit_applies_to_the_next_claims(cli
     assert cli("queue", "set", "q", "--limit", "3").returncode == 0
     assert cli("pause", "--queue", "q").returncode == 0
     ids = [f"j{i}" for i in range(6)]
-    for job_id in ids:
-        assert cli("enqueue", "--id", job_id, "-q", "q", timed_job(out, 1.0)).returncode == 0
+    for job_id in ids:  # the first three run long enough for the limit to be lowered under them
+        sleep = 4.0 if job_id in ("j0", "j1", "j2") else 0.3
+        assert cli("enqueue", "--id", job_id, "-q", "q", timed_job(out, sleep)).returncode == 0
     assert cli("enqueue", "--id", "other", f"touch {out}/other").returncode == 0
     worker = cli.start_tailed("worker", "start", "-n", "3")
     wait_until(lambda: os.path.exists(f"{out}/other"), timeout=15, what="another queue's job")
@@ -304,8 +305,9 @@ def test_a_paused_queue_waits_and_a_lowered_limit_applies_to_the_next_claims(cli
     assert cli("resume", "--queue", "q").returncode == 0
     wait_until(lambda: sum(os.path.exists(f"{out}/{j}.start") for j in ids) == 3, timeout=15,
                what="three jobs of q at once")
-    lowered = time.time()
     assert cli("queue", "set", "q", "--limit", "1").returncode == 0
+    lowered = time.time()
+    assert sum(os.path.exists(f"{out}/{j}.end") for j in ids) == 0, "lowered while the first three run"
     wait_until(lambda: all(os.path.exists(f"{out}/{j}.end") for j in ids), timeout=60, what="all of q")
     spans = intervals(out, ids)
     later = {j for j, (s, _) in spans.items() if s > lowered}
