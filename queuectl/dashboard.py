@@ -142,6 +142,8 @@ class Pages:
         if info.get("per_minute"):
             body.append("<h2>Finished per minute, last hour</h2>" + chart_svg(info["per_minute"]))
         body.append("<h2>Workers</h2>" + self._workers(now))
+        if info.get("queues") and set(info["queues"]) != {"default"}:
+            body.append("<h2>Queues</h2>" + _queues_table(info["queues"]))
         blocked = spool.names("blocked")
         if blocked:
             body.append(f'<h2>Blocked: waiting for other jobs · <a href="/state/blocked">all {len(blocked)}</a></h2>'
@@ -192,8 +194,9 @@ class Pages:
             return '<p class="muted">No worker running (start them: <span class="mono">queuectl worker start</span>).</p>'
         rows = [[esc(w["host"]), esc(w["pid"]), _job_link(w["job"]) if w["job"] else '<span class="muted">idle</span>',
                  esc(w["since"]) + (f' <span class="muted">({esc(_ago(w["since"], now))})</span>' if w["since"] else ""),
-                 esc(w.get("started_at"))] for w in info["workers"]]
-        return _table(["host", "pid", "job", "since", "worker started"], rows)
+                 esc(w.get("started_at")), esc(",".join(w.get("queues") or ()) or "all"),
+                 esc(",".join(map(str, w.get("gpus") or ())) or "-")] for w in info["workers"]]
+        return _table(["host", "pid", "job", "since", "worker started", "queues", "GPUs"], rows)
 
     def _jobs(self, state, listed, now):
         """A table of the jobs behind these file names: one record read per row."""
@@ -289,6 +292,13 @@ def chart_svg(per_minute, width=720, height=150):
                  f'<rect class="bad" x="{width - 140}" y="4" width="10" height="10"/>'
                  f'<text x="{width - 126}" y="13">failed attempts</text></svg>')
     return "".join(parts)
+
+
+def _queues_table(per_queue):
+    rows = [[f'<span class="mono">{esc(q)}</span>', esc(render.short(e["limit"])), esc(render.short(e["per_host"])),
+             str(e["pending"]), str(e["processing"]), str(e["blocked"]), str(e["failed"])]
+            for q, e in sorted(per_queue.items())]
+    return _table(["queue", "limit", "per host", "pending", "running", "blocked", "failed"], rows, num_from=3)
 
 
 def status(spool):

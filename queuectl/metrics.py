@@ -18,7 +18,8 @@ import math
 import os
 import time
 
-from . import fsutil, journal, names, registry, timeutil
+from . import fsutil, journal, names, queues, registry, timeutil
+from .job import queue_of
 from .inventory import count_jobs
 
 DEFAULT_SAMPLE = 1000
@@ -27,6 +28,8 @@ AGE_BUCKETS = (("<1m", 60), ("1-5m", 300), ("5-15m", 900), ("15m-1h", 3600), ("1
                ("4-24h", 86400), (">1d", math.inf))
 WINDOWS = (("last_minute", 60), ("last_hour", 3600))
 FINAL = ("completed", "dead")
+QUEUE_STATES = ("blocked", "pending", "processing", "failed")  # counted per queue (their records are read)
+QUEUE_SCAN_LIMIT = 20_000  # records metrics reads at most for the per-queue counts
 MINUTES = 60  # the per_minute block: the last 60 minutes, the current one so far last
 
 
@@ -176,8 +179,32 @@ def collect(spool, now=None, sample=DEFAULT_SAMPLE):
         "oldest_waiting": oldest,
         "waiting_age": {"buckets": [label for label, _ in AGE_BUCKETS], "rows": rows,
                         "sum_seconds": {k: round(v, 3) for k, v in sums.items()}},
+        "queues": queue_counts(spool, {"pending": pending, "processing": processing}),
         "collect_seconds": round(time.monotonic() - started, 4),
     }
+
+
+def queue_counts(spool, listed, limit=QUEUE_SCAN_LIMIT):
+    """{queue: {state: jobs, "limit": n, "per_host": n}} for the jobs that wait or run (blocked,
+    pending, processing, failed): their records say their queue, so each is read; None when more
+    than `limit` would be (a backlog: the per-state totals above still count them)."""
+    lay = spool.layout
+    folders = {st: listed.get(st) or _job_names(lay.state_dir(st)) for st in QUEUE_STATES}
+    if sum(len(n) for n in folders.values()) > limit:
+        return None
+    out = {}
+    for name, settings in queues.read_all(lay).items():
+        out[name] = dict(dict.fromkeys(QUEUE_STATES, 0), limit=settings.limit, per_host=settings.per_host)
+    for st, found in folders.items():
+        for name in found:
+            try:
+                record = fsutil.read_json(os.path.join(lay.state_dir(st), name))
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict):
+                entry = out.setdefault(queue_of(record), dict(dict.fromkeys(QUEUE_STATES, 0), limit=None, per_host=None))
+                entry[st] += 1
+    return out
 
 
 # ---------------------------------------------------------------- Prometheus text format
@@ -210,6 +237,12 @@ def prometheus(info):
     c = info["counts"]
     metric("queuectl_jobs", "gauge", "Jobs per state folder.",
            [("", [("state", st)], c[st]) for st in ("blocked", "pending", "processing", "failed", "completed", "dead")])
+    if info.get("queues") is not None:
+        per_queue = sorted(info["queues"].items())
+        metric("queuectl_queue_jobs", "gauge", "Jobs per queue and state, for the states that wait or run.",
+               [("", [("queue", q), ("state", st)], entry[st]) for q, entry in per_queue for st in QUEUE_STATES])
+        metric("queuectl_queue_limit", "gauge", "A queue's limit across all hosts (queue set --limit).",
+               [("", [("queue", q)], entry["limit"]) for q, entry in per_queue if entry["limit"] is not None])
     metric("queuectl_scheduled_jobs", "gauge", "Pending jobs not due yet.", [("", [], c["scheduled"])])
     metric("queuectl_incoming_files", "gauge", "Dropped files in incoming/ not yet taken.", [("", [], c["incoming"])])
     metric("queuectl_workers", "gauge", "Live workers.", [("", [], info["workers"])])

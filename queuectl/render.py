@@ -183,6 +183,12 @@ def metrics(info):
     rows = [[st] + row + [sum(row)] for st, row in wa["rows"].items()]
     totals = [sum(col) for col in zip(*(r[1:] for r in rows))]
     lines.append(table(rows + [["TOTAL"] + totals], ["WAITING"] + wa["buckets"] + ["TOTAL"]))
+    per_queue = info.get("queues")
+    if per_queue and set(per_queue) != {"default"}:
+        lines.append("")
+        lines.append(table([[q, short(e["limit"]), e["pending"], e["processing"], e["blocked"], e["failed"]]
+                            for q, e in sorted(per_queue.items())],
+                           ("QUEUE", "LIMIT", "PENDING", "RUNNING", "BLOCKED", "FAILED")))
     return "\n".join(lines)
 
 

@@ -333,3 +333,27 @@ def test_queue_names_are_checked_in_dropped_files_and_schedules(spool):
         spool.enqueue("true", queue="No")
     entry = spool.schedule_add("nightly", "0 2 * * *", command="true", queue="night", gpus=1)
     assert entry["template"]["queue"] == "night" and entry["template"]["gpus"] == 1
+
+
+def test_metrics_count_the_waiting_jobs_of_each_queue_and_label_them(spool):
+    from queuectl import metrics
+    queues.update(spool.layout, "deploy", limit=1)
+    spool.enqueue("true", queue="deploy")
+    spool.enqueue("true", queue="deploy")
+    spool.enqueue("true")
+    info = metrics.collect(spool)
+    assert info["queues"]["deploy"]["pending"] == 2 and info["queues"]["deploy"]["limit"] == 1
+    assert info["queues"]["default"]["pending"] == 1
+    text = metrics.prometheus(info)
+    assert f'queuectl_queue_jobs{{spool="{spool.path}",queue="deploy",state="pending"}} 2' in text
+    assert f'queuectl_queue_limit{{spool="{spool.path}",queue="deploy"}} 1' in text
+    assert metrics.queue_counts(spool, {}, limit=2) is None, "a backlog past the limit is not read"
+
+
+def test_completion_offers_the_queues_with_settings(spool):
+    from click.shell_completion import ShellComplete
+    queues.update(spool.layout, "deploy", limit=1)
+    queues.update(spool.layout, "db", limit=2)
+    complete = ShellComplete(cli_group, {}, "queuectl", "_QUEUECTL_COMPLETE")
+    offered = [c.value for c in complete.get_completions(["--spool", spool.path, "enqueue", "-q"], "d")]
+    assert offered == ["db", "deploy"]

@@ -22,6 +22,17 @@ def get_spool(ctx):
     return Spool(ctx.obj["spool"])
 
 
+def complete_queue_name(ctx, param, incomplete):
+    """shell_complete of queue names: those with settings (file names in queues/, nothing read)."""
+    from click.shell_completion import CompletionItem
+    from .. import fsutil
+    layout = completion_layout(ctx)
+    if layout is None:
+        return []
+    return [CompletionItem(n[:-5]) for n in sorted(fsutil.listdir(layout.queues))
+            if n.endswith(".json") and not n.startswith(".") and n.startswith(incomplete)]
+
+
 def queue_option(ctx, param, value):
     """A queue name option (or several): checked, exit 2 naming the option."""
     from ..job import check_queue

@@ -8,7 +8,7 @@ import click
 from .. import render
 from ..errors import InvalidInput, QueuectlError
 from .common import (Progress, check_job_id, cli, complete_job_id, echo_json, get_spool, json_option,
-                     note_buried, queue_option, wait_for)
+                     complete_queue_name, note_buried, queue_option, wait_for)
 
 
 class _CommandWords(click.Command):
@@ -99,7 +99,8 @@ def _env_option(ctx, param, values):
 @click.option("--no-capture-env", is_flag=True,
               help="Run with the worker's environment (plus --env), not this shell's.")
 @click.option("--on-finish", help="A shell command run when the job is completed or dead (overrides config on-finish).")
-@click.option("--queue", "-q", callback=queue_option, help="The job's queue (default: default); see `queuectl queue`.")
+@click.option("--queue", "-q", callback=queue_option, shell_complete=complete_queue_name,
+              help="The job's queue (default: default); see `queuectl queue`.")
 @click.option("--gpus", type=click.IntRange(0, 64), help="GPUs the job needs on its host (default 0).")
 @click.option("--wait", "wait_", is_flag=True, help="Then block until the jobs are final, as `wait` does (its exit codes).")
 @json_option
@@ -247,7 +248,7 @@ def retry(ctx, job_ids, as_json):
 
 
 @cli.command()
-@click.option("--queue", "-q", callback=queue_option, help="Only this queue.")
+@click.option("--queue", "-q", callback=queue_option, shell_complete=complete_queue_name, help="Only this queue.")
 @click.pass_context
 def pause(ctx, queue):
     """Stop claiming: no worker on any host starts a new job until `resume`. Running jobs
@@ -267,7 +268,7 @@ def pause(ctx, queue):
 
 
 @cli.command()
-@click.option("--queue", "-q", callback=queue_option, help="Only this queue.")
+@click.option("--queue", "-q", callback=queue_option, shell_complete=complete_queue_name, help="Only this queue.")
 @click.pass_context
 def resume(ctx, queue):
     """Claim again after `pause` (workers notice within half a second).

@@ -3,7 +3,8 @@ import click
 
 from .. import render
 from ..errors import InvalidInput
-from .common import STATE_CHOICE, check_job_id, cli, complete_job_id, echo_json, get_spool, json_option, queue_option
+from .common import (STATE_CHOICE, check_job_id, cli, complete_job_id, complete_queue_name, echo_json, get_spool,
+                     json_option, queue_option)
 
 
 @cli.command()
@@ -18,7 +19,7 @@ def status(ctx, as_json):
 @cli.command("list")
 @click.option("--state", type=STATE_CHOICE, help="Only this state.")
 @click.option("--limit", type=click.IntRange(0), help="At most N jobs.")
-@click.option("--queue", "-q", callback=queue_option, help="Only this queue's jobs.")
+@click.option("--queue", "-q", callback=queue_option, shell_complete=complete_queue_name, help="Only this queue's jobs.")
 @json_option
 @click.pass_context
 def list_(ctx, state, limit, queue, as_json):

@@ -5,7 +5,7 @@ import click
 
 from .. import render
 from ..errors import InvalidInput
-from .common import cli, complete_schedule_name, echo_json, get_spool, json_option, queue_option
+from .common import cli, complete_queue_name, complete_schedule_name, echo_json, get_spool, json_option, queue_option
 
 
 @cli.group()
@@ -163,7 +163,7 @@ def queue():
 
 
 @queue.command("set")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_queue_name)
 @click.option("--limit", metavar="N|none", help="At most N of its jobs run at once, across all hosts.")
 @click.option("--per-host", metavar="N|none", help="At most N of its jobs run at once on any one host.")
 @json_option
@@ -194,7 +194,7 @@ def queue_list(ctx, as_json):
 
 
 @queue.command("remove")
-@click.argument("name", callback=queue_option)
+@click.argument("name", callback=queue_option, shell_complete=complete_queue_name)
 @click.pass_context
 def queue_remove(ctx, name):
     """Forget a queue's settings; refused while any job is in the queue."""

@@ -4,7 +4,7 @@ import sys
 import click
 
 from .. import render
-from .common import ColourOut, cli, colour_wanted, duration_option, get_spool, queue_option
+from .common import ColourOut, cli, colour_wanted, complete_queue_name, duration_option, get_spool, queue_option
 
 
 def _gpus_option(ctx, param, value):
@@ -26,6 +26,7 @@ def serve_options(func):
                         help="The GPU indices this host offers to jobs (default: nvidia-smi -L, "
                              "else CUDA_VISIBLE_DEVICES, else none; 'none' for none).")(func)
     return click.option("--queue", "-q", "queues", multiple=True, callback=queue_option,
+                        shell_complete=complete_queue_name,
                         help="Serve only this queue (repeatable; default: all).")(func)
 
 
