@@ -1,15 +1,16 @@
-"""A multi-host test bed on one machine: a GlusterFS or MooseFS volume served in a network
-namespace, and several "hosts", each a FUSE client of that volume in a network namespace of
-its own. A host's processes run under their own host name (a UTS namespace).
+"""A multi-host test bed on one machine: a GlusterFS, MooseFS or CephFS volume served in a
+network namespace, and several "hosts", each a FUSE client of that volume in a network
+namespace of its own. A host's processes run under their own host name (a UTS namespace).
 
-    python3 testbed/bed.py up --fs glusterfs --hosts 3     # prints where each host's mount is
+    python3 testbed/bed.py up --fs glusterfs --hosts 3     # or moosefs, cephfs; prints the mounts
     python3 testbed/bed.py down                            # stops all it started, by PID
     python3 testbed/bed.py status
 
 Layout (addresses exist only inside the namespaces made here; nothing is routed):
 
     namespace qb-sw    a bridge
-    namespace qb-srv   10.77.0.1   the file servers (glusterd and bricks, or mfsmaster and a chunkserver)
+    namespace qb-srv   10.77.0.1   the file servers (glusterd and bricks, mfsmaster and a chunkserver,
+                                   or a one-node Ceph cluster: ceph-mon, ceph-osd in memory, ceph-mds)
     namespace qb-hN    10.77.0.1N  host N's FUSE client; its mount is visible machine-wide at
                                    BED/mnt/hostN (nsenter --net keeps the mount namespace shared)
 
@@ -25,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 PREFIX = os.environ.get("QUEUECTL_BED_PREFIX", "qb")
 BED_DIR = os.environ.get("QUEUECTL_BED_DIR", "/tmp/queuectl-bed")
@@ -34,6 +36,8 @@ PACKAGES = {
     "glusterfs": (["glusterd", "glusterfs", "gluster"], ["glusterfs-server", "glusterfs-client"]),
     "moosefs": (["mfsmaster", "mfschunkserver", "mfsmount"],
                 ["moosefs-master", "moosefs-chunkserver", "moosefs-client"]),
+    "cephfs": (["ceph-mon", "ceph-osd", "ceph-mds", "ceph-fuse", "ceph", "monmaptool"],
+               ["ceph-mon", "ceph-osd", "ceph-mds", "ceph-fuse", "ceph-common"]),
 }
 FILESYSTEMS = tuple(PACKAGES)
 
@@ -183,6 +187,94 @@ def _moosefs_mount(state, host):
     host["fuse_pid"] = _pid_of_cmd("mfsmount", host["mount"])
 
 
+def _ceph_conf(state):
+    return os.path.join(state["dir"], "ceph", "ceph.conf")
+
+
+def _ceph(state, *args, timeout=60):
+    """The `ceph` CLI, from the server's namespace (the monitor is reachable only there)."""
+    return _run(*in_net("srv", "ceph", "-c", _ceph_conf(state), "--connect-timeout", "20", *args),
+                timeout=timeout).stdout
+
+
+def _ceph_up(state, bed):
+    top = os.path.join(bed, "ceph")
+    for sub in ("run", "log", "mon-a", "osd-0", "mds-a"):
+        os.makedirs(os.path.join(top, sub), exist_ok=True)
+    conf = state["ceph_conf"] = _ceph_conf(state)  # for `ceph -c CONF ...` by hand
+    fsid = str(uuid.uuid4())
+    # auth none, pools of one copy, an OSD in memory (no disk): a cluster for tests only.
+    # Every path is in the bed's folder, so /etc/ceph and /var/lib/ceph stay untouched.
+    _write(conf, f"""[global]
+fsid = {fsid}
+mon_host = [v2:{SERVER_IP}:3300,v1:{SERVER_IP}:6789]
+public_network = {SUBNET}.0/24
+auth_cluster_required = none
+auth_service_required = none
+auth_client_required = none
+osd_objectstore = memstore
+osd_pool_default_size = 1
+osd_pool_default_min_size = 1
+osd_pool_default_pg_autoscale_mode = off
+mon_allow_pool_size_one = true
+run_dir = {top}/run
+admin_socket = {top}/run/$name.asok
+pid_file = {top}/run/$name.pid
+log_file = {top}/log/$name.log
+[mon]
+mon_data = {top}/mon-a
+[osd]
+osd_data = {top}/osd-0
+[mds]
+mds_data = {top}/mds-a
+# a host cut off past session_autoclose is evicted; by default also blocklisted, and its
+# ceph-fuse then stays dead until remounted: here it reconnects after the heal instead
+mds_session_blocklist_on_timeout = false
+[client]
+client_reconnect_stale = true
+# one ceph-fuse per host, all named client.admin: sockets and pid files by pid, or the
+# second one refuses to start
+admin_socket = {top}/run/$name.$pid.asok
+pid_file = {top}/run/$name.$pid.pid
+log_file = {top}/log/$name.$pid.log
+""")
+    monmap = os.path.join(top, "monmap")
+    _run("monmaptool", "--create", "--fsid", fsid, "--addv", "a", f"[v2:{SERVER_IP}:3300,v1:{SERVER_IP}:6789]",
+         monmap)
+    # --mkfs in the namespace too: public_network must match one of its addresses
+    _run(*in_net("srv", "ceph-mon", "-c", conf, "--mkfs", "-i", "a", "--monmap", monmap))
+    _run(*in_net("srv", "ceph-mon", "-c", conf, "-i", "a"))
+    state["pids"].append(_daemon_pid(os.path.join(top, "run", "mon.a.pid")))
+    _save(state, bed)
+    osd_uuid = str(uuid.uuid4())
+    osd_id = _ceph(state, "osd", "new", osd_uuid).strip()
+    _run(*in_net("srv", "ceph-osd", "-c", conf, "-i", osd_id, "--mkfs", "--osd-uuid", osd_uuid))
+    _run(*in_net("srv", "ceph-osd", "-c", conf, "-i", osd_id))
+    state["pids"].append(_daemon_pid(os.path.join(top, "run", f"osd.{osd_id}.pid")))
+    _save(state, bed)
+    volume = state["volume"]
+    for pool in ("meta", "data"):
+        _ceph(state, "osd", "pool", "create", f"{volume}_{pool}", "8")
+        _ceph(state, "osd", "pool", "set", f"{volume}_{pool}", "size", "1", "--yes-i-really-mean-it")
+    _ceph(state, "fs", "new", volume, f"{volume}_meta", f"{volume}_data")
+    for option, value in state.get("options", {}).items():  # session_timeout, session_autoclose, ...
+        _ceph(state, "fs", "set", volume, option, value)
+    _run(*in_net("srv", "ceph-mds", "-c", conf, "-i", "a"))
+    state["pids"].append(_daemon_pid(os.path.join(top, "run", "mds.a.pid")))
+    _save(state, bed)
+    deadline = time.monotonic() + 60
+    while "up:active" not in _ceph(state, "mds", "stat"):  # `fs status` would need a mgr
+        if time.monotonic() > deadline:
+            raise BedError(f"ceph-mds not active after 60s: {_ceph(state, 'mds', 'stat').strip()}")
+        time.sleep(0.5)
+
+
+def _ceph_mount(state, host):
+    _run(*in_net(host["netns_short"], "ceph-fuse", "-c", _ceph_conf(state), "-m", f"{SERVER_IP}:6789",
+                 host["mount"]))
+    host["fuse_pid"] = _pid_of_cmd("ceph-fuse", host["mount"])
+
+
 def _pid_of_cmd(program, needle, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -243,7 +335,7 @@ def up(fs="glusterfs", hosts=3, bed=BED_DIR, options=None):
     _save(state, bed)
     try:
         _network_up(hosts)
-        (_gluster_up if fs == "glusterfs" else _moosefs_up)(state, bed)
+        {"glusterfs": _gluster_up, "moosefs": _moosefs_up, "cephfs": _ceph_up}[fs](state, bed)
         for i in range(1, hosts + 1):
             host = {"index": i, "name": f"host{i}", "netns_short": f"h{i}", "ip": f"{SUBNET}.{10 + i}",
                     "mount": os.path.join(bed, "mnt", f"host{i}")}
@@ -262,7 +354,7 @@ def up(fs="glusterfs", hosts=3, bed=BED_DIR, options=None):
 
 def mount(state, host):
     """Mount the volume for one host (again, after its client was killed) and record it."""
-    (_gluster_mount if state["fs"] == "glusterfs" else _moosefs_mount)(state, host)
+    {"glusterfs": _gluster_mount, "moosefs": _moosefs_mount, "cephfs": _ceph_mount}[state["fs"]](state, host)
     _save(state, state["dir"])
 
 
@@ -364,7 +456,8 @@ def main(argv=None):
     p_up.add_argument("--fs", choices=FILESYSTEMS, default="glusterfs")
     p_up.add_argument("--hosts", type=int, default=3)
     p_up.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                      help="a volume option (glusterfs) or master setting (moosefs)")
+                      help="a volume option (glusterfs), master setting (moosefs) or `ceph fs set` "
+                           "setting (cephfs)")
     sub.add_parser("down", help="stop everything the bed started")
     sub.add_parser("status", help="print the bed's state")
     args = parser.parse_args(argv)
