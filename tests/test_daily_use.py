@@ -10,7 +10,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from helpers import QUEUECTL, ROOT, cli_env, wait_job, wait_until
+from helpers import QUEUECTL, ROOT, cli_env, pid_gone, wait_job, wait_until
 from queuectl import hooks
 from queuectl.cli import cli as cli_group
 
@@ -109,15 +109,7 @@ def test_worker_start_detach_for_stops_in_the_background(cli, spool_dir):
     cli.kill_at_teardown(pid)
     assert len(cli.live_workers()) == 2
     wait_until(lambda: cli.json("status")["workers"] == [], timeout=15, what="the workers to stop")
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), timeout=15, what="the supervisor's exit")
-
-
-def _zombie(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    wait_until(lambda: pid_gone(pid), timeout=15, what="the supervisor's exit")
 
 
 # ---------------------------------------------------------------- on-finish

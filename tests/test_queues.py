@@ -9,7 +9,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from helpers import tree_snapshot, wait_until
+from helpers import pid_gone, tree_snapshot, wait_until
 from queuectl import queues, slots
 from queuectl.admission import Admission, parse_gpus
 from queuectl.cli import cli as cli_group
@@ -275,18 +275,10 @@ def test_a_worker_killed_while_holding_a_slot_gives_it_back_and_its_job_dies(cli
     doomed.kill()
     doomed.wait(timeout=10)
     wait_until(lambda: os.path.exists(f"{out}/next"), timeout=15, what="the next job, on the freed slot")
-    wait_until(lambda: not os.path.exists(f"/proc/{job_pid}") or _zombie(job_pid), timeout=10,
+    wait_until(lambda: pid_gone(job_pid), timeout=10,
                what="the killed worker's job to die with it")
     survivor.send_signal(signal.SIGINT)
     assert survivor.wait(timeout=30) == 0
-
-
-def _zombie(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 @pytest.mark.process

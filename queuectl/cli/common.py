@@ -24,12 +24,17 @@ def get_spool(ctx):
 
 def complete_queue_name(ctx, param, incomplete):
     """shell_complete of queue names: those with settings (file names in queues/, nothing read)."""
+    return _complete_json_names(ctx, "queues", incomplete)
+
+
+def _complete_json_names(ctx, folder, incomplete):
+    """The NAME of each NAME.json in a folder of the spool the command line names."""
     from click.shell_completion import CompletionItem
     from .. import fsutil
     layout = completion_layout(ctx)
     if layout is None:
         return []
-    return [CompletionItem(n[:-5]) for n in sorted(fsutil.listdir(layout.queues))
+    return [CompletionItem(n[:-5]) for n in sorted(fsutil.listdir(getattr(layout, folder)))
             if n.endswith(".json") and not n.startswith(".") and n.startswith(incomplete)]
 
 
@@ -169,13 +174,7 @@ def duration_option(ctx, param, value):
 
 def complete_schedule_name(ctx, param, incomplete):
     """shell_complete of schedule names: the file names in schedules/ (nothing read or created)."""
-    from click.shell_completion import CompletionItem
-    from .. import fsutil
-    layout = completion_layout(ctx)
-    if layout is None:
-        return []
-    return [CompletionItem(n[:-5]) for n in sorted(fsutil.listdir(layout.schedules))
-            if n.endswith(".json") and not n.startswith(".") and n.startswith(incomplete)]
+    return _complete_json_names(ctx, "schedules", incomplete)
 
 
 def colour_wanted():
