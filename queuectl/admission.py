@@ -66,23 +66,27 @@ class Admission:
         """Whether `name` is a job of a queue already found closed, or needs more GPUs than are
         free here: parked without a read."""
         queue = self.queue_of.get(name)
-        if queue is None:
-            return False
-        needs = self.gpus_of.get(name, 0)
-        return queue in self.closed or needs and (self.gpus_short or needs > len(self.gpus))
+        return queue is not None and self._closed_to(queue, self.gpus_of.get(name, 0))
+
+    def _closed_to(self, queue, needs):
+        """Whether a job of `queue` that needs `needs` GPUs cannot start here now, as far as
+        is known without a try: its queue found full or paused, or too few GPUs."""
+        return queue in self.closed or bool(needs) and (self.gpus_short or needs > len(self.gpus))
+
+    def _settings(self, queue):
+        """The queue's settings when it is restricted (a limit, a pause), else None."""
+        if self.stale:
+            self.reload()
+        settings = self.settings.get(queue)
+        return settings if settings is not None and settings.restricted else None
 
     def needs_nothing(self, record):
         """Whether a dropped job may run at once without a claim (ingest.take_first): its
         queue is served here and has no limit and no pause, and it needs no GPU."""
         queue = queue_of(record)
-        if record.get("gpus"):
+        if record.get("gpus") or self.served is not None and queue not in self.served:
             return False
-        if self.served is not None and queue not in self.served:
-            return False
-        if self.stale:
-            self.reload()
-        settings = self.settings.get(queue)
-        return settings is None or not settings.restricted
+        return self._settings(queue) is None
 
     def admit(self, name, record):
         """Called by the claim with the locked job's record: a Grant (OPEN when its queue has no
@@ -91,15 +95,12 @@ class Admission:
         needs = record.get("gpus") or 0
         self.queue_of[name] = queue
         self.gpus_of[name] = needs
-        if queue in self.closed or self.served is not None and queue not in self.served:
+        if self.served is not None and queue not in self.served:
             self.closed.add(queue)
+        if self._closed_to(queue, needs):
             return None
-        if needs and (self.gpus_short or needs > len(self.gpus)):
-            return None
-        if self.stale:
-            self.reload()
-        settings = self.settings.get(queue)
-        if (settings is None or not settings.restricted) and not needs:
+        settings = self._settings(queue)
+        if settings is None and not needs:
             return OPEN
         grant = self.slots.take(settings) if settings is not None else Grant()
         if grant is None:

@@ -9,7 +9,7 @@ import os
 from . import fsutil
 from .faults import crashpoint
 from .errors import FieldError, InvalidInput
-from .job import shown
+from .job import check_text, shown
 
 # key -> (default, kind, minimum, help)
 KEYS = {
@@ -72,15 +72,8 @@ def _parse_text(key, value):
     """A text key (a shell command): an empty one means none."""
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise FieldError(key, f"must be text, got {type(value).__name__}")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise FieldError(key, "is not valid UTF-8 text") from None
-    if "\x00" in value or size > MAX_TEXT_BYTES:
-        raise FieldError(key, f"must be text without NUL bytes, at most {MAX_TEXT_BYTES} bytes")
-    return value if value.strip() else None
+    text = check_text(key, value, MAX_TEXT_BYTES)
+    return text if text.strip() else None
 
 
 def defaults():

@@ -106,7 +106,7 @@ def _number(field, value, low, high):
     return value
 
 
-def _text(field, value, max_bytes=4096):
+def check_text(field, value, max_bytes=4096):
     if not isinstance(value, str):
         raise FieldError(field, f"must be a string, got {type_name(value)}")
     if "\x00" in value:
@@ -138,7 +138,7 @@ def validate_input(data, defaults=None, now=None):
     out["id"] = check_id(job_id) if job_id is not None else None
     if "command" not in data or data["command"] is None:
         raise FieldError("command", "is required")
-    command = _text("command", data["command"], MAX_COMMAND_BYTES)
+    command = check_text("command", data["command"], MAX_COMMAND_BYTES)
     if not command.strip():
         raise FieldError("command", "must not be empty")
     out["command"] = command
@@ -154,7 +154,7 @@ def validate_input(data, defaults=None, now=None):
     out["timeout_seconds"] = _number("timeout_seconds", ts, 0, 10**9) if ts is not None else None
     cwd = data.get("cwd")
     if cwd is not None:
-        _text("cwd", cwd)
+        check_text("cwd", cwd)
         if not os.path.isabs(cwd):
             raise FieldError("cwd", f"must be an absolute path, got {cwd[:80]!r}")
     out["cwd"] = cwd
@@ -166,12 +166,12 @@ def validate_input(data, defaults=None, now=None):
             raise FieldError("env", "too many variables (at most 1000)")
         for k, v in env.items():
             check_env_name(k)
-            _text("env", k, 4096)  # a name must be UTF-8 too
-            _text(f"env.{k[:40]}", v, 64 * 1024)
+            check_text("env", k, 4096)  # a name must be UTF-8 too
+            check_text(f"env.{k[:40]}", v, 64 * 1024)
     out["env"] = env
     out["after"] = check_after(data.get("after"))
     hook = data.get("on_finish")
-    out["on_finish"] = _text("on_finish", hook, MAX_COMMAND_BYTES) if hook is not None else None
+    out["on_finish"] = check_text("on_finish", hook, MAX_COMMAND_BYTES) if hook is not None else None
     queue = data.get("queue")
     out["queue"] = check_queue(queue) if queue is not None else DEFAULT_QUEUE
     gpus = data.get("gpus")
@@ -262,7 +262,7 @@ def check_record(data):
     if not isinstance(data, dict):
         raise FieldError("job", "record is not a JSON object")
     check_id(data.get("id"))
-    _text("command", data.get("command"), MAX_COMMAND_BYTES)
+    check_text("command", data.get("command"), MAX_COMMAND_BYTES)
     for field in ("attempts", "max_retries", "priority"):
         _int(field, data.get(field), 0, 10**9)
     for field in ("created_at", "run_at"):
@@ -278,14 +278,14 @@ def check_record(data):
     if data.get("timeout_seconds") is not None:
         _number("timeout_seconds", data["timeout_seconds"], 0, 10**9)
     if data.get("cwd") is not None:
-        _text("cwd", data["cwd"])
+        check_text("cwd", data["cwd"])
     for field in ("env", "captured_env"):
         env = data.get(field)
         if env is not None and (not isinstance(env, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
             raise FieldError(field, "must be an object of string to string")
     if data.get("on_finish") is not None:
-        _text("on_finish", data["on_finish"], MAX_COMMAND_BYTES)
+        check_text("on_finish", data["on_finish"], MAX_COMMAND_BYTES)
     if data.get("queue") is not None:
         check_queue(data["queue"])
     if data.get("gpus") is not None:
