@@ -118,6 +118,16 @@ class Cluster:
         return {h.get("fuse_pid") for h in self.hosts}
 
 
+def workers_up(hosts, spool, count, timeout, what):
+    """Wait until `count` workers are registered; on a timeout, say what the started processes
+    printed (a worker that refused to start says why there)."""
+    try:
+        wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == count, timeout, what=what)
+    except AssertionError as exc:
+        said = "\n".join(f"--- process {i}:\n{hosts.output(p)[-1500:]}" for i, p in enumerate(hosts.procs))
+        raise AssertionError(f"{exc}\n{said}") from None
+
+
 @pytest.fixture
 def hosts(cluster):
     yield cluster
@@ -209,14 +219,14 @@ def long_job(hosts, spool, job_id, seconds=300):
 def test_a_worker_killed_on_one_host_has_its_job_taken_back_by_another(hosts):
     spool = hosts.new_spool()
     hosts.start(1, spool, "worker", "run")  # no supervisor on that host
-    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 1, 30, what="host2's worker")
+    workers_up(hosts, spool, 1, 30, "host2's worker")
     job = long_job(hosts, spool, "k1")
     assert hosts.cli(0, spool, "enqueue", json.dumps(job)).returncode == 0
     host, pid = running_on(hosts, spool, "k1")
     assert host == "host2"
     first = wait_until(lambda: job_pids(hosts, spool, "k1"), 15, what="the job's pid")
     hosts.start(0, spool, "worker", "run")
-    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 2, 30, what="host1's worker")
+    workers_up(hosts, spool, 2, 30, "host1's worker")
     os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
     first_pid = list(first.values())[0]
@@ -234,11 +244,11 @@ def test_a_worker_killed_on_one_host_has_its_job_taken_back_by_another(hosts):
 def test_a_host_whose_filesystem_client_dies_has_its_job_taken_back(hosts):
     spool = hosts.new_spool()
     hosts.start(2, spool, "worker", "run")
-    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 1, 30, what="host3's worker")
+    workers_up(hosts, spool, 1, 30, "host3's worker")
     assert hosts.cli(0, spool, "enqueue", json.dumps(long_job(hosts, spool, "c1"))).returncode == 0
     assert running_on(hosts, spool, "c1")[0] == "host3"
     hosts.start(0, spool, "worker", "run")
-    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 2, 30, what="host1's worker")
+    workers_up(hosts, spool, 2, 30, "host1's worker")
     fuse = hosts.hosts[2]["fuse_pid"]
     os.kill(fuse, signal.SIGKILL)  # host 3 crashes, as far as the volume can tell
     crashed_at = time.monotonic()
@@ -267,12 +277,12 @@ def test_a_cut_off_host_kills_its_copy_and_rejoins_after_the_heal(hosts):
     spool = hosts.new_spool()
     assert hosts.cli(0, spool, "config", "set", "contact-timeout", "5").returncode == 0
     cut_off = hosts.start(1, spool, "worker", "run")
-    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 1, 30, what="host2's worker")
+    workers_up(hosts, spool, 1, 30, "host2's worker")
     assert hosts.cli(0, spool, "enqueue", json.dumps(long_job(hosts, spool, "p1", 600))).returncode == 0
     assert running_on(hosts, spool, "p1")[0] == "host2"
     first_pid = list(wait_until(lambda: job_pids(hosts, spool, "p1"), 15, what="the job's pid").values())[0]
     hosts.start(0, spool, "worker", "run")
-    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 2, 30, what="host1's worker")
+    workers_up(hosts, spool, 2, 30, "host1's worker")
     testbed.cut(2)
     cut_at = time.monotonic()
     try:
@@ -307,7 +317,7 @@ def test_a_cut_off_host_kills_its_copy_and_rejoins_after_the_heal(hosts):
 def test_a_host_that_takes_another_hosts_name_is_refused(hosts):
     spool = hosts.new_spool()
     hosts.start(0, spool, "worker", "run")
-    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 1, 30, what="host1's worker")
+    workers_up(hosts, spool, 1, 30, "host1's worker")
     impostor = hosts.cli(1, spool, "worker", "run", "--burst", name="host1", timeout=60)
     assert impostor.returncode == 1
     assert impostor.stderr.count("\n") == 1, impostor.stderr
@@ -326,7 +336,7 @@ def test_stop_cancel_and_status_reach_every_host(hosts):
     spool = hosts.new_spool()
     for h in range(3):
         hosts.start(h, spool, "worker", "start", "--count", "2")
-    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 6, 60, what="6 workers")
+    workers_up(hosts, spool, 6, 60, "6 workers")
     status = hosts.json(1, spool, "status")
     assert sorted({w["host"] for w in status["workers"]}) == ["host1", "host2", "host3"]
     for i in range(6):
@@ -348,7 +358,7 @@ def test_pause_wait_and_retry_reach_every_host(hosts):
     another runs; `retry` from a third host runs a finished job again."""
     spool = hosts.new_spool()
     workers = [hosts.start(h, spool, "worker", "run") for h in (1, 2)]
-    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 2, 30, what="2 workers")
+    workers_up(hosts, spool, 2, 30, "2 workers")
     assert hosts.cli(0, spool, "pause").returncode == 0
     assert hosts.json(2, spool, "status")["paused"] is True
     for proc in workers:  # each notices the pause (its look after a rescan at the latest)
@@ -444,7 +454,7 @@ def most_at_once(intervals):
 def run_queue(hosts, spool, ids, seconds):
     for h in range(3):
         hosts.start(h, spool, "worker", "start", "--count", "2")
-    wait_until(lambda: len(hosts.json(0, spool, "status")["workers"]) == 6, 60, what="6 workers")
+    workers_up(hosts, spool, 6, 60, "6 workers")
     batch = "\n".join(json.dumps({"id": j, "queue": "lim", "command": timed_job(hosts, spool, seconds)}) for j in ids)
     assert hosts.cli(0, spool, "enqueue", "--file", "-", input=batch).returncode == 0
     ran = hosts.path(0, f"{spool}-ran")
