@@ -23,10 +23,11 @@ FULL_READ_EVERY = 10.0  # seconds: the settings are read again at least this oft
 
 
 class Admission:
-    def __init__(self, layout, host, served=None, gpus=()):
+    def __init__(self, layout, host, served=None, gpus=(), turns=None):
         self.layout = layout
         self.host = host
         self.slots = Slots(layout, host)
+        self.turns = turns      # turns.Turns on a shared spool: places go to the longest waiter
         self.served = frozenset(served) if served else None  # `worker start --queue`: only these
         self.gpus = list(gpus)  # the GPU indices this worker offers (`worker start --gpus`)
         self.gpus_short = False  # a GPU job found too few free GPUs since the last reopen()
@@ -102,15 +103,44 @@ class Admission:
         settings = self._settings(queue)
         if settings is None and not needs:
             return OPEN
-        grant = self.slots.take(settings) if settings is not None else Grant()
-        if grant is None:
+        turns = self.turns if settings is not None and settings.limit is not None else None
+        if turns is not None and not settings.paused and not turns.first(queue):
+            turns.wait(queue)  # a worker waited longer for a place of this queue: leave it one
             self.closed.add(queue)
             return None
+        grant = self.slots.take(settings) if settings is not None else Grant()
+        if grant is None:
+            if turns is not None:
+                if self.slots.refused == "limit":
+                    turns.wait(queue)
+                else:
+                    turns.leave(queue)  # held back by this host alone: no place to wait for
+            self.closed.add(queue)
+            return None
+        if turns is not None:
+            turns.leave(queue)
         if needs and not self.slots.take_gpus(grant, needs, self.gpus):
             grant.release()
             self.gpus_short = True  # the queue is not full: only the GPU jobs wait
             return None
         return grant
+
+    def probe_due(self):
+        """Whether this worker waits in a line and should try its queues again now."""
+        return self.turns is not None and self.turns.probe_due()
+
+    def probe_in(self):
+        return self.turns.probe_in() if self.turns is not None else float("inf")
+
+    def leave_lines(self):
+        """This worker starts a command, pauses or stops: it can take no place meanwhile."""
+        if self.turns is not None:
+            self.turns.clear()
+
+    def waiting_queues(self, parked):
+        """Keep a place in line only for the queues that still have parked names."""
+        if self.turns is not None and self.turns.notes:
+            self.turns.keep_only({self.queue_of.get(name) for name in parked})
 
     def released(self, record):
         """A job's slots were let go: wake this host's other workers (an attribute change in

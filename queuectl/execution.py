@@ -53,6 +53,7 @@ class Execution:
     def execute(self, held, taken=None):
         """Run a held attempt; `taken` when it is a dropped job stored straight as claimed
         (ingest.take_first): its copy goes once the command runs."""
+        self.worker.admission.leave_lines()  # no place can be taken while this command runs
         attempt = self.running = Attempt(held, self.worker.config())
         attempt.taken = taken
         timeout = attempt.record.get("timeout_seconds")

@@ -40,21 +40,26 @@ class Slots:
     def __init__(self, layout, host):
         self.folder = layout.slots
         self.host = host
+        self.refused = None  # why the last take() returned None: "paused", "limit" or "per-host"
 
     def take(self, settings):
         """A Grant for one job of the queue `settings` describes, or None when its limit (or
         its limit on this host) is reached or it is paused."""
+        self.refused = None
         if settings.paused:
+            self.refused = "paused"
             return None
         grant = Grant()
         try:
-            for limit, made, prefix in ((settings.limit, settings.slots, settings.name),
-                                        (settings.per_host, settings.host_slots, f"{settings.name}@{self.host}")):
+            for kind, limit, made, prefix in (
+                    ("limit", settings.limit, settings.slots, settings.name),
+                    ("per-host", settings.per_host, settings.host_slots, f"{settings.name}@{self.host}")):
                 if limit is None:
                     continue
                 fd = self._take_one(prefix, limit, made)
                 if fd is None:
                     grant.release()
+                    self.refused = kind
                     return None
                 grant.fds.append(fd)
         except BaseException:

@@ -23,6 +23,7 @@ from .moves import Corrupt
 from .pending import PendingIndex
 from .registry import StopMode
 from .runner import Interrupt
+from .turns import Turns
 from .waker import Waker
 
 # errors of a shared spool that is unreachable for a while: the worker waits and carries on
@@ -126,6 +127,7 @@ class Worker:
         self.shared = fsinfo.is_network(self.layout.root)
         if self.shared:  # other hosts' claims are unseen here: workers share the names out (pending.py)
             self._pending.spread = SHARED_CLAIM_SPREAD
+            self.admission.turns = Turns(self.layout, self.host, self.pid)  # and places of limits
         if not self.shared:  # spare inodes only on a local disk (pool.py)
             self.moves.pool = pool.Pool(self.layout.tmp, self.name)  # registered first: fsck keeps its spares
         else:  # another host cannot kill our job if we die or lose contact: we must (contact.py)
@@ -145,6 +147,7 @@ class Worker:
             self._loop()
         finally:
             try:
+                self.admission.leave_lines()
                 self.execution.record_previous()
                 self.execution.hooks.finish(kill=lambda: self.stopping == StopMode.NOW)
             finally:
@@ -215,6 +218,8 @@ class Worker:
             dirty, self._dirty = self._dirty, set()
             if "queues" in dirty:
                 self.reopen_queues(reload=True)
+            elif self.admission.probe_due():
+                self.reopen_queues()  # waiting in a queue's line: another host may have let a place go
             if "failed" in dirty or timeutil.now() >= keeping.next_failed:
                 keeping.next_failed = keeping.promote_due()
             next_failed = keeping.next_failed
@@ -243,6 +248,7 @@ class Worker:
                         continue
                 self._ingest_rest()
             if paused:
+                self.admission.leave_lines()
                 execution.record_previous()
                 if self.burst:
                     return  # nothing it may run now
@@ -253,6 +259,7 @@ class Worker:
                 self._attempt(name, job_id)
                 looked_again = False
                 continue
+            self.admission.waiting_queues(self._pending.parked)
             execution.record_previous()
             if self.burst and not looked_again:
                 looked_again = True  # events are hints: read the folder itself before leaving
@@ -261,7 +268,8 @@ class Worker:
             if self.burst and not ingest.candidates(self.spool) and not self._pending.deferred:
                 return  # (a deferred job is being moved into pending/ right now: wait for it)
             wake_at = min(next_failed, next_pending, keeping.clock.next_at)
-            timeout = min(keeping.next_rescan - time.monotonic(), wake_at - timeutil.now(), execution.reap_hooks())
+            timeout = min(keeping.next_rescan - time.monotonic(), wake_at - timeutil.now(), execution.reap_hooks(),
+                          self.admission.probe_in())
             if timeout > 0:
                 self.waker.wait(timeout)
 
