@@ -1,14 +1,16 @@
 """What a worker costs a (shared) filesystem: metadata operations per job, and per second
 when idle, counted with `strace -f -c` on a real worker.
 
-    python3 bench/fs_cost.py SPOOL_PARENT [--jobs 300] [--idle 10] [--limit N] [--queues K]
+    python3 bench/fs_cost.py SPOOL_PARENT [--jobs 300] [--idle 10] [--limit N] [--queues K] [--waiting]
 
 SPOOL_PARENT is a folder on the filesystem to measure (a local disk, or a mount of the
 multi-host test bed: /tmp/queuectl-bed/mnt/host1). Prints one table: operations per job
 by kind (opens, renames, links, unlinks, fsyncs, listings, stats, locks), and the same per
 second for an idle worker (after its start-up). Needs strace (Debian `strace`).
 `--limit N`: the jobs are in a queue limited to N (each claim takes a slot); `--queues K`: the
-spool has K queues with settings (limits) while the worker idles.
+spool has K queues with settings (limits) while the worker idles; `--waiting`: while it idles,
+one job waits for a place in a queue limited to 0 (on a shared spool the worker then waits in
+the queue's line and tries again every 0.3 s: turns.py).
 """
 import argparse
 import json
@@ -76,6 +78,7 @@ def main(argv=None):
     parser.add_argument("--idle", type=float, default=10.0)
     parser.add_argument("--limit", type=int, help="put the jobs in a queue with this limit")
     parser.add_argument("--queues", type=int, default=0, help="queues with settings while idle")
+    parser.add_argument("--waiting", action="store_true", help="a job waits for a place while the worker idles")
     args = parser.parse_args(argv)
     if not shutil.which("strace"):
         print("strace is not installed (apt-get install strace)", file=sys.stderr)
@@ -98,6 +101,9 @@ def main(argv=None):
                         "--spool", spool, "worker", "run", "--burst"], env=env(), cwd=ROOT, capture_output=True, check=True)
         elapsed = time.monotonic() - started
         drain = by_kind(strace_counts(trace, spool))
+        if args.waiting:
+            queuectl(spool, "queue", "set", "full", "--limit", "0")
+            queuectl(spool, "enqueue", "--no-capture-env", "-q", "full", "true")
         idle_trace = os.path.join(out, "idle")
         proc = subprocess.Popen(["strace", "-f", "-y", "-ttt", "-qq", "-e", TRACED, "-o", idle_trace, sys.executable,
                                  "-m", "queuectl", "--spool", spool, "worker", "run"], env=env(), cwd=ROOT,
@@ -114,6 +120,7 @@ def main(argv=None):
     queue = f"a queue limited to {args.limit}" if args.limit is not None else "the default queue (no limit)"
     print(f"filesystem of {args.parent}: {args.jobs} jobs of {queue} drained by one worker in {elapsed:.1f}s "
           f"(under strace, so slower than without); {args.queues} other queues with settings; "
+          + ("while idle, a job waits for a place; " if args.waiting else "") +
           "calls on the spool's files only")
     print(f"{'operation':<12}{'per job':>10}{'idle, per s':>14}")
     for kind in KINDS:

@@ -126,7 +126,7 @@ class Admission:
         return grant
 
     def probe_due(self):
-        """Whether this worker waits in a line and should try its queues again now."""
+        """Whether this worker waits first in a queue's line and should try again now."""
         return self.turns is not None and self.turns.probe_due()
 
     def probe_in(self):

@@ -9,7 +9,8 @@ A worker that may not start a job because the queue's limit across hosts is reac
 note, SPOOL/slots/waiting/QUEUE.STAMP.PID@HOST (STAMP: nanoseconds, so names sort by age), and
 holds its flock while it waits. Before it takes a place, a worker looks at the queue's notes:
 when an older one is held by a live worker, the place is left to that worker. A waiting worker
-tries again every PROBE seconds and touches its note as it does. A note whose flock is free
+tries again every PROBE to PROBE_MAX seconds (only while its note is the oldest) and touches
+its note each time. A note whose flock is free
 belongs to a worker that died or went on to other work, and is removed by whoever finds it; a
 note untouched for SILENT seconds (its host cut off, its lock not yet dropped by the
 filesystem) is passed over. Notes hold no data; they only order the waiters, so the limit never
@@ -21,8 +22,11 @@ import time
 from . import fsutil, locks
 from .errors import Busy
 
-PROBE = 0.3  # seconds between a waiting worker's looks for a free place (other hosts send no event)
-SILENT = 3.0  # seconds: a note untouched this long does not hold a place (its worker looks no more)
+# seconds between a waiting worker's looks for a free place (other hosts send no event): a
+# tenth of the time it has waited, within these bounds, so a long wait costs the filesystem
+# little and a handover is at most a tenth of the wait late
+PROBE, PROBE_MAX = 0.3, 1.0
+SILENT = 4.0  # seconds: a note untouched this long does not hold a place (its worker looks no more)
 
 
 class Turns:
@@ -32,6 +36,7 @@ class Turns:
         self.pid = pid
         self.notes = {}       # queue -> (note name, fd holding its flock), while we wait
         self.next_probe = 0.0
+        self.since = 0.0      # when this worker began to wait (its first note)
 
     def first(self, queue):
         """Whether no live worker began to wait for `queue` before this one."""
@@ -60,7 +65,8 @@ class Turns:
         if queue in self.notes:
             return
         if not self.notes:
-            self.next_probe = time.monotonic() + PROBE
+            self.since = time.monotonic()
+            self.next_probe = self.since + PROBE
         name = f"{queue}.{time.time_ns():020d}.{self.pid}@{self.host}"
         # written under a dot name and renamed once locked, so that no one removes it as stale
         staging = os.path.join(self.folder, "." + name)
@@ -98,17 +104,18 @@ class Turns:
             self.leave(queue)
 
     def probe_due(self):
-        """Whether a waiting worker should try its queues again now."""
+        """Whether a waiting worker should try its queues again now: its time to look has
+        come, and it is first in one of its lines (the others look at the line only)."""
         now = time.monotonic()
         if not self.notes or now < self.next_probe:
             return False
-        self.next_probe = now + PROBE
+        self.next_probe = now + min(PROBE_MAX, max(PROBE, (now - self.since) / 10))
         for _name, fd in self.notes.values():
             try:
                 os.utime(fd)  # still looking: keeps our place (SILENT)
             except OSError:
                 pass
-        return True
+        return any(self.first(queue) for queue in list(self.notes))
 
     def probe_in(self):
         """Seconds until the next try (inf when waiting for nothing)."""

@@ -53,6 +53,18 @@ def test_a_silent_note_is_passed_over_but_kept_and_a_probe_touches_ours(spool):
     assert 0 < a.probe_in() <= turns.PROBE and b.probe_in() == float("inf")
 
 
+def test_only_the_first_in_line_tries_and_a_long_wait_is_looked_at_less_often(spool):
+    a, b = Turns(spool.layout, "h1", 1), Turns(spool.layout, "h2", 2)
+    a.wait("q")
+    b.wait("q")
+    a.next_probe = b.next_probe = 0.0
+    assert a.probe_due() and not b.probe_due()  # b only touched its note: a is before it
+    b.since -= 60  # b has waited a minute: it looks once a PROBE_MAX
+    b.next_probe = 0.0
+    b.probe_due()
+    assert turns.PROBE < b.probe_in() <= turns.PROBE_MAX
+
+
 def test_a_place_let_go_goes_to_the_host_that_waited_not_back_to_its_holder(spool):
     queues.update(spool.layout, "q", limit=1)
     one = Admission(spool.layout, "h1", turns=Turns(spool.layout, "h1", 1))
