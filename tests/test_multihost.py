@@ -36,9 +36,9 @@ FILESYSTEMS = os.environ.get("QUEUECTL_BED_FS", ",".join(testbed.FILESYSTEMS)).s
 # (session_autoclose, 300 s by default, counted once session_timeout, 60 s, has passed)
 OPTIONS = {"moosefs": {"SESSION_SUSTAIN_TIME": "30"},
            "cephfs": {"session_timeout": "30", "session_autoclose": "30"}}
-# Files dropped into incoming/ by the 2,000-job test (the rest is enqueued). On CephFS the
-# three `worker start` ingest incoming/ at once, before their workers start, and contend for
-# the same names at about 0.6 s a file (1,000 files: ~10 min); 100 still prove the path
+# Files dropped into incoming/ by the 2,000-job test (the rest is enqueued). On CephFS a file
+# dropped through one host's client and taken in through another's waits for the MDS's tick
+# (5 s) per file (docs/operations.md "Measured"); 100 still prove the path
 DROPPED = {"cephfs": 100}
 
 
