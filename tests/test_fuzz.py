@@ -563,7 +563,7 @@ def _prop_cli_config_set(spool_dir, key, value):
     number = stored[name]
     if kind is str:  # a shell command: stored as given, a blank one as none
         assert number == (value if value.strip() else None)
-        assert out.strip() == f"{name} = {'none' if number is None else number}"
+        assert out.rstrip("\n") == f"{name} = {'none' if number is None else number}"
         return
     assert isinstance(number, (int, float)) and not isinstance(number, bool)
     assert math.isfinite(number) and low <= number <= configmod.MAXIMUM.get(name, 10**12)
