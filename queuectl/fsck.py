@@ -236,8 +236,11 @@ def _orphan_logs(spool, seen):
     for name in sorted(fsutil.listdir(spool.layout.logs)):
         if name.endswith(".log") and name[:-4] not in seen:
             path = os.path.join(spool.layout.logs, name)
-            if os.path.lexists(os.path.join(spool.layout.ids, name[:-4])):
+            marker = os.path.join(spool.layout.ids, name[:-4])
+            if spool.moves.marker_owner_alive(marker) or spool.moves.job_locked(name[:-4]):
                 continue  # its job is being enqueued or moved right now
+            # (a marker alone, left by a crash in the middle of a purge, is removed in the same
+            # run: one `fsck --repair` leaves nothing for the next)
             out.append(Problem("orphan-log", path, "a log without a job", lambda path=path, name=name:
                                _aside(spool, path, name, "a log whose job no longer exists")))
     return out
@@ -335,6 +338,7 @@ def _finish_move(spool, tmp_path):
     the folder it names and that file's record lags, put it in place; else it is obsolete."""
     try:
         new = fsutil.read_json(tmp_path)
+        check_record(new)  # a power cut may leave a spare inode half rewritten: parseable, not whole
         found = spool.find(new["id"])
     except (OSError, ValueError, KeyError, TypeError, QueuectlError):
         return _remove(tmp_path) + " (unreadable)"
