@@ -131,3 +131,22 @@ def test_the_explorer_finds_no_violation_under_ext4_and_finds_the_planted_one(tm
                              capture_output=True, text=True, timeout=900, cwd=tmp_path)
     lost = [v for v in json.loads(planted.stdout)["models"]["ext4-ordered"]["violations"] if "lost" in v["what"]]
     assert planted.returncode == 1 and lost, planted.stdout[-2000:]
+
+
+def test_ext4_ordered_keeps_the_data_a_rename_over_an_existing_file_carried():
+    """A move's new record replaces the old one by rename: ext4 (auto_da_alloc) writes the new
+    file's data before that rename commits, so it is never lost alone."""
+    ops = record(R,
+                 (1, "openat", ["AT_FDCWD", R + "/pending/j", "O_WRONLY|O_CREAT|O_EXCL", "0600"], 3, R + "/pending/j"),
+                 (1, "write", [(3, R + "/pending/j"), b"old", 3], 3),
+                 (1, "fsync", [(3, R + "/pending/j")], 0),
+                 (1, "openat", ["AT_FDCWD", R + "/tmp/n", "O_WRONLY|O_CREAT|O_EXCL", "0600"], 4, R + "/tmp/n"),
+                 (1, "write", [(4, R + "/tmp/n"), b"new", 3], 3),
+                 (1, "rename", [R + "/tmp/n", R + "/pending/j"], 0),
+                 (1, "openat", ["AT_FDCWD", R + "/tmp/m", "O_WRONLY|O_CREAT|O_EXCL", "0600"], 5, R + "/tmp/m"),
+                 (1, "write", [(5, R + "/tmp/m"), b"more", 4], 4),
+                 (1, "rename", [R + "/tmp/m", R + "/pending/k"], 0)).ops
+    assert [op.replaces for op in ops if op.kind == "rename"] == [True, False]
+    variants = {v: t for j, _k, v, t in crashfs.states(ops, INITIAL, "ext4-ordered") if j == len(ops)}
+    assert variants["unsynced-data-lost"]["pending/j"] == b"new"   # carried by the rename over it
+    assert variants["unsynced-data-lost"]["pending/k"] == b""      # a new name carries nothing
