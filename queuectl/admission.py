@@ -144,7 +144,8 @@ class Admission:
 
     def released(self, record):
         """A job's slots were let go: wake this host's other workers (an attribute change in
-        queues/; other hosts look on their rescan)."""
+        queues/; other hosts look on their rescan, or sooner when they wait in the queue's
+        line: turns.py)."""
         try:
             if record.get("gpus"):  # GPU waiters may be of any queue: a file of the host's own
                 path = os.path.join(self.layout.queues, f".gpus@{self.host}")
