@@ -216,11 +216,18 @@ def _id_markers(spool, seen):
                            lambda path=path: _create_marker(path)))
     for job_id in sorted(markers - set(seen)):
         path = os.path.join(spool.layout.ids, job_id)
-        if spool.moves.marker_owner_alive(path) or spool.moves.job_locked(job_id):
+        if _in_use(spool, job_id):
             continue  # an enqueue in progress, or a job being moved right now
         out.append(Problem("stale-id-marker", path, "an id marker without a job (harmless)",
                            lambda path=path, job_id=job_id: _remove_stale_marker(spool, path, job_id)))
     return out
+
+
+def _in_use(spool, job_id):
+    """Whether a live process holds job `job_id`'s marker: an enqueue that made it and is
+    still running, or a mover that holds its lock."""
+    marker = os.path.join(spool.layout.ids, job_id)
+    return spool.moves.marker_owner_alive(marker) or spool.moves.job_locked(job_id)
 
 
 def _remove_stale_marker(spool, path, job_id):
@@ -236,8 +243,7 @@ def _orphan_logs(spool, seen):
     for name in sorted(fsutil.listdir(spool.layout.logs)):
         if name.endswith(".log") and name[:-4] not in seen:
             path = os.path.join(spool.layout.logs, name)
-            marker = os.path.join(spool.layout.ids, name[:-4])
-            if spool.moves.marker_owner_alive(marker) or spool.moves.job_locked(name[:-4]):
+            if _in_use(spool, name[:-4]):
                 continue  # its job is being enqueued or moved right now
             # (a marker alone, left by a crash in the middle of a purge, is removed in the same
             # run: one `fsck --repair` leaves nothing for the next)

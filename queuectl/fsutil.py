@@ -60,6 +60,15 @@ def close_quiet(fd):
         pass
 
 
+def unlink_quiet(path):
+    """unlink(2) of a file whose removal does not matter if it fails (gone already, or the
+    spool unreachable): a spare, a note of a waiting worker."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def write_file(path, data, sync=True, mode=0o600):
     os.close(write_new(path, data, sync=sync, mode=mode))
 

@@ -53,7 +53,7 @@ class Pool:
         """The rename that was to displace the kept inode failed: it is still in use."""
         if entry in self._free:
             self._free.remove(entry)
-        _unlink_quiet(entry[0])
+        fsutil.unlink_quiet(entry[0])
         os.close(entry[1])
 
     def write_new(self, path, data):
@@ -67,13 +67,13 @@ class Pool:
                 return fd
             except OSError:
                 os.close(fd)
-                _unlink_quiet(spare)
+                fsutil.unlink_quiet(spare)
         return fsutil.write_new(path, data, sync=False)
 
     def close(self):
         """Free the spares (a worker's exit)."""
         for spare, fd in self._free:
-            _unlink_quiet(spare)
+            fsutil.unlink_quiet(spare)
             os.close(fd)
         self._free = []
 
@@ -84,10 +84,3 @@ def owner_of(name):
         return None
     owner, _, n = name[len(PREFIX):].rpartition("-")
     return owner if owner and n.isdigit() else None
-
-
-def _unlink_quiet(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -48,7 +48,7 @@ class Turns:
         prefix = queue + "."
         for name in found:
             if name.startswith("." + prefix) and _state(os.path.join(self.folder, name)) == "gone-silent":
-                _unlink_quiet(os.path.join(self.folder, name))  # its worker crashed before the rename
+                fsutil.unlink_quiet(os.path.join(self.folder, name))  # its worker crashed before the rename
         for name in sorted(n for n in found if n.startswith(prefix)):
             if mine is not None and name >= mine[0]:
                 return True
@@ -57,7 +57,7 @@ class Turns:
             if state == "waiting":
                 return False
             if state.startswith("gone"):
-                _unlink_quiet(path)  # its worker died or went on to other work
+                fsutil.unlink_quiet(path)  # its worker died or went on to other work
         return True
 
     def wait(self, queue):
@@ -83,14 +83,14 @@ class Turns:
             os.rename(staging, os.path.join(self.folder, name))
         except (OSError, Busy):
             fsutil.close_quiet(fd)
-            _unlink_quiet(staging)
+            fsutil.unlink_quiet(staging)
             return
         self.notes[queue] = (name, fd)
 
     def leave(self, queue):
         note = self.notes.pop(queue, None)
         if note is not None:
-            _unlink_quiet(os.path.join(self.folder, note[0]))
+            fsutil.unlink_quiet(os.path.join(self.folder, note[0]))
             fsutil.close_quiet(note[1])
 
     def keep_only(self, queues):
@@ -139,10 +139,3 @@ def _state(path):
         return "gone"
     finally:
         fsutil.close_quiet(fd)
-
-
-def _unlink_quiet(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
