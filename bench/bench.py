@@ -133,12 +133,14 @@ def raw_rate(jobs, procs=2):
         return sum(rates)
 
 
-def drain_rate(jobs, workers=2, backlog=0, failed_backlog=0):
+def drain_rate(jobs, workers=2, backlog=0, failed_backlog=0, durable_moves=False):
     """Enqueue `jobs` commands (and `backlog` jobs scheduled a day ahead, `failed_backlog`
-    retries waiting in failed/ for a day), then run `worker start --count N --burst`.
-    Returns (jobs/s as the commands saw it, max worker RSS MB)."""
+    retries waiting in failed/ for a day), then run `worker start --count N --burst`, with
+    config durable-moves on if asked. Returns (jobs/s as the commands saw it, max worker RSS MB)."""
     with Scratch() as tmp:
         spool = Spool(os.path.join(tmp, "spool"))
+        if durable_moves:
+            spool.set_config("durable-moves", True)
         if backlog:
             for start in range(0, backlog, 10000):
                 spool.enqueue_many([{"command": "true", "run_at": "+1d"} for _ in range(min(10000, backlog - start))])
@@ -461,14 +463,34 @@ def compile_package():
     compileall.compile_dir(os.path.join(ROOT, "queuectl"), quiet=1)
 
 
+def durable_moves_cost(jobs, rounds):
+    """The drain with every worker move fsynced (config durable-moves) beside the default one,
+    interleaved: what the power-cut safety on weak filesystems costs per job."""
+    load = os.getloadavg()
+    lazy, durable = [], []
+    for _ in range(rounds):
+        lazy.append(drain_rate(jobs)[0])
+        durable.append(drain_rate(jobs, durable_moves=True)[0])
+    extra_ms = (1 / med(durable) - 1 / med(lazy)) * 1000 * 2  # 2 workers: per job of one worker
+    print(f"load {load[0]:.2f}; drain of {jobs} `true` jobs, 2 workers, {rounds} rounds (jobs/s)")
+    print(f"  durable-moves off: median {med(lazy):.0f}  runs {', '.join(f'{x:.0f}' for x in lazy)}")
+    print(f"  durable-moves on:  median {med(durable):.0f}  runs {', '.join(f'{x:.0f}' for x in durable)}")
+    print(f"  on/off {med(durable) / med(lazy):.2f}x; about {extra_ms:.2f} ms more per job and worker")
+    return {"off": lazy, "on": durable}
+
+
 def main():
     compile_package()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: proves the script works")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds of the drains (default 3)")
     parser.add_argument("--samples", type=int, default=None, help="pickup rounds (default 40)")
+    parser.add_argument("--only", choices=["durable-moves"],
+                        help="only the drains with durable-moves off and on, interleaved")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "latest.json"))
     args = parser.parse_args()
+    if args.only == "durable-moves":
+        return durable_moves_cost(100 if args.quick else 2000, args.rounds or (1 if args.quick else 3))
     q = args.quick
     jobs = 100 if q else 2000
     rounds = args.rounds or (1 if q else 3)

@@ -23,7 +23,10 @@ KEYS = {
     "rescan-interval": (2, float, 0.05, "seconds between idle workers' looks for what inotify misses"),
     "contact-timeout": (10, float, 1, "shared spool: kill the job after this long without an answer"),
     "on-finish": (None, str, None, "shell command run when a job is completed or dead; none by default"),
+    "durable-moves": (False, bool, None, "fsync every move a worker makes (power cuts on weak filesystems)"),
 }
+BOOLEAN_WORDS = {"on": True, "true": True, "yes": True, "1": True,
+                 "off": False, "false": False, "no": False, "0": False}
 MAX_TEXT_BYTES = 64 * 1024
 MAXIMUM = {"backoff-jitter": 1, "max-retries": 1_000_000, "worker-count": 256}
 
@@ -41,6 +44,8 @@ def parse_value(key, value):
     default, kind, low, _ = KEYS[key]
     if kind is str:
         return _parse_text(key, value)
+    if kind is bool:
+        return _parse_switch(key, value)
     high = MAXIMUM.get(key, 10**12)
     if isinstance(value, bool):
         raise FieldError(key, f"must be a number, got {value!r}")
@@ -66,6 +71,25 @@ def parse_value(key, value):
     if kind is float and float(number).is_integer():
         number = int(number)
     return number
+
+
+def _parse_switch(key, value):
+    """An on/off key: a JSON boolean, or on/off (true/false, yes/no, 1/0) as text."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if word not in BOOLEAN_WORDS:
+        raise FieldError(key, f"must be on or off, got {shown(value)}")
+    return BOOLEAN_WORDS[word]
+
+
+def shown_value(value):
+    """A value as `config` prints it: none for no value, on/off for a switch."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
 
 
 def _parse_text(key, value):

@@ -44,9 +44,14 @@ def check(spool, now=None):
     problems += _permissions(spool)
     problems += _tmp_leftovers(spool, now)
     seen = {}  # id -> [(state, name)]
+    in_folders = []
     for state in STATES:
-        problems += _state_folder(spool, state, seen)
-    problems += _duplicates(spool, seen)
+        in_folders += _state_folder(spool, state, seen)
+    # a job in two folders (a move half persisted by a power cut) is settled first: the older
+    # copy goes aside, and nothing else is done with it (a take-back would make it the newer)
+    duplicates = _duplicates(spool, seen)
+    older = {problem.path for problem in duplicates}
+    problems += duplicates + [problem for problem in in_folders if problem.path not in older]
     problems += _id_markers(spool, seen)
     problems += _orphan_logs(spool, seen)
     problems += _stale_workers(spool)

@@ -61,6 +61,7 @@ class Moves(Inventory):
         self.path = layout.root
         self._seq = 0
         self.pool = None
+        self.durable_moves = False  # config durable-moves: a worker's moves fsynced too
         self.journal = journal.Writer(layout.journal)
 
     def next_seq(self):
@@ -247,8 +248,9 @@ class Moves(Inventory):
         """Rule 3: fenced rename of a held job file, then its new content. Returns the new Held.
 
         Durability by kind (rule 8): user commands fsync the file and both folders before
-        returning; a worker's moves are left to the filesystem's next commit."""
-        durable = kind not in LAZY_MOVES
+        returning; a worker's moves are left to the filesystem's next commit, unless config
+        `durable-moves` is on (`durable_moves`)."""
+        durable = self.durable_moves or kind not in LAZY_MOVES
         lay = self.layout
         src = os.path.join(lay.state_dir(held.state), held.name)
         dst_dir = lay.state_dir(dst_state)

@@ -63,7 +63,7 @@ class Spool(Inventory):
         """Every config key and its value (defaults filled in)."""
         return configmod.read(self.layout.config)
 
-    def set_config(self, key: str, value: Any) -> float | int:
+    def set_config(self, key: str, value: Any) -> Any:
         """Check and store one value; returns it as stored. FieldError/InvalidInput if refused."""
         name = configmod.canonical_key(key)
         number = configmod.parse_value(name, value)
@@ -73,7 +73,7 @@ class Spool(Inventory):
             configmod.write(self.layout.config, self.layout.tmp, data)
         return number
 
-    def unset_config(self, key: str) -> float | int:
+    def unset_config(self, key: str) -> Any:
         """Back to the default; returns the default."""
         name = configmod.canonical_key(key)
         with locks.spool_lock(self.layout.config_lock):

@@ -115,6 +115,7 @@ class Worker:
             mtime = None
         if self._config is None or mtime != self._config_mtime:
             self._config, self._config_mtime = self.spool.config(), mtime
+            self.moves.durable_moves = self._config["durable-moves"]
         return self._config
 
     # ---------------------------------------------------------------- main loop
@@ -122,6 +123,7 @@ class Worker:
     def run(self):
         self.layout.check_safe()
         check_filesystem(self.layout)
+        self.config()  # read before the first claim: durable-moves applies to it
         runner.close_inherited()
         self._reg_fd = registry.register(self.layout, self.host, self.pid, self._offer())
         self.shared = fsinfo.is_network(self.layout.root)

@@ -1,7 +1,7 @@
 """Power loss: what a crash of the machine can leave of a spool, and whether recovery copes.
 
     python3 testbed/powerloss.py [--json] [--quick] [--workload NAME]... [--model NAME]...
-                                 [--plant no-enqueue-fsync] [--seed N] [--samples N]
+                                 [--plant no-enqueue-fsync] [--config KEY=VALUE]... [--seed N] [--samples N]
 
 Each workload (WORKLOADS) runs real queuectl code, the API and the CLI, under `strace -f`;
 crashfs.py keeps the operations on the spool (creates, writes with their bytes, renames,
@@ -146,7 +146,7 @@ def w_cancel_purge_config(spool):
     burst(spool)
     mark("purged.keep")  # from here on, `keep` may be gone: purge removes it
     cli(spool, "purge", "--completed")
-    cli(spool, "config", "set", "max-retries", "5")
+    setting(spool, "config.max-retries", "5", "config", "set", "max-retries", "5")
 
 
 def w_two_workers(spool):
@@ -158,6 +158,33 @@ def w_two_workers(spool):
         proc.wait(120)
 
 
+def setting(spool, key, value, *args):
+    """A user's setting change through the CLI, told in the trace before and after: once it
+    has returned, the recovered spool must show `value` for `key` (or a later try's)."""
+    mark(f"try.{key}={value}")
+    cli(spool, *args)
+    mark(f"set.{key}={value}")
+
+
+def w_schedule_pause_queue(spool):
+    from queuectl import timeutil
+    from queuectl.schedules import Schedules
+    from queuectl.spool import Spool
+    layout = Spool(spool).layout
+    # added two minutes ago: the current minute's occurrence is due now, without waiting for one
+    Schedules(layout).add("tick", "* * * * *", {"command": job_command()}, now=timeutil.now() - 120)
+    burst(spool)  # fires the occurrence (an enqueue inside the worker), then runs it
+    mark(f"ack.{Schedules(layout).state('tick')['last_id']}")
+    setting(spool, "paused", "yes", "pause")
+    enqueue(spool, id="held", command=job_command())
+    burst(spool)  # paused: claims nothing
+    setting(spool, "queue.deploy.limit", "1", "queue", "set", "deploy", "--limit", "1")
+    enqueue(spool, id="d1", command=job_command(), queue="deploy")
+    enqueue(spool, id="d2", command=job_command(), queue="deploy")
+    setting(spool, "paused", "no", "resume")
+    burst(spool)
+
+
 WORKLOADS = {
     "enqueue one and a batch": w_enqueue,
     "a dropped file taken in and run": w_drop_and_run,
@@ -166,6 +193,7 @@ WORKLOADS = {
     "a take-back from a dead worker": w_take_back,
     "cancel, purge, config set": w_cancel_purge_config,
     "two workers at once": w_two_workers,
+    "a schedule firing, pause and resume, a queue's limit": w_schedule_pause_queue,
 }
 QUICK = ("enqueue one and a batch", "complete, fail and retry, bury, dlq retry", "a take-back from a dead worker")
 
@@ -186,11 +214,14 @@ def snapshot(root):
     return out
 
 
-def record(name, work):
-    """Run workload `name` under strace on a fresh spool: (initial snapshot, ops, final tree)."""
+def record(name, work, settings=()):
+    """Run workload `name` under strace on a fresh spool with config `settings` ([(key, value)]):
+    (initial snapshot, ops, final tree)."""
     from queuectl.spool import Spool
     spool = os.path.join(work, "spool")
-    Spool(spool)  # the folders exist before the trace, as on a machine that ran queuectl before
+    made = Spool(spool)  # the folders exist before the trace, as on a machine that ran queuectl before
+    for key, value in settings:
+        made.set_config(key, value)
     initial = snapshot(spool)
     trace = os.path.join(work, "trace")
     subprocess.run(["strace", "-f", "-y", "-xx", "-qq", "-s", "1048576", "-e", "trace=" + crashfs.TRACED,
@@ -263,6 +294,7 @@ def recover(args):
         Worker(spool, burst=True).run()
         report["fsck_after"] = [f"{p.kind}: {p.path}: {p.detail}" for p in fsck.check(spool)]
         report["counts"] = metrics.counts(spool.layout)
+        report["settings"] = _settings(spool)
     except Exception as exc:  # a recovery that fails is a finding, not a crash of the explorer
         report["error"] = f"{type(exc).__name__}: {exc}"
     report["where"], report["unreadable"] = _where(spool_path)
@@ -270,6 +302,16 @@ def recover(args):
     report["ran_in_recovery"] = sorted(j for j, n in ran_after.items() if n > ran_before.get(j, 0))
     shutil.rmtree(folder, ignore_errors=True)
     return report
+
+
+def _settings(spool):
+    """The values the `setting` markers name, as the recovered spool has them."""
+    from queuectl import queues
+    out = {"paused": "yes" if spool.paused() else "no",
+           "config.max-retries": str(spool.config()["max-retries"])}
+    for name, settings in queues.read_all(spool.layout).items():
+        out[f"queue.{name}.limit"] = str(settings.limit)
+    return out
 
 
 def _runs(spool_path):
@@ -320,6 +362,7 @@ def judge(ops, k, report):
             violations.append(f"job {job_id} completed, but its command never finished")
     violations += [f"unreadable record {p}" for p in report["unreadable"]]
     violations += [f"fsck after recovery: {p}" for p in report.get("fsck_after", [])]
+    violations += _settings_lost(done, report.get("settings"))
     counts = report.get("counts")
     if counts:
         for state in STATE_FOLDERS:
@@ -330,9 +373,25 @@ def judge(ops, k, report):
     return violations, reruns
 
 
+def _settings_lost(done, found):
+    """A setting whose change had returned must hold, or a change tried after it."""
+    if found is None:
+        return []
+    allowed = {}
+    for op in done:
+        if op.kind == "mark" and op.path.startswith(("set.", "try.")):
+            key, _, value = op.path.split(".", 1)[1].partition("=")
+            if op.path.startswith("set."):
+                allowed[key] = {value}
+            elif key in allowed:
+                allowed[key].add(value)
+    return [f"setting {key} is {found.get(key, 'None')}, though {' or '.join(sorted(values))} had been set"
+            for key, values in sorted(allowed.items()) if found.get(key, "None") not in values]
+
+
 # ---------------------------------------------------------------- the run
 
-def explore(names_, seed, plant, samples, workers, models=MODELS):
+def explore(names_, seed, plant, samples, workers, models=MODELS, settings=()):
     results = {model: {"states": 0, "distinct": 0, "violations": [], "reruns": 0} for model in models}
     workloads = []
     work = tempfile.mkdtemp(prefix="qc-powerloss-")
@@ -341,7 +400,7 @@ def explore(names_, seed, plant, samples, workers, models=MODELS):
         for w, name in enumerate(names_):
             folder = os.path.join(work, f"w{w}")
             os.makedirs(folder)
-            initial, ops, final = record(name, folder)
+            initial, ops, final = record(name, folder, settings)
             seam = check_seam(initial, ops, final)
             if plant == "no-enqueue-fsync":
                 ops = plant_no_enqueue_fsync(ops)
@@ -388,6 +447,8 @@ def main(argv=None):
     parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS), help="only these workloads")
     parser.add_argument("--model", action="append", choices=MODELS, help="only these models")
     parser.add_argument("--plant", choices=["no-enqueue-fsync"], help="a bug planted for the explorer to find")
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of every workload's spool, e.g. durable-moves=on")
     parser.add_argument("--seed", type=int, default=20261206)
     parser.add_argument("--samples", type=int, default=4, help="posix-weak: random states per crash point")
     parser.add_argument("--drive", nargs=2, metavar=("WORKLOAD", "SPOOL"), help=argparse.SUPPRESS)
@@ -398,11 +459,18 @@ def main(argv=None):
     if not shutil.which("strace"):
         print("powerloss: strace is not installed (apt-get install strace)", file=sys.stderr)
         return 2
+    settings = []
+    for item in args.config:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--config {item!r}: expected KEY=VALUE")
+        settings.append((key, value))
     started = time.monotonic()
     chosen = args.workload or (QUICK if args.quick else tuple(WORKLOADS))
-    models, workloads = explore(chosen, args.seed, args.plant, args.samples, workers=os.cpu_count() or 2,
-                                models=tuple(args.model or MODELS))
+    models, workloads = explore(chosen, args.seed, args.plant, args.samples, workers=2 * (os.cpu_count() or 2),
+                                models=tuple(args.model or MODELS), settings=settings)
     doc = {"models": models, "workloads": workloads, "seed": args.seed, "plant": args.plant,
+           "config": dict(settings),
            "seconds": round(time.monotonic() - started, 1)}
     bad = any(m["violations"] for m in models.values())
     if args.json:

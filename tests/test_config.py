@@ -9,7 +9,7 @@ from queuectl.errors import FieldError, InvalidInput
 
 DEFAULTS = {"max-retries": 3, "backoff-base": 2, "backoff-max": 3600, "backoff-jitter": 0,
             "job-timeout": 0, "worker-count": 1, "log-max-bytes": 10 * 1024 * 1024,
-            "rescan-interval": 2, "contact-timeout": 10, "on-finish": None}
+            "rescan-interval": 2, "contact-timeout": 10, "on-finish": None, "durable-moves": False}
 
 
 def config_bytes(spool):
@@ -44,6 +44,10 @@ def test_defaults(spool):
     ("log-max-bytes", "0", 0),
     ("log-max-bytes", "100000", 100000),
     ("on-finish", "notify-send done", "notify-send done"),
+    ("durable-moves", "on", True),
+    ("durable-moves", " OFF ", False),
+    ("durable-moves", "true", True),
+    ("durable-moves", True, True),
 ])
 def test_every_key_can_be_set_and_read_back(spool, key, text, value):
     assert spool.set_config(key, text) == value
@@ -138,6 +142,10 @@ def test_unset_also_removes_a_hand_written_underscore_key(spool):
     ("max-retries", True),
     ("max-retries", None),
     ("max-retries", [3]),
+    ("durable-moves", "maybe"),
+    ("durable-moves", 2),
+    ("durable-moves", None),
+    ("durable-moves", ""),
 ])
 def test_refused_values_change_nothing(spool, key, value):
     spool.set_config("max-retries", "5")  # config.json exists
@@ -207,3 +215,17 @@ def test_a_bad_on_finish_is_refused_and_changes_nothing(spool, value):
     with pytest.raises(FieldError, match="on-finish") as info:
         spool.set_config("on-finish", value)
     assert info.value.exit_code == 2 and config_bytes(spool) is None
+
+
+def test_switch_is_shown_as_on_and_off_by_the_cli(spool):
+    from click.testing import CliRunner
+    from queuectl.cli import cli
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--spool", spool.path, "config", "get", "durable-moves"]).output == "off\n"
+    assert runner.invoke(cli, ["--spool", spool.path, "config", "set", "durable-moves", "on"]).output == "durable-moves = on\n"
+    assert runner.invoke(cli, ["--spool", spool.path, "config", "get", "durable_moves"]).output == "on\n"
+    listed = runner.invoke(cli, ["--spool", spool.path, "config", "list"]).output
+    assert any(line.split()[:2] == ["durable-moves", "on"] for line in listed.splitlines())
+    refused = runner.invoke(cli, ["--spool", spool.path, "config", "set", "durable-moves", "sometimes"])
+    assert refused.exception.exit_code == 2 and "must be on or off" in str(refused.exception)
+    assert spool.config()["durable-moves"] is True

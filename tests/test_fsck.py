@@ -557,6 +557,21 @@ def test_duplicate_the_older_copy_is_moved_aside(spool, newer):
     assert found(spool, fsck.check(spool)) == []
 
 
+def test_duplicate_left_in_processing_goes_aside_before_any_take_back(spool):
+    """A power cut kept a move's new record (completed/) but not the rename that took the job
+    out of processing/: the old copy goes aside; a take-back of it would have made it the newer."""
+    spool.enqueue("true", id="j")
+    running = place(spool, "j", "processing", attempts=1, updated_at=OLD_STAMP)
+    write(state_path(spool, "completed", "j.json"), dict(read(running), state="completed", exit_code=0,
+                                                         updated_at="2099-01-01T00:00:00.000Z"))
+    problems = fsck.check(spool)
+    assert [p.kind for p in problems if p.path == running] == ["duplicate"]  # no orphan-processing
+    fsck.repair(problems)
+    assert spool.find("j") == ("completed", "j.json")
+    assert os.listdir(spool.layout.failed) == [] and not os.path.lexists(running)
+    assert found(spool, fsck.check(spool)) == []
+
+
 # ---------------------------------------------------------------- missing-id-marker / stale-id-marker
 
 def test_missing_id_marker_is_created(spool):

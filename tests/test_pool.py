@@ -94,3 +94,32 @@ def test_owner_of_names():
     assert pool.owner_of("free-host.a_12-3") == "host.a_12"
     assert pool.owner_of("free--3") is None
     assert pool.owner_of("mv-x.json") is None
+
+
+def test_durable_moves_sync_every_move_and_recycle_nothing(tmp_path, monkeypatch):
+    spool = worker_spool(tmp_path)
+    spool.moves.durable_moves = True
+    records = spool.enqueue_many([{"command": "true"} for _ in range(3)])
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    for r in records:
+        held = spool.moves.claim(spool.find(r["id"])[1], "h", 1)
+        spool.moves.finish(held, 0, None, backoff=(2, 60, 0))
+        held.close()
+    assert os.listdir(spool.layout.tmp) == []  # no spare inode kept: a rewrite in place is not durable
+    lay = spool.layout
+    # each of the 6 moves: its new record, then the folder it went to and the one it left
+    assert sum(1 for p in synced if os.path.dirname(p) == lay.tmp) == 6
+    assert synced.count(lay.processing) == 6 and synced.count(lay.completed) == 3 and synced.count(lay.pending) == 3
+
+
+def test_a_worker_follows_the_durable_moves_setting(tmp_path):
+    from queuectl.worker import Worker
+    spool = Spool(str(tmp_path / "spool"))
+    worker = Worker(spool, burst=True)
+    worker.config()
+    assert spool.moves.durable_moves is False
+    spool.set_config("durable-moves", "on")
+    worker.config()
+    assert spool.moves.durable_moves is True

@@ -115,6 +115,33 @@ def test_posix_weak_needs_the_folders_fsync_for_the_name_and_the_files_for_the_d
     assert any("pending/a" not in t for t in after)  # the rename may not persist: the job is gone
 
 
+def test_a_setting_that_had_returned_must_hold_after_recovery():
+    import powerloss
+    told = [crashfs.Op("mark", path=p) for p in ("try.paused=yes", "set.paused=yes", "try.paused=no")]
+    for i, op in enumerate(told):
+        op.index = i
+    assert powerloss._settings_lost(told[:1], {"paused": "no"}) == []  # only tried: either is fine
+    assert powerloss._settings_lost(told[:2], {"paused": "yes"}) == []
+    assert powerloss._settings_lost(told[:2], {"paused": "no"}) == \
+        ["setting paused is no, though yes had been set"]
+    assert powerloss._settings_lost(told, {"paused": "no"}) == []  # resume tried: it may have persisted
+
+
+@pytest.mark.process
+@pytest.mark.skipif(not shutil.which("strace"), reason="the explorer needs strace (Debian strace)")
+def test_with_durable_moves_a_weak_filesystem_loses_nothing(tmp_path):
+    """posix-weak, where a worker's unsynced moves lose jobs by default: with config
+    durable-moves on, the moves of complete, fail, retry, bury and dlq retry are clean."""
+    cmd = [sys.executable, os.path.join(ROOT, "testbed", "powerloss.py"), "--json", "--model", "posix-weak",
+           "--workload", "complete, fail and retry, bury, dlq retry"]
+    durable = subprocess.run(cmd + ["--config", "durable-moves=on"], capture_output=True, text=True, timeout=900,
+                             cwd=tmp_path)
+    doc = json.loads(durable.stdout)
+    problems = doc["models"]["posix-weak"]["violations"]
+    assert durable.returncode == 0 and not problems, json.dumps(problems[:5], indent=1)
+    assert doc["config"] == {"durable-moves": "on"} and doc["models"]["posix-weak"]["states"] > 500
+
+
 @pytest.mark.process
 @pytest.mark.skipif(not shutil.which("strace"), reason="the explorer needs strace (Debian strace)")
 def test_the_explorer_finds_no_violation_under_ext4_and_finds_the_planted_one(tmp_path):

@@ -109,7 +109,8 @@ def config_list(ctx, as_json):
     if as_json:
         echo_json(values)
     else:
-        click.echo(render.table([[k, render.short(v), configmod.KEYS[k][3]] for k, v in values.items()],
+        click.echo(render.table([[k, render.short(None if v is None else configmod.shown_value(v)),
+                                  configmod.KEYS[k][3]] for k, v in values.items()],
                                 ("KEY", "VALUE", "")))
 
 
@@ -120,7 +121,7 @@ def config_get(ctx, key):
     """Print one value."""
     from .. import config as configmod
     value = get_spool(ctx).config()[configmod.canonical_key(key)]
-    click.echo("" if value is None else value)  # the bare value: none is an empty line
+    click.echo("" if value is None else configmod.shown_value(value))  # none is an empty line
 
 
 @config.command("set", context_settings={"ignore_unknown_options": True})
@@ -131,7 +132,7 @@ def config_set(ctx, key, value):
     """Set a value (checked first)."""
     from .. import config as configmod
     name = configmod.canonical_key(key)
-    click.echo(f"{name} = {_config_value(get_spool(ctx).set_config(name, value))}")
+    click.echo(f"{name} = {configmod.shown_value(get_spool(ctx).set_config(name, value))}")
 
 
 @config.command("unset")
@@ -141,11 +142,7 @@ def config_unset(ctx, key):
     """Back to the default."""
     from .. import config as configmod
     name = configmod.canonical_key(key)
-    click.echo(f"{name} = {_config_value(get_spool(ctx).unset_config(name))} (default)")
-
-
-def _config_value(value):
-    return "none" if value is None else value
+    click.echo(f"{name} = {configmod.shown_value(get_spool(ctx).unset_config(name))} (default)")
 
 
 @cli.group()
