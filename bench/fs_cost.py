@@ -37,6 +37,7 @@ KINDS = {
 }
 
 
+LOCK_COMMAND = re.compile(r"F_(?:OFD_)?(?:SETLKW?|GETLK)\b")
 STARTUP = 4.0  # seconds a worker under strace takes to start before it idles
 TRACED = "trace=" + ",".join(sorted({c for calls in KINDS.values() for c in calls}))
 
@@ -54,6 +55,8 @@ def strace_counts(path, spool, window=None):
                 continue
             if window and not (m.group(1) and window[0] <= float(m.group(1)) < window[1]):
                 continue
+            if m.group(2) == "fcntl" and not LOCK_COMMAND.search(line):
+                continue  # F_DUPFD, F_SETFD, F_GETFL...: the process's own descriptors, no filesystem call
             counts[m.group(2)] = counts.get(m.group(2), 0) + 1
     return counts
 

@@ -92,26 +92,32 @@ def open_nofollow_stat(path, flags=os.O_RDONLY):
     return fd, st
 
 
-def read_fd(fd, limit=None, from_start=True):
+def read_fd(fd, limit=None, from_start=True, size=None):
     """Read a whole file from offset 0 (from where it is, for a file just opened: no seek);
-    with `limit`, read at most limit+1 bytes."""
-    chunks, size = [], 0
+    with `limit`, read at most limit+1 bytes. `size`: the file's size from an fstat just made;
+    a first read that returns exactly that many bytes of the size+1 asked for ends it (no
+    second read to find the end: one call less per record on a network filesystem)."""
+    chunks, got = [], 0
     if from_start:
         os.lseek(fd, 0, os.SEEK_SET)
     while True:
-        want = 1 << 16 if limit is None else min(1 << 16, limit + 1 - size)
+        want = 1 << 16 if limit is None else min(1 << 16, limit + 1 - got)
+        if size is not None and not chunks:
+            want = min(want, size + 1) if limit is not None else size + 1
         if want <= 0:
             break
         chunk = os.read(fd, want)
         if not chunk:
             break
         chunks.append(chunk)
-        size += len(chunk)
+        got += len(chunk)
+        if size is not None and len(chunks) == 1 and got == size and size + 1 == want:
+            break
     return b"".join(chunks)
 
 
-def read_json_fd(fd, from_start=True):
-    return json.loads(read_fd(fd, from_start=from_start).decode("utf-8"))
+def read_json_fd(fd, from_start=True, size=None):
+    return json.loads(read_fd(fd, from_start=from_start, size=size).decode("utf-8"))
 
 
 def read_fd_path(path, limit=1 << 20):

@@ -196,7 +196,7 @@ class Moves(Inventory):
         try:
             if st.st_uid != os.geteuid():
                 raise Corrupt(state, name, "owned by another user; not run (see docs/contract.md, Safety)")
-            record = fsutil.read_json_fd(fd, from_start=False)  # just opened: no seek
+            record = fsutil.read_json_fd(fd, from_start=False, size=st.st_size)  # just opened: no seek
             if not isinstance(record, dict):
                 raise Corrupt(state, name, "not a JSON object")
             if record.get("id") != job_id:  # an inode since reused by a worker's pool: moved on

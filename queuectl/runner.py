@@ -90,7 +90,11 @@ def run(record, log_path, spool_path, worker_id, timeout=None, log_max_bytes=0,
         raise LogError(f"cannot open the job's log {log_path}: {exc.strerror}") from None
     started = time.monotonic()
     try:
-        os.write(log_fd, logs.header(record, worker_id))
+        header = logs.header(record, worker_id)
+        os.write(log_fd, header)
+        # the offset after an O_APPEND write is the log's size, known without a call to the
+        # filesystem: a log that holds only this header has no earlier attempt's note to read
+        fresh = os.lseek(log_fd, 0, os.SEEK_CUR) == len(header)
         cwd = record.get("cwd") or os.path.expanduser("~")
         guard_r = guard_w = None
         if guard:
@@ -111,7 +115,8 @@ def run(record, log_path, spool_path, worker_id, timeout=None, log_max_bytes=0,
         if guard:
             os.close(guard_r)  # the job has it; the write end stays here until the job is over
         try:
-            cut = [logs.cap(log_fd, log_max_bytes)]  # the running total of what the cap cut
+            # the running total of what the cap cut
+            cut = [0] if fresh and len(header) <= (log_max_bytes or len(header)) else [logs.cap(log_fd, log_max_bytes)]
             if on_start:
                 on_start(pid)  # the job's process group id (it leads its own session and group)
             outcome = _wait(pid, timeout, log_fd, log_max_bytes, interrupt, wakeup_fds, on_tick, started, cut)

@@ -25,7 +25,8 @@ RECORD_FIELDS = {"id", "command", "state", "attempts", "max_retries", "priority"
                  "finished_at", "exit_code", "last_error", "worker", "after", "captured_env", "on_finish",
                  "queue", "gpus"}
 CONFIG_KEYS = ["max-retries", "backoff-base", "backoff-max", "backoff-jitter", "job-timeout",
-               "worker-count", "log-max-bytes", "rescan-interval", "contact-timeout", "on-finish"]
+               "worker-count", "log-max-bytes", "rescan-interval", "contact-timeout", "on-finish",
+               "durable-moves"]
 
 
 def ok(result):
