@@ -56,11 +56,6 @@ class Execution:
         self.worker.admission.leave_lines()  # no place can be taken while this command runs
         attempt = self.running = Attempt(held, self.worker.config())
         attempt.taken = taken
-        if held.record["attempts"] > 1:
-            # a `cancel --kill` that reached this worker after an earlier attempt had ended
-            # must not stop this one (a first attempt cannot have one: the request names the
-            # worker that runs the job); what is left over goes when the worker unregisters
-            registry.clear_cancel(self.spool.layout, self.worker.name, attempt.job_id)
         timeout = attempt.record.get("timeout_seconds")
         if timeout is None:
             timeout = attempt.cfg["job-timeout"]
@@ -98,6 +93,7 @@ class Execution:
             self._finish(attempt)
         finally:
             attempt.held.close()
+            registry.clear_cancel(self.spool.layout, self.worker.name, attempt.job_id)  # a request that came too late
 
     def hook(self, record, cfg=None):
         """A job reached a final state here: start its on-finish hook, if it has one. `cfg`:

@@ -40,6 +40,7 @@ class Problem:
 def check(spool, now=None):
     """Every problem found, each with its repair (if one is safe)."""
     now = time.time() if now is None else now
+    spool.moves.durable_moves = spool.config()["durable-moves"]  # its repairs move as workers do
     problems = []
     problems += _permissions(spool)
     problems += _tmp_leftovers(spool, now)

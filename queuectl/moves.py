@@ -504,6 +504,12 @@ class Moves(Inventory):
         except FieldError as exc:
             held.close()
             raise Corrupt("processing", name, str(exc)) from None
+        newer = self._newer_final_copy(held.record)
+        if newer:  # a power cut kept a finishing move's new record but not its first rename
+            held.close()
+            self.move_aside(os.path.join(self.layout.processing, name), name,
+                            f"found in processing/ and set aside: the job is also in {newer} (newer)")
+            raise LostRace(f"processing/{name}: the job is also in {newer}")
         from . import registry
         registry.kill_leftover_job(self.layout, host, pid, held.record["id"])  # one copy at a time
         record = dict(held.record)
@@ -518,6 +524,20 @@ class Moves(Inventory):
         except BaseException:
             held.close()
             raise
+
+    def _newer_final_copy(self, record):
+        """STATE/NAME of a copy of `record`'s job in completed/, dead/ or blocked/ that is at
+        least as new, else None (three lookups by name: a take-back is rare)."""
+        name = names.final_name(record["id"])
+        for state in (State.COMPLETED, State.DEAD, State.BLOCKED):
+            path = os.path.join(self.layout.state_dir(state), name)
+            try:
+                other = fsutil.read_json(path)
+            except (OSError, ValueError):
+                continue
+            if isinstance(other, dict) and (other.get("updated_at") or "") >= (record.get("updated_at") or ""):
+                return f"{state.value}/{name}"
+        return None
 
     def take_back_lost(self, exclude=(), candidates=None):
         """Take back every processing/ job whose owner is dead (of `candidates`, names listed

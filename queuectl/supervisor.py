@@ -139,6 +139,7 @@ class Supervisor:
         if code == -signal.SIGTERM and (self.signals or self.stop_asked):
             return 0  # our own stop reached it before it could take it gracefully: it ran nothing
         died = f"signal {-code}" if code < 0 else f"exit code {code}"
+        self.spool.moves.durable_moves = self.spool.config()["durable-moves"]
         for record in self.spool.moves.take_back_lost():
             self.emit(f"{time.strftime('%H:%M:%S')} supervisor: job {record['id']} taken back: "
                       f"{record['last_error']} -> {record['state']}")

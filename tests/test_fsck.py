@@ -572,6 +572,26 @@ def test_duplicate_left_in_processing_goes_aside_before_any_take_back(spool):
     assert found(spool, fsck.check(spool)) == []
 
 
+def test_a_workers_take_back_leaves_a_stale_processing_copy_aside_when_the_job_finished(spool):
+    """The same half-persisted finish, met by a worker's take-back before any fsck: the job
+    stays completed and does not run again."""
+    spool.enqueue("true", id="j")
+    running = place(spool, "j", "processing", attempts=1, updated_at=OLD_STAMP)
+    write(state_path(spool, "completed", "j.json"), dict(read(running), state="completed", exit_code=0,
+                                                         updated_at="2099-01-01T00:00:00.000Z"))
+    assert spool.moves.take_back_lost() == []
+    assert spool.find("j") == ("completed", "j.json") and not os.path.lexists(running)
+    moved, error = rejected_with_error(spool, os.path.basename(running))
+    assert "also in completed/j.json (newer)" in error
+    assert found(spool, fsck.check(spool)) == []
+
+
+def test_fsck_and_take_backs_follow_durable_moves(spool):
+    spool.set_config("durable-moves", "on")
+    fsck.check(spool)
+    assert spool.moves.durable_moves is True
+
+
 # ---------------------------------------------------------------- missing-id-marker / stale-id-marker
 
 def test_missing_id_marker_is_created(spool):

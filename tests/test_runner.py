@@ -286,20 +286,3 @@ def test_wakeup_fd_makes_the_interrupt_immediate(log_path, spool_path):
         os.close(r)
         os.close(w)
 
-
-def test_a_cancel_request_that_came_after_an_attempt_does_not_stop_the_next(tmp_path):
-    """`cancel --kill` names the worker that ran the attempt; one that arrives after that
-    attempt ended is cleared when the same worker starts the job's next attempt."""
-    from queuectl import Spool, names, registry
-    from queuectl.worker import Worker
-    spool = Spool(str(tmp_path / "spool"))
-    spool.enqueue("sleep 0.3", id="j", max_retries=1)  # long enough for the worker to look for requests
-    worker = Worker(spool, burst=True, emit=lambda *a: None)
-    held = spool.moves.claim(spool.find("j")[1], names.hostname(), os.getpid())
-    spool.moves.finish(held, 1, None, backoff=(1, 0, 0))  # failed, its retry due at once
-    held.close()
-    registry.request_cancel(spool.layout, worker.name, "j")  # too late for attempt 1
-    worker.run()
-    record = spool.get("j")
-    assert record["state"] == "completed" and record["attempts"] == 2
-    assert not registry.cancel_requested(spool.layout, worker.name, "j")
