@@ -532,10 +532,11 @@ class Moves(Inventory):
         for state in (State.COMPLETED, State.DEAD, State.BLOCKED):
             path = os.path.join(self.layout.state_dir(state), name)
             try:
-                other = fsutil.read_json(path)
-            except (OSError, ValueError):
+                other = check_record(fsutil.read_json(path))
+            except (OSError, ValueError, FieldError):
                 continue
-            if isinstance(other, dict) and (other.get("updated_at") or "") >= (record.get("updated_at") or ""):
+            # the same job (after a power cut, a recycled inode may hold another job's record)
+            if other["id"] == record["id"] and (other.get("updated_at") or "") >= (record.get("updated_at") or ""):
                 return f"{state.value}/{name}"
         return None
 

@@ -315,11 +315,17 @@ def _settings(spool):
 
 
 def _runs(spool_path):
+    """{job id: times its command wrote "ran"} in its log, or in a log fsck moved to rejected/
+    (the log of a job whose record a power cut lost is an orphan until the job is filed again)."""
     out = {}
-    logs = os.path.join(spool_path, "logs")
-    for name in os.listdir(logs) if os.path.isdir(logs) else ():
-        with open(os.path.join(logs, name), "rb") as fh:
-            out[name[:-4]] = fh.read().count(b"ran\n")
+    for folder in ("logs", "rejected"):
+        path = os.path.join(spool_path, folder)
+        for name in os.listdir(path) if os.path.isdir(path) else ():
+            if ".log" not in name or name.endswith(".error"):
+                continue
+            job_id = name.split(".log")[0]
+            with open(os.path.join(path, name), "rb") as fh:
+                out[job_id] = out.get(job_id, 0) + fh.read().count(b"ran\n")
     return out
 
 
