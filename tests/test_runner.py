@@ -285,4 +285,3 @@ def test_wakeup_fd_makes_the_interrupt_immediate(log_path, spool_path):
         timer.cancel()
         os.close(r)
         os.close(w)
-
