@@ -103,7 +103,7 @@ def read_fd(fd, limit=None, from_start=True, size=None):
     while True:
         want = 1 << 16 if limit is None else min(1 << 16, limit + 1 - got)
         if size is not None and not chunks:
-            want = min(want, size + 1) if limit is not None else size + 1
+            want = min(want, size + 1)
         if want <= 0:
             break
         chunk = os.read(fd, want)

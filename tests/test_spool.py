@@ -1127,3 +1127,20 @@ def test_a_record_that_stays_damaged_is_reported_after_a_moment(spool):
     with pytest.raises(SpoolError, match="unreadable"):
         spool.get("broken")
     assert 1.0 < time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("size", [0, 1, 461, 65535, 65536, 65537, 200000])
+@pytest.mark.parametrize("limit", [None, 10, 70000])
+def test_reading_with_the_size_known_reads_the_same_bytes(tmp_path, size, limit):
+    """A record's read given its fstat size (one read when it is exact) returns what the
+    plain read returns, for sizes around the chunk size and with or without a limit."""
+    path = tmp_path / "f"
+    path.write_bytes(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+    reads = []
+    for known in (None, size):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            reads.append(fsutil.read_fd(fd, limit=limit, from_start=False, size=known))
+        finally:
+            os.close(fd)
+    assert reads[0] == reads[1] and len(reads[0]) == (size if limit is None else min(size, limit + 1))
