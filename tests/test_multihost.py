@@ -436,10 +436,12 @@ def test_dependencies_and_a_schedule_across_hosts(hosts):
 # ---------------------------------------------------------------- queues and limits across hosts
 
 def timed_job(hosts, spool, seconds):
-    """A job that writes when it started and ended (the machine's one clock) and where it ran."""
+    """A job that writes when it started and ended (the machine's one clock) and where it ran;
+    the end is renamed into place, so a test that waits for it reads it whole."""
     out = hosts.path(0, f"{spool}-ran")
     return (f"date +%s.%N > {out}/$QUEUECTL_JOB_ID.start; hostname > {out}/$QUEUECTL_JOB_ID.host; "
-            f"sleep {seconds}; date +%s.%N > {out}/$QUEUECTL_JOB_ID.end")
+            f"sleep {seconds}; date +%s.%N > {out}/$QUEUECTL_JOB_ID.end.t && mv {out}/$QUEUECTL_JOB_ID.end.t "
+            f"{out}/$QUEUECTL_JOB_ID.end")
 
 
 def spans(hosts, spool, ids):

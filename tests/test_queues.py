@@ -168,10 +168,11 @@ def test_a_full_queue_parks_its_jobs_without_reading_them_and_keeps_their_order(
 # ---------------------------------------------------------------- with real workers
 
 def timed_job(out, sleep=0.5):
-    """A command that writes when it started and ended, and where, by its own clock."""
+    """A command that writes when it started and ended, and where, by its own clock (the end
+    is renamed into place: a test that waits for it reads it whole)."""
     return (f"date +%s.%N > {out}/$QUEUECTL_JOB_ID.start; hostname > {out}/$QUEUECTL_JOB_ID.host; "
             f"echo ${{CUDA_VISIBLE_DEVICES-}} > {out}/$QUEUECTL_JOB_ID.gpus; sleep {sleep}; "
-            f"date +%s.%N > {out}/$QUEUECTL_JOB_ID.end")
+            f"date +%s.%N > {out}/$QUEUECTL_JOB_ID.end.t && mv {out}/$QUEUECTL_JOB_ID.end.t {out}/$QUEUECTL_JOB_ID.end")
 
 
 def intervals(out, ids):
