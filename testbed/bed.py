@@ -358,6 +358,28 @@ def mount(state, host):
     _save(state, state["dir"])
 
 
+def answers(host, timeout=60.0):
+    """Whether host's mount answers a stat within `timeout` s. The stat runs in a child, which
+    is left behind if it hangs: a call blocked in a FUSE request its daemon took survives
+    SIGKILL until the daemon answers or dies (remount() kills the daemon)."""
+    probe = subprocess.Popen(["stat", "-c", "%i", host["mount"]], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        return probe.wait(timeout) == 0
+    except subprocess.TimeoutExpired:
+        probe.kill()
+        return False
+
+
+def remount(state, host):
+    """A host's FUSE client replaced: the mount detached, its daemon killed (which fails every
+    call still waiting on it), the volume mounted again."""
+    _run("umount", "-l", host["mount"], check=False)
+    if host.get("fuse_pid"):
+        _kill(host["fuse_pid"])
+    mount(state, host)
+
+
 def _wait_mounted(state, timeout=30.0):
     probe = os.path.join(state["hosts"][0]["mount"], ".bed-probe")
     deadline = time.monotonic() + timeout

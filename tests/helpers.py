@@ -5,8 +5,8 @@ Import what you need: `from helpers import wait_until, read_job`. Sections:
 - waiting: wait_until
 - the real CLI in subprocesses: QUEUECTL, cli_env, Cli (the `cli` fixture), Tail, run_cli,
   is_one_line_error, fsck_json
-- processes: process_state, pid_gone, pids, command_line, spool_processes (the processes of a
-  spool), leaked_processes (what conftest's leak check looks for)
+- processes: run_bounded (a run that never waits past its bound), process_state, pid_gone,
+  pids, command_line, spool_processes (the processes of a spool), leaked_processes (what conftest's leak check looks for)
 - reading a spool: STATE_FOLDERS, job_files, state_counts, read_job_file, state_records, and
   "where is job X?", by what the test needs:
     job_places(spool_dir, id)  every (state, file name) holding it, from the names: to check
@@ -265,6 +265,30 @@ def spool_processes(spool_dir, queuectl_only=False, among=None):
         if mine and not pid_gone(pid):
             out.append(pid)
     return out
+
+
+def run_bounded(argv, timeout, input=None, env=None, cwd=None):
+    """subprocess.run(argv, capture_output=True, text=True, timeout=timeout) that never waits
+    past its bound. A process blocked on a FUSE request its daemon already took survives
+    SIGKILL until the daemon answers, and subprocess.run waits for it after the kill without
+    a bound: a hung filesystem would hang the test run."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{' '.join(argv[-4:])}: no end within {timeout:g}s, and alive 10 s after "
+                                 f"SIGKILL: stuck on a filesystem that does not answer") from None
+        raise subprocess.TimeoutExpired(argv, timeout, out, err) from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def kill_process_group(proc, timeout=10):
