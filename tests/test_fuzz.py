@@ -535,7 +535,7 @@ def _prop_cli_enqueue(spool_dir, argv):
                      arg_text),
        value=st.one_of(st.integers(-5, 10**13).map(str), st.floats(allow_nan=True).map(repr), arg_text,
                        st.sampled_from(["nan", "inf", "-inf", "1e400", "9" * 400, "9" * 5000, "1_000", "٣", "0x10",
-                                        " 7 ", "1.5", "0.5", "-0", "256", "257", "", "true"])))
+                                        " 7 ", "1.5", "0.5", "-0", "256", "257", "", "true", " On ", "off"])))
 def _prop_cli_config_set(spool_dir, key, value):
     COUNTS["cli config set"] += 1
     if key in HELPISH or value in HELPISH:
@@ -564,6 +564,10 @@ def _prop_cli_config_set(spool_dir, key, value):
     if kind is str:  # a shell command: stored as given, a blank one as none
         assert number == (value if value.strip() else None)
         assert out.rstrip("\n") == f"{name} = {'none' if number is None else number}"
+        return
+    if kind is bool:  # a switch: one of its words, stored as a JSON boolean, shown as on/off
+        assert number is configmod.BOOLEAN_WORDS[value.strip().lower()]
+        assert out.rstrip("\n") == f"{name} = {'on' if number else 'off'}"
         return
     assert isinstance(number, (int, float)) and not isinstance(number, bool)
     assert math.isfinite(number) and low <= number <= configmod.MAXIMUM.get(name, 10**12)
