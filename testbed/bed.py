@@ -405,6 +405,11 @@ def down(bed=BED_DIR):
             _kill(host["fuse_pid"])
     for pid in reversed(state.get("pids", [])):
         _kill(pid)
+    # and any other process started with the bed's own files (seen once: a ceph-mds left
+    # running after its recorded pid was killed)
+    for pid in pids_matching(bed):
+        if pid != os.getpid():
+            _kill(pid)
     if state.get("fs") == "glusterfs":
         volume_dir = os.path.join("/var/lib/glusterd/vols", state.get("volume", ""))
         if state.get("volume") and os.path.isdir(volume_dir):
