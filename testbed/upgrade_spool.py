@@ -62,8 +62,10 @@ def main(argv):
     add("long-1", "echo started; sleep 600")
     worker = subprocess.Popen(argv_of("worker", "run"), env=env, start_new_session=True, cwd="/",
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the worker's job note ("PGID ID") names the command's process group once it runs
+    note = os.path.join(spool, "workers", f"{HOST}_{worker.pid}.job")
     deadline = time.monotonic() + 30
-    while not [n for n in os.listdir(os.path.join(spool, "processing")) if n.startswith("long-1_")] \
+    while _read(note).split()[1:2] != [b"long-1"] \
             or b"started" not in _read(os.path.join(spool, "logs", "long-1.log")):
         if time.monotonic() > deadline:
             worker.kill()
@@ -71,7 +73,7 @@ def main(argv):
         time.sleep(0.1)
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait(10)
-    _kill_job_group(spool)
+    os.killpg(int(_read(note).split()[0]), signal.SIGKILL)
     add("urgent-1", "echo urgent", "--priority", "5")
     add("solo-1", "echo solo", "--queue", "solo")
     add("held-1", "echo held", "--queue", "held")
@@ -91,18 +93,6 @@ def _read(path):
             return fh.read()
     except FileNotFoundError:
         return b""
-
-
-def _kill_job_group(spool):
-    """The command of long-1 leads its own process group: kill it, found by its environment."""
-    marker = b"QUEUECTL_JOB_ID=long-1"
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as fh:
-                if marker in fh.read().split(b"\0"):
-                    os.killpg(os.getpgid(int(entry)), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
 
 
 if __name__ == "__main__":
