@@ -2,19 +2,24 @@
 job, on the multi-host test bed (testbed/bed.py; root, /dev/fuse), beside the local disk,
 in one run.
 
-    python3 bench/multihost.py [--jobs 400] [--fs glusterfs moosefs]
+    python3 bench/multihost.py [--jobs 400] [--fs glusterfs moosefs] [--baseline REF --rounds 3]
 
 For each filesystem: 1 host x 2 workers, 3 hosts x 2 workers, and 3 hosts x 4 workers
 claiming from one pending/ (contention); each drains N `true` jobs enqueued on host 1
 (`worker start --burst`), timed from the workers' start to the last one's exit. Claims lost
 to other workers come from the workers' own count (their "stopped" line). Then
-bench/fs_cost.py on host 1's mount: operations per job and per idle second. Medians are not
-taken: each figure is one drain, so quote them with the load (printed).
+bench/fs_cost.py on host 1's mount: operations per job and per idle second. Without
+--baseline each figure is one drain, so quote them with the load (printed).
+
+--baseline REF (a git commit, e.g. the last release) measures that version's code in the
+same run: each setup drains with the baseline and with this tree in turn, --rounds times,
+and the table gives the median of each side and the median of the per-round ratios.
 """
 import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,18 +30,26 @@ sys.path.insert(0, os.path.join(ROOT, "testbed"))
 import bed  # noqa: E402
 
 
-def env():
-    return dict(os.environ, PYTHONPATH=ROOT)
+def env(code=ROOT):
+    return dict(os.environ, PYTHONPATH=code)
 
 
-def drain(mounts, jobs, workers_per_host):
+def checkout(ref):
+    """The tree of git commit `ref`, extracted into a temporary folder (its `queuectl` package)."""
+    folder = tempfile.mkdtemp(prefix="bench-baseline-")
+    archive = subprocess.run(["git", "-C", ROOT, "archive", ref, "queuectl"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+    return folder
+
+
+def drain(mounts, jobs, workers_per_host, code=ROOT):
     """Drain `jobs` enqueued through mounts[0] with workers on every mount. -> (seconds, won, lost)."""
     spool_name = f"bench-{os.getpid()}-{time.monotonic_ns()}"
     spools = [os.path.join(m, spool_name) for m in mounts]
     os.makedirs(spools[0], mode=0o700)
     batch = "\n".join(json.dumps({"command": "true"}) for _ in range(jobs))
     subprocess.run([sys.executable, "-m", "queuectl", "--spool", spools[0], "enqueue", "--file", "-"],
-                   input=batch, text=True, env=env(), cwd=ROOT, check=True, capture_output=True)
+                   input=batch, text=True, env=env(code), cwd=code, check=True, capture_output=True)
     started = time.monotonic()
     procs = []
     for i, spool in enumerate(spools):
@@ -44,17 +57,33 @@ def drain(mounts, jobs, workers_per_host):
                 str(workers_per_host), "--burst"]
         if len(mounts) > 1:
             argv = bed.host_command(f"host{i + 1}", argv)
-        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
-                                      cwd=ROOT))
+        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env=env(code), cwd=code))
     outputs = [p.communicate(timeout=1800)[0] for p in procs]
     elapsed = time.monotonic() - started
     won = sum(int(m) for out in outputs for m in re.findall(r"\((\d+) job\(s\) claimed", out))
     lost = sum(int(m) for out in outputs for m in re.findall(r"(\d+) claim\(s\) lost", out))
     counts = json.loads(subprocess.run([sys.executable, "-m", "queuectl", "--spool", spools[0], "status", "--json"],
-                                       env=env(), check=True, capture_output=True, text=True).stdout)["counts"]
+                                       env=env(code), check=True, capture_output=True, text=True).stdout)["counts"]
     if counts["completed"] != jobs:
         raise SystemExit(f"only {counts['completed']} of {jobs} completed: {counts}")
+    if won != jobs:  # each job claimed once: none lost, none run twice
+        raise SystemExit(f"{won} claims won for {jobs} jobs")
     return elapsed, won, lost
+
+
+def compared(label, jobs, setup, baseline, rounds):
+    """A table row: this tree against the baseline's code, `rounds` interleaved pairs."""
+    ours, theirs, ratios = [], [], []
+    for i in range(rounds):
+        pair = {}
+        for side in (("base", "new") if i % 2 == 0 else ("new", "base")):
+            pair[side] = jobs / setup(ROOT if side == "new" else baseline)[0]
+        ours.append(pair["new"])
+        theirs.append(pair["base"])
+        ratios.append(pair["new"] / pair["base"])
+    return (f"| {label} | {statistics.median(ours):.0f} | {statistics.median(theirs):.0f} | "
+            f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |")
 
 
 def row(label, jobs, result):
@@ -66,7 +95,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--fs", nargs="+", default=list(bed.FILESYSTEMS), choices=bed.FILESYSTEMS)
+    parser.add_argument("--baseline", help="a git commit whose code is measured in the same run")
+    parser.add_argument("--rounds", type=int, default=3, help="pairs per setup with --baseline")
     args = parser.parse_args(argv)
+    if args.baseline:
+        return compare(args)
     reason = bed.unavailable()
     if reason:
         print(f"skipped: {reason}", file=sys.stderr)
@@ -91,6 +124,34 @@ def main(argv=None):
     print("\n".join(lines))
     for fs, text in costs.items():
         print(f"\n{fs}:\n{text}")
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+def compare(args):
+    reason = bed.unavailable()
+    if reason:
+        print(f"skipped: {reason}", file=sys.stderr)
+        return 2
+    baseline = checkout(args.baseline)
+    print(f"load before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores; baseline {args.baseline}, "
+          f"{args.rounds} interleaved pairs per setup, {args.jobs} `true` jobs per drain")
+    lines = [f"| setup | jobs/s, this tree | jobs/s, {args.baseline} | ratio (range) |", "|---|---|---|---|"]
+    local = tempfile.mkdtemp(prefix="bench-local-")
+    lines.append(compared("local disk, 1 host x 2 workers", args.jobs,
+                          lambda code: drain([local], args.jobs, 2, code), baseline, args.rounds))
+    for fs in args.fs:
+        state = bed.up(fs, hosts=3)
+        try:
+            mounts = [h["mount"] for h in state["hosts"]]
+            for hosts, per_host in ((1, 2), (3, 2), (3, 4)):
+                lines.append(compared(f"{fs}, {hosts} host(s) x {per_host} workers", args.jobs,
+                                      lambda code: drain(mounts[:hosts], args.jobs, per_host, code),
+                                      baseline, args.rounds))
+                print(lines[-1], flush=True)
+        finally:
+            bed.down()
+    print("\n".join(lines))
     print(f"load after: {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -10,7 +10,7 @@ import os
 
 from . import ingest, logs, registry, runner
 from .errors import LostRace, QueuectlError
-from .hooks import Hooks
+from .hooks import FINAL, Hooks, command_for
 from .runner import Interrupt
 
 
@@ -98,7 +98,10 @@ class Execution:
     def hook(self, record, cfg=None):
         """A job reached a final state here: start its on-finish hook, if it has one. `cfg`:
         the config at hand (an attempt's), which spares a stat of config.json per job."""
-        self.hooks.start(record, cfg or self.worker.config(), self.spool.log_path(record["id"]))
+        cfg = cfg or self.worker.config()
+        if record.get("state") in FINAL and command_for(record, cfg) is not None:
+            self.spool.moves.journal.flush()  # the hook may ask `metrics` about this finish
+        self.hooks.start(record, cfg, self.spool.log_path(record["id"]))
 
     def reap_hooks(self):
         """Seconds until a running on-finish hook must be killed (inf: none runs)."""

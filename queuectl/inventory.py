@@ -10,7 +10,7 @@ import time
 
 from . import fsutil, names, queues, timeutil
 from .errors import JobNotFound, SpoolError
-from .job import STATES, State, check_id, queue_of
+from .job import STATES, State, check_id, queue_of, running_record
 from .waiting import why_waiting
 
 
@@ -81,11 +81,14 @@ class Inventory:
                 time.sleep(0.05)
 
     def _read(self, state, name):
-        """A job file's record. Between the two renames of a move (docs/protocol.md, rule 3) the file
-        still holds the previous record while the new one waits in tmp/mv-ID-*.json: wait a
-        moment for it to land, else read it from tmp/; label the record by its folder."""
+        """A job file's record. A claimed job's file in processing/ holds its record as it was
+        claimed: the running attempt is merged in from the name (rule 4). Between the two
+        renames of a move (docs/protocol.md, rule 3) the file still holds the previous record
+        while the new one waits in tmp/mv-ID-*.json: wait a moment for it to land, else read
+        it from tmp/; label the record by its folder."""
         path = os.path.join(self.layout.state_dir(state), name)
-        expected_id = names.id_of(state, name)
+        claim = names.parse_processing(name) if state == "processing" else None
+        expected_id = claim.job_id if claim else names.id_of(state, name)
         for attempt in range(10):
             record = fsutil.read_json(path)
             if isinstance(record, dict) and expected_id and record.get("id") != expected_id:
@@ -93,6 +96,8 @@ class Inventory:
                 raise FileNotFoundError(path)
             if not isinstance(record, dict) or record.get("state") == state:
                 return record
+            if claim and claim.started is not None:
+                return running_record(record, claim)
             if attempt == 0:
                 staged = self._staged_record(record.get("id"), state)
                 if staged is not None:

@@ -299,6 +299,15 @@ def queue_of(record):
     return record.get("queue") or DEFAULT_QUEUE
 
 
+def running_record(record, claim):
+    """The record of a job while attempt `claim` (names.ProcessingName, with its start) runs.
+    A claim renames the pending record into processing/ as it was: the attempt, its worker
+    and its start are in the file name, and readers merge them in here."""
+    started = timeutil.iso(claim.started)
+    return dict(record, state=State.PROCESSING.value, attempts=claim.attempt, started_at=started,
+                finished_at=None, worker=claim.worker, updated_at=max(record.get("updated_at") or "", started))
+
+
 def due_time(record):
     """When the job may next start: run_at, or for a job without one its creation time."""
     return timeutil.parse_iso(record.get("run_at") or record["created_at"])

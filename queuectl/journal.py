@@ -40,12 +40,17 @@ def file_hour(name):
 
 class Writer:
     """Appends the journal lines of one process (a Moves instance has one). The file of the
-    current hour stays open until the hour changes."""
+    current hour stays open until the hour changes. With `hold` > 0 (a worker) lines are
+    kept up to that many seconds and written together: one write for many finishes. The
+    holder calls flush() before it idles and when it stops."""
 
     def __init__(self, folder):
         self.folder = folder
+        self.hold = 0.0
         self._key = None  # (hour number, pid) of the open file: a forked child opens its own
         self._fd = None
+        self._held = []   # [(hour key, line)] not yet written
+        self._since = 0.0  # time.monotonic() of the first held line
 
     def append(self, record, ended_attempt, now=None):
         """One line for `record`, just moved to its `state`. Never raises OSError: a full or
@@ -60,18 +65,34 @@ class Writer:
                 pass
         attempts = record.get("attempts")
         line = f"{now:.3f} {record['state']} {record['id']} {attempts if isinstance(attempts, int) else 0} {runtime}\n"
-        try:
-            key = (int(now // 3600), os.getpid())
-            if key != self._key:
-                self.close()
-                name = f"{names.hostname()}_{key[1]}-{hour_text(now)}{SUFFIX}"
-                self._fd = os.open(os.path.join(self.folder, name), _FLAGS, 0o600)
-                self._key = key
-            os.write(self._fd, line.encode())  # one write per line: O_APPEND keeps lines whole
-        except OSError:
-            pass  # ENOSPC, EROFS, journal/ gone: the move stands, the statistics miss one line
+        if not self._held:
+            self._since = time.monotonic()
+        self._held.append(((int(now // 3600), os.getpid()), now, line))
+        if self.hold <= 0 or time.monotonic() - self._since >= self.hold:
+            self.flush()
+
+    def flush(self):
+        """Write the lines held: one write per hour's file (O_APPEND keeps the lines whole)."""
+        held, self._held = self._held, []
+        while held:
+            key, now = held[0][0], held[0][1]
+            lines = [line for k, _, line in held if k == key]
+            held = [h for h in held if h[0] != key]
+            try:
+                if key != self._key:
+                    self._close_file()
+                    name = f"{names.hostname()}_{key[1]}-{hour_text(now)}{SUFFIX}"
+                    self._fd = os.open(os.path.join(self.folder, name), _FLAGS, 0o600)
+                    self._key = key
+                os.write(self._fd, "".join(lines).encode())
+            except OSError:
+                pass  # ENOSPC, EROFS, journal/ gone: the moves stand, the statistics miss their lines
 
     def close(self):
+        self.flush()
+        self._close_file()
+
+    def _close_file(self):
         if self._fd is not None:
             fsutil.close_quiet(self._fd)
         self._fd = self._key = None

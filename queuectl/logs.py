@@ -11,6 +11,7 @@ import time
 from . import fsutil, timeutil
 
 
+_CHUNK = 1 << 20
 _CUT_NOTE = re.compile(rb"\[queuectl: (?:at least )?(\d+) bytes of older output cut")
 
 
@@ -24,6 +25,36 @@ def header(record, worker):
     total = record["max_retries"] + 1
     return (f"=== queuectl attempt {record['attempts']}/{total} of job {record['id']} · "
             f"worker {worker} · {timeutil.iso(timeutil.now())} ===\n$ {record['command']}\n").encode("utf-8", "replace")
+
+
+def attempt_started(path, claim):
+    """Whether the command of attempt `claim` (names.ProcessingName) may have started: False
+    only when the log at `path` shows it did not, i.e. the log is there, no older output was
+    cut from it, and it holds no header of that attempt written by its worker at or after
+    its claim (the header is written just before the command starts). A missing log (never
+    made, or removed by hand to free space) counts as started, so a job that fills the disk
+    still runs out of attempts. Read only by a take-back, which is rare: the whole log is
+    searched."""
+    since_ms = round(claim.started * 1000) - 1  # the header's time is truncated to the ms, the name's rounded
+    header = re.compile(rb"=== queuectl attempt %d/\d+ of job %s \xc2\xb7 worker %s \xc2\xb7 (\S+) ===\n"
+                        % (claim.attempt, re.escape(claim.job_id.encode()), re.escape(claim.worker.encode())))
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read(_CHUNK)
+            if _CUT_NOTE.match(text):
+                return True
+            while text:
+                for found in header.finditer(text):
+                    try:
+                        if round(timeutil.parse_iso(found.group(1).decode()) * 1000) >= since_ms:
+                            return True
+                    except ValueError:
+                        continue
+                more = fh.read(_CHUNK)
+                text = text[-1024:] + more if more else b""  # a header is shorter than 1 KiB
+    except FileNotFoundError:
+        return True
+    return False
 
 
 def append_line(fd, text):

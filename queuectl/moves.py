@@ -14,11 +14,11 @@ import os
 import time
 
 from . import config as configmod
-from . import fsutil, journal, locks, names, timeutil
+from . import fsutil, journal, locks, logs, names, timeutil
 from .errors import Busy, DuplicateJob, FieldError, JobNotFound, LostRace, WrongState
 from .faults import crashpoint
 from .inventory import Inventory
-from .job import State, check_record, due_time
+from .job import State, check_record, due_time, running_record
 
 MAX_DROP_BYTES = 1024 * 1024
 MOVE_PREFIX = "mv-"  # tmp/mv-ID-PID-HEX.json: the new record of a move in progress
@@ -26,7 +26,7 @@ TAKE_PREFIX = "take-"  # ids/ID holds "take-HOST_PID" while a worker stores a dr
 MARKER_WRITE_GRACE = 60.0  # a marker still empty this long after creation was left by a crash
 # kinds of move that are not fsynced (a worker's claim, finish, promotion, take-back, ...);
 # every other kind is (docs/protocol.md "Durability")
-LAZY_MOVES = frozenset({"claim", "complete", "fail", "bury", "kill", "requeue", "promote", "takeback",
+LAZY_MOVES = frozenset({"complete", "fail", "bury", "kill", "requeue", "promote", "takeback",
                         "takeback-dead", "unclaim", "release", "cascade"})
 # kinds of move that end an attempt or finish a job: each appends a line to the journal
 # (journal.py). The others start something (claim, promote, retry, release, ...) or undo a claim.
@@ -342,20 +342,29 @@ class Moves(Inventory):
             if grant is None:
                 held.close()
                 return None
-        now = timeutil.now()
-        record = dict(held.record)
-        record.update(attempts=record["attempts"] + 1, started_at=timeutil.iso(now), finished_at=None,
-                      worker=f"{worker_host}:{worker_pid}")
-        dst = names.processing_name(record["id"], worker_host, worker_pid, record["attempts"])
+        # One rename, the record left as it was: the attempt, its worker and its start are in
+        # the new name (job.running_record), and the record is rewritten once, at the finish.
+        started = round(timeutil.now(), 3)  # the name's START has milliseconds
+        claim = names.ProcessingName(job_id, worker_host, worker_pid, held.record["attempts"] + 1, started)
+        dst_name = names.processing_name(*claim)
         try:
-            claimed = self.move(held, State.PROCESSING, dst, record, kind="claim", keep_lock=True)
+            try:
+                os.rename(os.path.join(self.layout.pending, name), os.path.join(self.layout.processing, dst_name))
+            except FileNotFoundError:  # the fence: someone else moved it (a cancel)
+                raise LostRace(f"pending/{name} was moved by someone else") from None
+            crashpoint("claim.moved")
+            if self.durable_moves:
+                fsutil.fsync_dir(self.layout.processing)
+                fsutil.fsync_dir(self.layout.pending)
+            crashpoint("claim.synced")
         except BaseException:
             held.close()
             if grant is not None:
                 grant.release()
             raise
-        claimed.grant = grant
-        return claimed
+        held.state, held.name, held.grant = str(State.PROCESSING), dst_name, grant
+        held.record = running_record(held.record, claim)
+        return held
 
     def store_claimed(self, record, worker_host, worker_pid):
         """A dropped job that this idle worker runs at once (rule 6b): reserve its id and write
@@ -377,11 +386,11 @@ class Moves(Inventory):
         try:
             locks.try_lock(lock_fd)  # before the token: an empty marker reads as "being written"
             os.pwrite(lock_fd, f"{TAKE_PREFIX}{worker_host}_{worker_pid}".encode(), 0)
-            now = timeutil.now()
+            now = round(timeutil.now(), 3)
             record = dict(record, state=str(State.PROCESSING), attempts=record["attempts"] + 1,
                           started_at=timeutil.iso(now), finished_at=None, worker=f"{worker_host}:{worker_pid}",
                           updated_at=timeutil.iso(now))
-            name = names.processing_name(job_id, worker_host, worker_pid, record["attempts"])
+            name = names.processing_name(job_id, worker_host, worker_pid, record["attempts"], now)
             tmp = os.path.join(lay.tmp, f"{MOVE_PREFIX}{job_id}-{os.getpid()}-{os.urandom(3).hex()}.json")
             new_fd = fsutil.write_new(tmp, fsutil.dumps(record), sync=False)
             crashpoint("take.staged")
@@ -504,7 +513,10 @@ class Moves(Inventory):
         except FieldError as exc:
             held.close()
             raise Corrupt("processing", name, str(exc)) from None
-        newer = self._newer_final_copy(held.record)
+        claimed_view = held.record  # as new as its START, for a claim that left it as it was
+        if parsed.started is not None and held.record.get("state") != "processing":
+            claimed_view = running_record(held.record, parsed)
+        newer = self._newer_final_copy(claimed_view)
         if newer:  # a power cut kept a finishing move's new record but not its first rename
             held.close()
             self.move_aside(os.path.join(self.layout.processing, name), name,
@@ -514,9 +526,10 @@ class Moves(Inventory):
         registry.kill_leftover_job(self.layout, host, pid, held.record["id"])  # one copy at a time
         record = dict(held.record)
         try:
-            if record.get("state") != "processing":
-                # died between the claim's two renames: the command never started
+            if not self._attempt_started(record, parsed):
                 return self.move(held, State.PENDING, self.pending_name(record), record, kind="unclaim")
+            if record.get("state") != "processing":
+                record = running_record(record, parsed)
             now = timeutil.now()
             record.update(exit_code=None, finished_at=timeutil.iso(now),
                           last_error=reason or f"worker lost (host {host}, pid {pid})")
@@ -524,6 +537,17 @@ class Moves(Inventory):
         except BaseException:
             held.close()
             raise
+
+    def _attempt_started(self, record, claim):
+        """Whether the command of the attempt in processing/ under `claim` (its parsed name)
+        may have started: then the attempt counts."""
+        if record.get("state") == "processing":  # an earlier version's claim, or a taken dropped job
+            return True
+        if claim.started is None:  # an earlier version's claim cut between its two renames
+            return False
+        # this version's claim leaves the record as it was: the log tells whether the
+        # attempt's header was written, which comes just before the command's start
+        return logs.attempt_started(self.layout.log(record["id"]), claim)
 
     def _newer_final_copy(self, record):
         """STATE/NAME of a copy of `record`'s job in completed/, dead/ or blocked/ that is at

@@ -2,15 +2,16 @@
 
     pending/    PPP_DUE_SEQ_ID.json        010_20261124T130119.123Z_1795957279123456789_backup.json
     failed/     NEXT_ID.json               20261124T130121.123Z_backup.json
-    processing/ ID_HOST_PID_aN.json        backup_build1_4242_a2.json
+    processing/ ID_HOST_PID_aN_START.json  backup_build1_4242_a2_20261124T130121.456Z.json
     completed/, dead/  ID.json
 
 PPP is the priority (000-999, lower first), DUE the time the job may start (UTC,
 millisecond, fixed width), SEQ the enqueue time in nanoseconds (19 digits): so plain byte
 order of pending/ is priority, then due time, then enqueue order. All fields before ID are
 fixed-width, so an id containing '_' still parses. The processing name carries the
-attempt's owner and number: it is unique per attempt, which is what makes the final
-rename of an attempt a fence (docs/protocol.md).
+attempt's owner, number and start: it is unique per attempt, which is what makes the final
+rename of an attempt a fence, and it is the running half of the record, which a claim
+does not rewrite (docs/protocol.md). Names of earlier versions lack START and still parse.
 """
 import os
 import re
@@ -46,11 +47,16 @@ class ProcessingName(NamedTuple):
     host: str
     pid: int
     attempt: int
+    started: float = None  # Unix seconds; None in a name of an earlier version
+
+    @property
+    def worker(self):
+        return f"{self.host}:{self.pid}"
 
 
 _PENDING = re.compile(r"(\d{3})_(\d{8}T\d{6}\.\d{3}Z)_(\d{19})_(.+)\.json")
 _FAILED = re.compile(r"(\d{8}T\d{6}\.\d{3}Z)_(.+)\.json")
-_PROCESSING = re.compile(r"(.+)_([A-Za-z0-9.-]+)_(\d+)_a(\d+)\.json")
+_PROCESSING = re.compile(r"(.+)_([A-Za-z0-9.-]+)_(\d+)_a(\d+)(?:_(\d{8}T\d{6}\.\d{3}Z))?\.json")
 
 
 def stamp(ts):
@@ -134,16 +140,22 @@ def hostname():
     return re.sub(r"[^A-Za-z0-9.-]", "-", os.uname().nodename)[:64] or "localhost"
 
 
-def processing_name(job_id, host, pid, attempt):
-    return f"{job_id}_{host}_{pid}_a{attempt}{SUFFIX}"
+def processing_name(job_id, host, pid, attempt, started=None):
+    """`started` None gives the name of an earlier version (no START)."""
+    start = "" if started is None else f"_{stamp(started)}"
+    return f"{job_id}_{host}_{pid}_a{attempt}{start}{SUFFIX}"
 
 
 def parse_processing(name):
-    """-> ProcessingName(job_id, host, pid, attempt), or None."""
+    """-> ProcessingName(job_id, host, pid, attempt, started), or None."""
     m = _PROCESSING.fullmatch(name)
     if not m or not ID_PATTERN.fullmatch(m.group(1)):
         return None
-    return ProcessingName(m.group(1), m.group(2), int(m.group(3)), int(m.group(4)))
+    try:
+        started = parse_stamp(m.group(5)) if m.group(5) else None
+    except ValueError:
+        return None
+    return ProcessingName(m.group(1), m.group(2), int(m.group(3)), int(m.group(4)), started)
 
 
 def final_name(job_id):

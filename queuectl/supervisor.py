@@ -140,7 +140,14 @@ class Supervisor:
             return 0  # our own stop reached it before it could take it gracefully: it ran nothing
         died = f"signal {-code}" if code < 0 else f"exit code {code}"
         self.spool.moves.durable_moves = self.spool.config()["durable-moves"]
-        for record in self.spool.moves.take_back_lost():
+        try:
+            taken = self.spool.moves.take_back_lost()
+        except (OSError, QueuectlError) as exc:  # a full disk: the jobs wait, with their locks free
+            taken = []
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self.emit(f"{time.strftime('%H:%M:%S')} supervisor: cannot take back the jobs of worker pid {proc.pid} "
+                      f"now ({reason}); the next worker start or `queuectl fsck --repair` will")
+        for record in taken:
             self.emit(f"{time.strftime('%H:%M:%S')} supervisor: job {record['id']} taken back: "
                       f"{record['last_error']} -> {record['state']}")
             self.hooks.start(record, self.spool.config(), self.spool.log_path(record["id"]))

@@ -33,6 +33,7 @@ OUTAGE_ERRNOS = frozenset({errno.ENOTCONN, errno.EIO, errno.EBADFD, errno.ETIMED
                            errno.ECONNRESET, errno.ECONNREFUSED})
 ALL = frozenset({"incoming", "pending", "failed", "workers", "blocked", "schedules", "queues"})
 SHARED_CLAIM_SPREAD = 16  # on a shared spool, steal at random among the first N due names (pending.py)
+JOURNAL_HOLD = 1.0        # seconds a busy worker keeps finish lines before one write (journal.py)
 PAUSED_LOOK = 0.5         # seconds between looks for `resume` while paused (no event tells of it)
 RELIST_AFTER_LOSSES = 3   # lost claims in a row after which a worker on a shared spool lists pending/ again
 
@@ -124,6 +125,7 @@ class Worker:
         self.layout.check_safe()
         check_filesystem(self.layout)
         self.config()  # read before the first claim: durable-moves applies to it
+        self.moves.journal.hold = JOURNAL_HOLD
         runner.close_inherited()
         self._reg_fd = registry.register(self.layout, self.host, self.pid, self._offer())
         self.shared = fsinfo.is_network(self.layout.root)
@@ -254,6 +256,7 @@ class Worker:
                 execution.record_previous()
                 if self.burst:
                     return  # nothing it may run now
+                self.moves.journal.flush()
                 self.waker.wait(min(PAUSED_LOOK, max(0.0, keeping.next_rescan - time.monotonic())))
                 continue
             (name, job_id), next_pending = self._pick(timeutil.now())
@@ -273,6 +276,7 @@ class Worker:
             timeout = min(keeping.next_rescan - time.monotonic(), wake_at - timeutil.now(), execution.reap_hooks(),
                           self.admission.probe_in())
             if timeout > 0:
+                self.moves.journal.flush()  # idle: the finishes held so far reach `metrics` now
                 self.waker.wait(timeout)
 
     def _check_paused(self):

@@ -355,6 +355,16 @@ def state_records(spool_dir, state):
     return out
 
 
+def claim_started(spool, name, host, pid):
+    """Claim pending/NAME for worker HOST:PID and write the attempt's log header, as a worker
+    does just before the command starts: a take-back then counts the attempt. Returns Held."""
+    from queuectl import logs
+    held = spool.moves.claim(name, host, pid)
+    with open(spool.layout.log(held.record["id"]), "ab") as fh:
+        fh.write(logs.header(held.record, held.record["worker"]))
+    return held
+
+
 def job_places(spool_dir, job_id):
     """Every (state folder, file name) that holds job `job_id`, by name."""
     from queuectl import names
@@ -393,6 +403,10 @@ def read_job(spool_dir, job_id):
                     record = json.load(fh)
             except (OSError, ValueError):
                 return state, None
+            claim = names.parse_processing(name) if state == "processing" else None
+            if claim and claim.started is not None and isinstance(record, dict) and record.get("state") != state:
+                from queuectl.job import running_record
+                return state, running_record(record, claim)  # a claim leaves its record as it was
             return state, record if isinstance(record, dict) and record.get("state") == state else None
     return None, None
 

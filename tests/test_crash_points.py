@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, drop, job_places, read_job_file, wait_until
+from helpers import ROOT, claim_started, drop, job_places, read_job_file, wait_until
 from queuectl import Spool, faults, fsck, names
 from queuectl.worker import Worker
 
@@ -72,9 +72,9 @@ def _completed_job(spool, job_id):
 
 
 def _orphan(spool, job_id, max_retries):
-    """A processing/ job whose worker died (its lock is free)."""
+    """A processing/ job whose worker died (its lock is free) after the command started."""
     spool.enqueue("true", id=job_id, max_retries=max_retries)
-    spool.moves.claim(spool.names("pending")[0], "ghosthost", 999999).close()
+    claim_started(spool, spool.names("pending")[0], "ghosthost", 999999).close()
 
 
 def run_worker_burst(cli, env):

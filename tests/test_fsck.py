@@ -557,6 +557,24 @@ def test_duplicate_the_older_copy_is_moved_aside(spool, newer):
     assert found(spool, fsck.check(spool)) == []
 
 
+def test_duplicate_a_claimed_copy_is_as_new_as_its_start(spool):
+    """A claim leaves the record as it was: a copy of it left in pending/ (a power cut that
+    kept the claim's new name but not the removal of the old one) is the older one."""
+    spool.enqueue("true", id="j")
+    name = spool.names("pending")[0]
+    before = read(state_path(spool, "pending", name))
+    claimed = spool.moves.claim(name, DEAD_HOST, DEAD_PID)
+    claimed.close()
+    stale = write(state_path(spool, "pending", name), before)
+    problems = [p for p in fsck.check(spool) if p.kind == "duplicate"]
+    assert [p.path for p in problems] == [stale]
+    assert problems[0].detail == f"id 'j' is also in processing/{claimed.name} (newer)"
+    fsck.repair(fsck.check(spool))
+    got = spool.get("j")  # taken back from its dead worker: no log says the command never started
+    assert got["state"] == "failed" and got["attempts"] == 1 and got["last_error"].startswith("worker lost")
+    assert found(spool, fsck.check(spool)) == []
+
+
 def test_duplicate_left_in_processing_goes_aside_before_any_take_back(spool):
     """A power cut kept a move's new record (completed/) but not the rename that took the job
     out of processing/: the old copy goes aside; a take-back of it would have made it the newer."""

@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from helpers import wait_until
+from helpers import claim_started, wait_until
 from queuectl import fsck, journal, metrics, names, timeutil
 from queuectl.moves import FINISHING_MOVES
 from queuectl.worker import Worker
 
 # the kinds of move that start something or undo a claim: no journal line
-NOT_FINISHING = {"claim", "promote", "requeue", "unclaim", "adopt", "dlq-retry", "retry", "release"}
+NOT_FINISHING = {"promote", "requeue", "unclaim", "adopt", "dlq-retry", "retry", "release"}
 
 
 def lines(spool):
@@ -96,7 +96,7 @@ def test_a_drain_writes_one_line_per_finish(spool, monkeypatch):
 def test_takeback_and_kill_are_journaled(spool):
     """A lost worker's attempt taken back, and a running job killed by cancel --kill."""
     spool.enqueue("true", id="lost", max_retries=0)
-    spool.moves.claim(spool.names("pending")[0], "ghosthost", 999999).close()  # its worker is gone
+    claim_started(spool, spool.names("pending")[0], "ghosthost", 999999).close()  # its worker is gone
     spool.moves.take_back(spool.names("processing")[0])
     spool.enqueue("true", id="killed")
     held = spool.moves.claim(spool.names("pending")[0], "h", 1)
@@ -104,6 +104,29 @@ def test_takeback_and_kill_are_journaled(spool):
     _, entries = only_file(spool)
     assert [(f[1], f[2], f[3]) for f in entries] == [("dead", "lost", "1"), ("dead", "killed", "1")]
     assert all(f[4] != "-" for f in entries)
+
+
+def test_a_worker_holds_lines_and_writes_them_in_one_write(spool, monkeypatch):
+    """With `hold` (a busy worker) lines wait until the hold is over or flush(); each hour's
+    lines are one write to that hour's file; close() writes what is held."""
+    writes = []
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: (writes.append(data), real_write(fd, data))[1])
+    writer = journal.Writer(os.path.join(spool.path, "journal"))
+    writer.hold = 60.0
+    hour = 3600 * 490_000
+    for i, now in enumerate((hour - 2, hour - 1, hour + 1)):  # two lines in one hour, one in the next
+        writer.append({"state": "completed", "id": f"j{i}", "attempts": 1}, ended_attempt=False, now=now)
+    assert writes == [] and lines(spool) == {}
+    writer.flush()
+    assert len(writes) == 2 and [len(v) for v in lines(spool).values()] == [2, 1]
+    writer.append({"state": "dead", "id": "late", "attempts": 2}, ended_attempt=False, now=hour + 2)
+    writer.close()
+    assert len(writes) == 3 and [f[2] for f in sorted(lines(spool).items())[-1][1]] == ["j2", "late"]
+    writer.hold = 0.0  # not a worker: every line at once
+    writer.append({"state": "dead", "id": "now", "attempts": 1}, ended_attempt=False, now=hour + 3)
+    assert len(writes) == 4
+    writer.close()
 
 
 @pytest.mark.parametrize("how", ["journal-is-a-file", "disk-full"])

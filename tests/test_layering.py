@@ -9,8 +9,9 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # lower may not import higher; modules on one level do not import each other
 LAYERS = [
     ["errors", "faults", "version"], ["timeutil"], ["job"], ["names"], ["fsutil", "fsinfo"], ["locks"],
-    ["pool", "journal", "queues", "slots", "turns"], ["paths"], ["config"], ["registry"], ["waiting"], ["inventory"], ["moves"],
-    ["dependencies", "schedules"], ["spool"], ["ingest", "logs", "metrics"],
+    ["pool", "journal", "queues", "slots", "turns", "logs"], ["paths"], ["config"], ["registry"], ["waiting"],
+    ["inventory"], ["moves"],
+    ["dependencies", "schedules"], ["spool"], ["ingest", "metrics"],
     ["fsck", "doctor"], ["runner", "pending", "contact", "folderstamp"], ["hooks", "waker", "admission"],
     ["housekeeping", "execution"], ["worker"],
     ["supervisor"], ["render"],

@@ -86,9 +86,13 @@ def test_ids_round_trip_through_every_name(job_id):
     assert got[1] == job_id and got[0] == pytest.approx(due)
     assert names.id_of("failed", names.failed_name(due, job_id)) == job_id
     for host in ("build1", "host-2.example.com", "localhost", "h"):
-        name = names.processing_name(job_id, host, 4242, 3)
-        assert names.parse_processing(name) == (job_id, host, 4242, 3)
+        name = names.processing_name(job_id, host, 4242, 3, due)
+        assert names.parse_processing(name) == (job_id, host, 4242, 3, pytest.approx(due))
         assert names.id_of("processing", name) == job_id
+        old = names.processing_name(job_id, host, 4242, 3)  # an earlier version's: no start
+        assert old == f"{job_id}_{host}_4242_a3.json"
+        assert names.parse_processing(old) == (job_id, host, 4242, 3, None)
+        assert names.id_of("processing", old) == job_id
     assert names.id_of("completed", names.final_name(job_id)) == job_id
     assert names.id_of("dead", names.final_name(job_id)) == job_id
 
@@ -101,7 +105,10 @@ def test_random_ids_round_trip(seed):
         host = names.hostname() if rng.random() < 0.3 else "".join(
             rng.choice(string.ascii_letters + string.digits + ".-") for _ in range(rng.randint(1, 20)))
         pid, attempt = rng.randint(1, 4_000_000), rng.randint(1, 1000)
-        assert names.parse_processing(names.processing_name(job_id, host, pid, attempt)) == (job_id, host, pid, attempt)
+        assert names.parse_processing(names.processing_name(job_id, host, pid, attempt)) == (job_id, host, pid, attempt, None)
+        started = random_due(rng)
+        parsed = names.parse_processing(names.processing_name(job_id, host, pid, attempt, started))
+        assert parsed[:4] == (job_id, host, pid, attempt) and round(parsed.started * 1000) == round(started * 1000)
         prio, due, seq = rng.randint(0, 999), random_due(rng), random_seq(rng)
         parsed = names.parse_pending(names.pending_name(prio, due, seq, job_id))
         assert parsed[0] == prio and parsed[2] == seq and parsed[3] == job_id

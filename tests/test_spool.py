@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from helpers import STATE_FOLDERS, find_job, job_files, read_job_file, state_counts, tree_snapshot
+from helpers import STATE_FOLDERS, claim_started, find_job, job_files, read_job_file, state_counts, tree_snapshot
 from queuectl import fsck
 from queuectl import Spool, fsutil, locks, names, registry, timeutil
 from queuectl.errors import (SpoolError, Busy, DuplicateJob, FieldError, InvalidInput, JobNotFound, LostRace,
@@ -21,9 +21,10 @@ NO_BACKOFF = (1, 0, 0)  # retry delay 0
 
 
 def claim(spool, job_id, host="hostA", pid=1001):
+    """Claim the job and write its attempt's log header: its command counts as started."""
     state, name = find_job(spool, job_id)
     assert state == "pending"
-    return spool.moves.claim(name, host, pid)
+    return claim_started(spool, name, host, pid)
 
 
 def to_pending(spool, job_id):
@@ -114,14 +115,15 @@ def test_enqueue_is_durable_before_it_returns(spool, monkeypatch):
 
 
 def test_claim_puts_the_counted_attempt_in_place_before_it_returns(spool):
-    """Rule 8: the processing/ record already says attempts + 1 when claim() returns, i.e.
-    before the command can start, so a job that kills its worker still counts."""
+    """Rule 4: the processing/ name already says attempt 1 when claim() returns, i.e.
+    before the command can start, so every reader sees the attempt counted."""
     spool.enqueue("true", id="counted")
     held = spool.moves.claim(spool.names("pending")[0], "h", 1)
     try:
-        on_disk = read_job_file(spool.path, "processing", held.name)
-        assert on_disk["attempts"] == 1 and on_disk["state"] == "processing"
-        assert on_disk["worker"] == "h:1"
+        claimed = names.parse_processing(held.name)
+        assert (claimed.job_id, claimed.worker, claimed.attempt) == ("counted", "h:1", 1)
+        seen = spool.get("counted")
+        assert seen["attempts"] == 1 and seen["state"] == "processing" and seen["worker"] == "h:1"
     finally:
         held.close()
 
@@ -411,15 +413,20 @@ def test_claim_persists_attempts_before_the_command_starts(spool):
     held = claim(spool, "c1", "hostA", 1234)
     try:
         assert isinstance(held, Held) and held.state == "processing" and held.fd is not None
-        assert held.name == names.processing_name("c1", "hostA", 1234, 1)
+        started = names.parse_processing(held.name).started
+        assert held.name == names.processing_name("c1", "hostA", 1234, 1, started)
+        assert abs(started - time.time()) < 5
         assert job_files(spool.path, "processing") == [held.name]
         assert job_files(spool.path, "pending") == []
+        # one rename: the file holds the record as claimed; the name carries the attempt
         on_disk = read_job_file(spool.path, "processing", held.name)
-        assert on_disk["attempts"] == 1
-        assert on_disk["state"] == "processing"
-        assert on_disk["worker"] == "hostA:1234"
-        assert on_disk["started_at"] is not None and on_disk["finished_at"] is None
-        assert held.record == on_disk
+        assert on_disk["attempts"] == 0 and on_disk["state"] == "pending"
+        seen = spool.get("c1")
+        assert seen["attempts"] == 1
+        assert seen["state"] == "processing"
+        assert seen["worker"] == "hostA:1234"
+        assert seen["started_at"] == timeutil.iso(started) and seen["finished_at"] is None
+        assert held.record == seen
         # the job (its id marker) is locked while held, so nobody can take it
         assert locked_by_someone(os.path.join(spool.path, "ids", "c1"))
         with pytest.raises(Busy):
@@ -610,6 +617,29 @@ def test_take_back_lost_takes_only_free_ones(spool):
     assert find_job(spool, "lost")[0] == "dead"
     assert find_job(spool, "alive")[0] == "processing"
     alive.close()
+
+
+@pytest.mark.parametrize("log", ["empty", "earlier-attempt", "removed"])
+def test_take_back_counts_an_attempt_unless_its_log_shows_it_never_started(spool, log):
+    """Rule 5: the job's log holds no header of this attempt (only one written before the
+    claim, by the same worker): the command never started, the job goes back to pending/.
+    A log removed by hand proves nothing: the attempt counts."""
+    spool.enqueue("true", id="early", max_retries=0)
+    name = find_job(spool, "early")[1]
+    if log != "removed":
+        with open(spool.layout.log("early"), "wb") as fh:
+            if log == "earlier-attempt":
+                fh.write(f"=== queuectl attempt 1/1 of job early · worker hostZ:31337 · "
+                         f"{timeutil.iso(time.time() - 60)} ===\n$ true\n".encode())
+    held = spool.moves.claim(name, "hostZ", 31337)
+    held.close()
+    new = spool.moves.take_back(held.name)
+    got = spool.get("early")
+    if log == "removed":
+        assert new.state == "dead" and got["attempts"] == 1 and got["last_error"].startswith("worker lost")
+    else:
+        assert new.state == "pending"
+        assert got["state"] == "pending" and got["attempts"] == 0 and got["started_at"] is None
 
 
 def test_take_back_of_a_claim_interrupted_between_its_renames_is_uncounted(spool):
@@ -944,7 +974,7 @@ def test_recovery_finishes_a_move_interrupted_between_its_two_renames(spool):
               os.path.join(spool.path, "completed", "half-done.json"))   # step (a) only
     held.close()                                                         # and the mover dies
     assert spool.get("half-done")["state"] == "completed"                # the folder says so
-    assert read_job_file(spool.path, "completed", "half-done.json")["state"] == "processing"
+    assert read_job_file(spool.path, "completed", "half-done.json")["state"] == "pending"  # as claimed
     os.utime(tmp, (time.time() - 60,) * 2)
     assert len(fsck.recover(spool)) == 1
     assert read_job_file(spool.path, "completed", "half-done.json") == new
