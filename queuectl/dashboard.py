@@ -211,7 +211,7 @@ class Pages:
             if not isinstance(rec, dict):
                 continue
             claim = names.parse_processing(name) if state == "processing" else None
-            if claim and claim.started is not None and rec.get("state") != state:
+            if claim and claim.started is not None:
                 rec = running_record(rec, claim)  # a claim leaves the record as it was: the name says the rest
             job_id = rec.get("id") if isinstance(rec.get("id"), str) else None
             tries = f"{rec.get('attempts', 0)}/{(rec.get('max_retries') or 0) + 1}"

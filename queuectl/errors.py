@@ -44,6 +44,13 @@ class UnsafeSpool(QueuectlError, PermissionError):
     exit_code = 2
 
 
+class OlderWorkers(QueuectlError):
+    """Workers of an earlier on-disk protocol run on the spool: this version's may not start
+    beside them (docs/operations.md "Upgrading"). Exit code 2; nothing was started."""
+
+    exit_code = 2
+
+
 class SpoolError(QueuectlError, OSError):
     """The filesystem refused an operation (full disk, read-only, ...)."""
 

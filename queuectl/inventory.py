@@ -94,10 +94,10 @@ class Inventory:
             if isinstance(record, dict) and expected_id and record.get("id") != expected_id:
                 # opened just before a worker displaced the file and reused its inode (pool.py)
                 raise FileNotFoundError(path)
+            if claim and claim.started is not None and isinstance(record, dict):
+                return running_record(record, claim)
             if not isinstance(record, dict) or record.get("state") == state:
                 return record
-            if claim and claim.started is not None:
-                return running_record(record, claim)
             if attempt == 0:
                 staged = self._staged_record(record.get("id"), state)
                 if staged is not None:

@@ -68,7 +68,12 @@ class Writer:
         if not self._held:
             self._since = time.monotonic()
         self._held.append(((int(now // 3600), os.getpid()), now, line))
-        if self.hold <= 0 or time.monotonic() - self._since >= self.hold:
+        self.flush_due()
+
+    def flush_due(self):
+        """flush() once the first held line has waited `hold` seconds (a worker calls this on
+        the ticks of a running job too, so a finish is never held for a whole next job)."""
+        if self._held and (self.hold <= 0 or time.monotonic() - self._since >= self.hold):
             self.flush()
 
     def flush(self):

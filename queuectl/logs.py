@@ -6,6 +6,7 @@ saying how many bytes were cut.
 """
 import os
 import re
+import stat
 import time
 
 from . import fsutil, timeutil
@@ -38,22 +39,29 @@ def attempt_started(path, claim):
     since_ms = round(claim.started * 1000) - 1  # the header's time is truncated to the ms, the name's rounded
     header = re.compile(rb"=== queuectl attempt %d/\d+ of job %s \xc2\xb7 worker %s \xc2\xb7 (\S+) ===\n"
                         % (claim.attempt, re.escape(claim.job_id.encode()), re.escape(claim.worker.encode())))
-    try:
-        with open(path, "rb") as fh:
-            text = fh.read(_CHUNK)
-            if _CUT_NOTE.match(text):
-                return True
-            while text:
-                for found in header.finditer(text):
-                    try:
-                        if round(timeutil.parse_iso(found.group(1).decode()) * 1000) >= since_ms:
-                            return True
-                    except ValueError:
-                        continue
-                more = fh.read(_CHUNK)
-                text = text[-1024:] + more if more else b""  # a header is shorter than 1 KiB
-    except FileNotFoundError:
+    try:  # never through a symlink, never blocked by a FIFO: anything but a log proves nothing
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return True
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return True
+        text = os.read(fd, _CHUNK)
+        if _CUT_NOTE.match(text):
+            return True
+        while text:
+            for found in header.finditer(text):
+                try:
+                    if round(timeutil.parse_iso(found.group(1).decode()) * 1000) >= since_ms:
+                        return True
+                except ValueError:
+                    continue
+            more = os.read(fd, _CHUNK)
+            text = text[-1024:] + more if more else b""  # a header is shorter than 1 KiB
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
     return False
 
 

@@ -15,7 +15,7 @@ import time
 
 from . import config as configmod
 from . import fsutil, journal, locks, logs, names, timeutil
-from .errors import Busy, DuplicateJob, FieldError, JobNotFound, LostRace, WrongState
+from .errors import Busy, DuplicateJob, FieldError, JobNotFound, LostRace, SpoolError, WrongState
 from .faults import crashpoint
 from .inventory import Inventory
 from .job import State, check_record, due_time, running_record
@@ -514,7 +514,7 @@ class Moves(Inventory):
             held.close()
             raise Corrupt("processing", name, str(exc)) from None
         claimed_view = held.record  # as new as its START, for a claim that left it as it was
-        if parsed.started is not None and held.record.get("state") != "processing":
+        if parsed.started is not None:
             claimed_view = running_record(held.record, parsed)
         newer = self._newer_final_copy(claimed_view)
         if newer:  # a power cut kept a finishing move's new record but not its first rename
@@ -527,8 +527,10 @@ class Moves(Inventory):
         record = dict(held.record)
         try:
             if not self._attempt_started(record, parsed):
+                if parsed.started is not None:  # the attempt as the name counts it, not yet begun
+                    record["attempts"] = max(0, parsed.attempt - 1)
                 return self.move(held, State.PENDING, self.pending_name(record), record, kind="unclaim")
-            if record.get("state") != "processing":
+            if parsed.started is not None:
                 record = running_record(record, parsed)
             now = timeutil.now()
             record.update(exit_code=None, finished_at=timeutil.iso(now),
@@ -541,12 +543,16 @@ class Moves(Inventory):
     def _attempt_started(self, record, claim):
         """Whether the command of the attempt in processing/ under `claim` (its parsed name)
         may have started: then the attempt counts."""
-        if record.get("state") == "processing":  # an earlier version's claim, or a taken dropped job
+        if claim.started is None:  # 0.1.0's claim: its second rename wrote the running record
+            return record.get("state") == "processing"
+        if record.get("state") == "processing" and record.get("worker") == claim.worker \
+                and record.get("attempts") == claim.attempt:
+            return True  # a dropped job taken straight into processing/ (rule 6b)
+        if claim.host != names.hostname():
+            # the header reaches the shared filesystem's server later than the claim did:
+            # another host's log proves nothing, and the attempt counts
             return True
-        if claim.started is None:  # an earlier version's claim cut between its two renames
-            return False
-        # this version's claim leaves the record as it was: the log tells whether the
-        # attempt's header was written, which comes just before the command's start
+        # the log tells whether the attempt's header was written, just before the command started
         return logs.attempt_started(self.layout.log(record["id"]), claim)
 
     def _newer_final_copy(self, record):
@@ -564,9 +570,11 @@ class Moves(Inventory):
                 return f"{state.value}/{name}"
         return None
 
-    def take_back_lost(self, exclude=(), candidates=None):
+    def take_back_lost(self, exclude=(), candidates=None, on_error=None):
         """Take back every processing/ job whose owner is dead (of `candidates`, names listed
-        earlier, if given). Returns the records taken back."""
+        earlier, if given). Returns the records taken back. A job that cannot be moved (a
+        full disk) raises, unless `on_error(name, exc)` is given: it is told, and the others
+        are still taken back."""
         out = []
         for name in self.names("processing") if candidates is None else candidates:
             if name in exclude:
@@ -577,6 +585,10 @@ class Moves(Inventory):
                 self.set_aside(exc)
             except LostRace:
                 continue
+            except (OSError, SpoolError) as exc:
+                if on_error is None:
+                    raise
+                on_error(name, exc)
         return out
 
     def set_aside(self, corrupt):

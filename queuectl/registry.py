@@ -18,7 +18,9 @@ import os
 import re
 
 from . import fsutil, locks, timeutil
-from .errors import Busy
+from .errors import Busy, OlderWorkers
+
+PROTOCOL = 2  # the on-disk protocol a worker follows (2: a claim is one rename); 0.1.0's is 1
 
 
 _ENTRY = re.compile(r"(.+_\d+)\.(?:json|stop|job|cancel\..*)$")
@@ -76,7 +78,8 @@ def same_name_elsewhere(layout, host, machine):
 
 def register(layout, host, pid, extra=None):
     """Create and lock this worker's registration; returns the fd to keep open for life."""
-    info = {"host": host, "pid": pid, "started_at": timeutil.iso(timeutil.now()), "machine": machine_identity()}
+    info = {"host": host, "pid": pid, "started_at": timeutil.iso(timeutil.now()), "machine": machine_identity(),
+            "protocol": PROTOCOL}
     info.update(extra or {})
     tmp = os.path.join(layout.tmp, f"reg-{host}-{pid}.json")
     try:
@@ -90,6 +93,17 @@ def register(layout, host, pid, extra=None):
         _unlink(os.path.join(layout.workers, name + suffix))
     os.rename(tmp, os.path.join(layout.workers, name + ".json"))
     return fd
+
+
+def refuse_beside_older_workers(layout):
+    """Raise OlderWorkers when a live worker or supervisor of an earlier protocol (0.1.0's
+    registrations say none) uses the spool: it would read this version's processing/ names
+    as damaged files and set running jobs aside."""
+    older = [w for w in live_workers(layout, supervisors=True) if w.get("protocol", 1) < PROTOCOL]
+    if older:
+        who = ", ".join(f"{w.get('host')}:{w.get('pid')}" for w in older[:3])
+        raise OlderWorkers(f"{len(older)} worker(s) of an earlier queuectl version run on this spool ({who}); "
+                           "stop them (`queuectl worker stop`) before starting this version's")
 
 
 def unregister(layout, host, pid, fd):

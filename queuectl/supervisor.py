@@ -69,6 +69,7 @@ class Supervisor:
 
     def run(self):
         self.spool.layout.check_safe()
+        registry.refuse_beside_older_workers(self.spool.layout)
         runner.close_inherited()  # nothing of the caller's reaches a hook run here
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(w)
@@ -140,13 +141,13 @@ class Supervisor:
             return 0  # our own stop reached it before it could take it gracefully: it ran nothing
         died = f"signal {-code}" if code < 0 else f"exit code {code}"
         self.spool.moves.durable_moves = self.spool.config()["durable-moves"]
-        try:
-            taken = self.spool.moves.take_back_lost()
-        except (OSError, QueuectlError) as exc:  # a full disk: the jobs wait, with their locks free
-            taken = []
+        failed = []  # a full disk: those jobs wait, their locks free, for the next take-back
+        taken = self.spool.moves.take_back_lost(on_error=lambda name, exc: failed.append((name, exc)))
+        if failed:
+            exc = failed[0][1]
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            self.emit(f"{time.strftime('%H:%M:%S')} supervisor: cannot take back the jobs of worker pid {proc.pid} "
-                      f"now ({reason}); the next worker start or `queuectl fsck --repair` will")
+            self.emit(f"{time.strftime('%H:%M:%S')} supervisor: cannot take back {len(failed)} job(s) now "
+                      f"({reason}); the next worker start or `queuectl fsck --repair` will")
         for record in taken:
             self.emit(f"{time.strftime('%H:%M:%S')} supervisor: job {record['id']} taken back: "
                       f"{record['last_error']} -> {record['state']}")

@@ -106,6 +106,7 @@ class Worker:
     def tick(self):
         """Called on each tick of a running attempt."""
         self.execution.reap_hooks()
+        self.moves.journal.flush_due()
         self.housekeeping.tick()
 
     def config(self):
@@ -127,6 +128,7 @@ class Worker:
         self.config()  # read before the first claim: durable-moves applies to it
         self.moves.journal.hold = JOURNAL_HOLD
         runner.close_inherited()
+        registry.refuse_beside_older_workers(self.layout)
         self._reg_fd = registry.register(self.layout, self.host, self.pid, self._offer())
         self.shared = fsinfo.is_network(self.layout.root)
         if self.shared:  # other hosts' claims are unseen here: workers share the names out (pending.py)
@@ -155,6 +157,7 @@ class Worker:
                 self.execution.record_previous()
                 self.execution.hooks.finish(kill=lambda: self.stopping == StopMode.NOW)
             finally:
+                self.moves.journal.close()  # what it holds, even when recording failed
                 if self.moves.pool is not None:
                     self.moves.pool.close()
             self.moves.pool = None
@@ -162,7 +165,6 @@ class Worker:
                 self.contact.stop()
             self.waker.stop()
             self.job_note.close()
-            self.moves.journal.close()
             try:
                 registry.unregister(self.layout, self.host, self.pid, self._reg_fd)
             except OSError:  # the spool is gone or unreachable: the lock dies with us anyway

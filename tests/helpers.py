@@ -404,7 +404,7 @@ def read_job(spool_dir, job_id):
             except (OSError, ValueError):
                 return state, None
             claim = names.parse_processing(name) if state == "processing" else None
-            if claim and claim.started is not None and isinstance(record, dict) and record.get("state") != state:
+            if claim and claim.started is not None and isinstance(record, dict):
                 from queuectl.job import running_record
                 return state, running_record(record, claim)  # a claim leaves its record as it was
             return state, record if isinstance(record, dict) and record.get("state") == state else None

@@ -129,6 +129,22 @@ def test_a_worker_holds_lines_and_writes_them_in_one_write(spool, monkeypatch):
     writer.close()
 
 
+def test_held_lines_are_written_once_their_hold_is_over(spool, monkeypatch):
+    """flush_due(), which a worker calls on each tick of a running job: a finish is never
+    held for the whole next job."""
+    clock = [1000.0]
+    monkeypatch.setattr(journal.time, "monotonic", lambda: clock[0])
+    writer = journal.Writer(os.path.join(spool.path, "journal"))
+    writer.hold = 1.0
+    writer.append({"state": "completed", "id": "a", "attempts": 1}, ended_attempt=False, now=time.time())
+    writer.flush_due()
+    assert lines(spool) == {}
+    clock[0] += 1.0
+    writer.flush_due()
+    assert [f[2] for f in only_file(spool)[1]] == ["a"]
+    writer.close()
+
+
 @pytest.mark.parametrize("how", ["journal-is-a-file", "disk-full"])
 def test_a_journal_that_cannot_be_written_never_fails_the_move(spool, monkeypatch, how):
     folder = os.path.join(spool.path, "journal")

@@ -619,23 +619,34 @@ def test_take_back_lost_takes_only_free_ones(spool):
     alive.close()
 
 
-@pytest.mark.parametrize("log", ["empty", "earlier-attempt", "removed"])
+@pytest.mark.parametrize("log", ["empty", "earlier-attempt", "removed", "a-directory", "a-fifo", "a-symlink",
+                                 "other-host"])
 def test_take_back_counts_an_attempt_unless_its_log_shows_it_never_started(spool, log):
     """Rule 5: the job's log holds no header of this attempt (only one written before the
     claim, by the same worker): the command never started, the job goes back to pending/.
-    A log removed by hand proves nothing: the attempt counts."""
+    A log removed by hand, anything but a regular file there, and the log of a worker of
+    another host (its header reaches a shared filesystem later than its claim) prove
+    nothing: the attempt counts."""
+    host = "elsewhere" if log == "other-host" else names.hostname()
     spool.enqueue("true", id="early", max_retries=0)
     name = find_job(spool, "early")[1]
-    if log != "removed":
-        with open(spool.layout.log("early"), "wb") as fh:
+    path = spool.layout.log("early")
+    if log == "a-directory":
+        os.mkdir(path)
+    elif log == "a-fifo":
+        os.mkfifo(path)  # a reader that opened it blocking would wait for ever
+    elif log == "a-symlink":
+        os.symlink("/dev/zero", path)
+    elif log != "removed":
+        with open(path, "wb") as fh:
             if log == "earlier-attempt":
-                fh.write(f"=== queuectl attempt 1/1 of job early · worker hostZ:31337 · "
+                fh.write(f"=== queuectl attempt 1/1 of job early · worker {host}:31337 · "
                          f"{timeutil.iso(time.time() - 60)} ===\n$ true\n".encode())
-    held = spool.moves.claim(name, "hostZ", 31337)
+    held = spool.moves.claim(name, host, 31337)
     held.close()
     new = spool.moves.take_back(held.name)
     got = spool.get("early")
-    if log == "removed":
+    if log in ("removed", "a-directory", "a-fifo", "a-symlink", "other-host"):
         assert new.state == "dead" and got["attempts"] == 1 and got["last_error"].startswith("worker lost")
     else:
         assert new.state == "pending"

@@ -85,3 +85,26 @@ def test_an_earlier_versions_spool_is_read_repaired_and_run(old_spool):
     assert queues["solo"]["limit"] == 1
     code, report = fsck_json(spool)
     assert code == 0, report
+
+
+@pytest.mark.parametrize("command", [["worker", "run", "--burst"], ["worker", "start", "--burst"]])
+def test_no_worker_starts_beside_a_live_worker_of_an_earlier_version(tmp_path, command):
+    """0.1.0's workers cannot read this version's processing/ names (they would set running
+    jobs aside as damaged): a worker or supervisor of this version refuses to start beside
+    one, in one line with exit code 2, and starts once it is gone."""
+    from queuectl import Spool, locks
+    spool = Spool(str(tmp_path / "spool"))
+    spool.enqueue("true", id="j")
+    registration = os.path.join(spool.layout.workers, "oldhost_4242.json")  # as 0.1.0 writes it
+    fd = os.open(registration, os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, json.dumps({"host": "oldhost", "pid": 4242, "started_at": "2026-11-24T13:00:00.000Z"}).encode())
+    locks.hold(fd)  # alive: its lock is held
+    try:
+        code, out, err = run_cli(spool.path, command)
+        assert code == 2 and err.count("\n") == 1 and "earlier queuectl version" in err and "oldhost:4242" in err, err
+        assert spool.get("j")["state"] == "pending"
+    finally:
+        os.close(fd)
+    os.unlink(registration)
+    code, out, err = run_cli(spool.path, command)
+    assert code == 0 and spool.get("j")["state"] == "completed", err
