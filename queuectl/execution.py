@@ -92,8 +92,7 @@ class Execution:
         try:
             self._finish(attempt)
         finally:
-            attempt.held.close()
-            registry.clear_cancel(self.spool.layout, self.worker.name, attempt.job_id)  # a request that came too late
+            attempt.held.close()  # a cancel request that came too late names this attempt: harmless
 
     def hook(self, record, cfg=None):
         """A job reached a final state here: start its on-finish hook, if it has one. `cfg`:

@@ -226,12 +226,28 @@ def stop_requested(layout, name):
     return StopMode.NOW if text == StopMode.NOW.value else StopMode.GRACEFUL
 
 
-def request_cancel(layout, name, job_id):
-    _write(layout, f"{name}.cancel.{job_id}", "cancel")
+def request_cancel(layout, name, job_id, attempt):
+    """Ask worker NAME to kill job_id's attempt `attempt` (its processing/ file name). The
+    request names the attempt, so one that comes too late cannot touch a later run of the
+    job: no worker needs to remove it after each job."""
+    _write(layout, f"{name}.cancel.{job_id}", attempt)
 
 
-def cancel_requested(layout, name, job_id):
-    return os.path.lexists(os.path.join(layout.workers, f"{name}.cancel.{job_id}"))
+def cancel_requested(layout, name, job_id, attempt):
+    """Whether a cancel request names this attempt (the processing/ name it runs under). A
+    request for another attempt came too late for it: it is removed. `cancel` alone (0.1.0's
+    requests) names whichever attempt runs."""
+    path = os.path.join(layout.workers, f"{name}.cancel.{job_id}")
+    try:
+        text = fsutil.read_fd_path(path, 512).decode("utf-8", "replace").strip()
+    except FileNotFoundError:
+        return False
+    except OSError:  # not a regular file, or unreadable: not a request
+        return False
+    if text in (attempt, "cancel"):
+        return True
+    _unlink(path)
+    return False
 
 
 def clear_cancel(layout, name, job_id):

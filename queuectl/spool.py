@@ -167,7 +167,7 @@ class Spool(Inventory):
         owner = names.parse_processing(processing_name)
         if owner is None:
             raise WrongState(f"job {job_id!r}: processing/{processing_name} is not a worker's name")
-        registry.request_cancel(self.layout, registry.worker_name(owner.host, owner.pid), job_id)
+        registry.request_cancel(self.layout, registry.worker_name(owner.host, owner.pid), job_id, processing_name)
         deadline = time.monotonic() + timeout
         found = self.find(job_id, patient=True)
         while found and found[0] == State.PROCESSING and time.monotonic() < deadline:

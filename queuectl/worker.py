@@ -99,7 +99,7 @@ class Worker:
         if self.stopping == StopMode.NOW:
             return Interrupt.NOW
         running = self.execution.running
-        if running and registry.cancel_requested(self.layout, self.name, running.job_id):
+        if running and registry.cancel_requested(self.layout, self.name, running.job_id, running.held.name):
             return Interrupt.CANCEL
         return None
 

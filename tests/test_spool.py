@@ -653,6 +653,28 @@ def test_take_back_counts_an_attempt_unless_its_log_shows_it_never_started(spool
         assert got["state"] == "pending" and got["attempts"] == 0 and got["started_at"] is None
 
 
+def test_a_cancel_request_that_came_too_late_is_never_heeded_by_a_later_attempt(spool):
+    """A request names the attempt it kills: left behind by a job that ended first, it is
+    not a reason to kill the job's next run (after `retry`, attempts start again at 1)."""
+    spool.enqueue("true", id="c")
+    first = claim(spool, "c", "hostA", 1001)
+    registry.request_cancel(spool.layout, "hostA_1001", "c", first.name)
+    assert registry.cancel_requested(spool.layout, "hostA_1001", "c", first.name)
+    spool.moves.finish(first, 0)  # it ended before the worker looked: the request stays
+    request = os.path.join(spool.layout.workers, "hostA_1001.cancel.c")
+    assert os.path.lexists(request)
+    spool.retry("c")
+    second = claim(spool, "c", "hostA", 1001)  # the same worker, attempt 1 again
+    try:
+        assert not registry.cancel_requested(spool.layout, "hostA_1001", "c", second.name)
+        assert not os.path.lexists(request)  # too late for any attempt: removed
+    finally:
+        second.close()
+    with open(request, "w") as fh:  # 0.1.0's request names no attempt: whichever runs
+        fh.write("cancel")
+    assert registry.cancel_requested(spool.layout, "hostA_1001", "c", "any")
+
+
 def test_take_back_of_a_claim_interrupted_between_its_renames_is_uncounted(spool):
     """Rule 5: a processing/ file still holding the pending record goes back to pending/."""
     rec = spool.enqueue("true", id="half")
