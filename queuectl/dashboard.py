@@ -23,9 +23,10 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, urlsplit
 
-from . import dependencies, fsutil, metrics, names, render, timeutil
+from . import dependencies, fsutil, metrics, render, timeutil
 from .errors import FieldError, JobNotFound
-from .job import STATES, check_id, running_record
+from .inventory import as_read
+from .job import STATES, check_id
 from .schedules import Schedules
 
 LOG_TAIL = 256 * 1024
@@ -210,9 +211,7 @@ class Pages:
                 continue  # moved meanwhile, or damaged (fsck's business)
             if not isinstance(rec, dict):
                 continue
-            claim = names.parse_processing(name) if state == "processing" else None
-            if claim and claim.started is not None:
-                rec = running_record(rec, claim)  # a claim leaves the record as it was: the name says the rest
+            rec = as_read(state, name, rec)  # in processing/, the running attempt is in the name
             job_id = rec.get("id") if isinstance(rec.get("id"), str) else None
             tries = f"{rec.get('attempts', 0)}/{(rec.get('max_retries') or 0) + 1}"
             when = rec.get("run_at") if state in ("pending", "failed") else rec.get("finished_at") or rec.get("started_at")

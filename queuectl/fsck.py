@@ -14,10 +14,11 @@ import os
 import stat
 import time
 
-from . import fsutil, ingest, locks, names, pool, registry, timeutil
+from . import fsutil, ingest, locks, names, pool, registry
 from .errors import LostRace, QueuectlError
 from .job import STATES, check_record
 from .paths import ALL_DIRS
+from .inventory import as_read
 from .moves import MOVE_PREFIX, Corrupt
 
 MOVE_GRACE = 5.0        # a mover may sit between its two renames this long (seconds)
@@ -342,13 +343,10 @@ def _updated(spool, state, name):
     """When the copy STATE/NAME last changed: a claim does not rewrite the record, so a
     processing/ copy changed when its attempt started (the START in its name)."""
     try:
-        updated = fsutil.read_json(os.path.join(spool.layout.state_dir(state), name)).get("updated_at") or ""
+        return as_read(state, name, fsutil.read_json(os.path.join(spool.layout.state_dir(state), name))) \
+            .get("updated_at") or ""
     except (OSError, ValueError, AttributeError):
         return ""
-    claim = names.parse_processing(name) if state == "processing" else None
-    if claim and claim.started is not None:
-        return max(updated, timeutil.iso(claim.started))
-    return updated
 
 
 def _finish_move(spool, tmp_path):

@@ -19,6 +19,15 @@ WAITING_SCAN = 50  # due pending jobs `status` reads to say why they wait (a rea
 UNREADABLE_PATIENCE = 1.5  # seconds a record that is not valid JSON is read again before it is called damaged
 
 
+def as_read(state, name, record):
+    """The record of STATE/NAME as readers show it: in processing/, a claim of this version
+    left the record as it was and its name holds the running attempt (job.running_record)."""
+    claim = names.parse_processing(name) if state == "processing" else None
+    if claim is None or claim.started is None or not isinstance(record, dict):
+        return record
+    return running_record(record, claim)
+
+
 class Inventory:
     """Read-only views of a spool; needs `self.layout` and `self.path`."""
 
@@ -95,7 +104,7 @@ class Inventory:
                 # opened just before a worker displaced the file and reused its inode (pool.py)
                 raise FileNotFoundError(path)
             if claim and claim.started is not None and isinstance(record, dict):
-                return running_record(record, claim)
+                return running_record(record, claim)  # no record waits in tmp/ for a claim
             if not isinstance(record, dict) or record.get("state") == state:
                 return record
             if attempt == 0:

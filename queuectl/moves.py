@@ -17,7 +17,7 @@ from . import config as configmod
 from . import fsutil, journal, locks, logs, names, timeutil
 from .errors import Busy, DuplicateJob, FieldError, JobNotFound, LostRace, SpoolError, WrongState
 from .faults import crashpoint
-from .inventory import Inventory
+from .inventory import Inventory, as_read
 from .job import State, check_record, due_time, running_record
 
 MAX_DROP_BYTES = 1024 * 1024
@@ -513,10 +513,8 @@ class Moves(Inventory):
         except FieldError as exc:
             held.close()
             raise Corrupt("processing", name, str(exc)) from None
-        claimed_view = held.record  # as new as its START, for a claim that left it as it was
-        if parsed.started is not None:
-            claimed_view = running_record(held.record, parsed)
-        newer = self._newer_final_copy(claimed_view)
+        running = as_read("processing", name, held.record)  # a claim of this version: the name merged in
+        newer = self._newer_final_copy(running)
         if newer:  # a power cut kept a finishing move's new record but not its first rename
             held.close()
             self.move_aside(os.path.join(self.layout.processing, name), name,
@@ -530,8 +528,7 @@ class Moves(Inventory):
                 if parsed.started is not None:  # the attempt as the name counts it, not yet begun
                     record["attempts"] = max(0, parsed.attempt - 1)
                 return self.move(held, State.PENDING, self.pending_name(record), record, kind="unclaim")
-            if parsed.started is not None:
-                record = running_record(record, parsed)
+            record = dict(running)
             now = timeutil.now()
             record.update(exit_code=None, finished_at=timeutil.iso(now),
                           last_error=reason or f"worker lost (host {host}, pid {pid})")

@@ -240,9 +240,7 @@ def cancel_requested(layout, name, job_id, attempt):
     path = os.path.join(layout.workers, f"{name}.cancel.{job_id}")
     try:
         text = fsutil.read_fd_path(path, 512).decode("utf-8", "replace").strip()
-    except FileNotFoundError:
-        return False
-    except OSError:  # not a regular file, or unreadable: not a request
+    except OSError:  # none (the usual case), or not a regular file: not a request
         return False
     if text in (attempt, "cancel"):
         return True
