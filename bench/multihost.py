@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -98,12 +99,12 @@ def main(argv=None):
     parser.add_argument("--baseline", help="a git commit whose code is measured in the same run")
     parser.add_argument("--rounds", type=int, default=3, help="pairs per setup with --baseline")
     args = parser.parse_args(argv)
-    if args.baseline:
-        return compare(args)
     reason = bed.unavailable()
     if reason:
         print(f"skipped: {reason}", file=sys.stderr)
         return 2
+    if args.baseline:
+        return compare(args)
     print(f"load before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores")
     lines = ["| setup | jobs/s | seconds | claims lost per job |", "|---|---|---|---|"]
     local = tempfile.mkdtemp(prefix="bench-local-")
@@ -129,11 +130,14 @@ def main(argv=None):
 
 
 def compare(args):
-    reason = bed.unavailable()
-    if reason:
-        print(f"skipped: {reason}", file=sys.stderr)
-        return 2
     baseline = checkout(args.baseline)
+    try:
+        return _compare(args, baseline)
+    finally:
+        shutil.rmtree(baseline, ignore_errors=True)
+
+
+def _compare(args, baseline):
     print(f"load before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores; baseline {args.baseline}, "
           f"{args.rounds} interleaved pairs per setup, {args.jobs} `true` jobs per drain")
     lines = [f"| setup | jobs/s, this tree | jobs/s, {args.baseline} | ratio (range) |", "|---|---|---|---|"]
