@@ -5,6 +5,7 @@ Final states are found by name (completed/ID.json, dead/ID.json); pending/, fail
 processing/ names carry more than the id, so those folders are listed. Counts come from
 listings alone, never from opening files.
 """
+import itertools
 import os
 import time
 
@@ -83,22 +84,25 @@ class Inventory:
         give_up = time.monotonic() + UNREADABLE_PATIENCE
         while True:
             try:
-                return self._read(state, name)
+                return self._read(state, name, patience=UNREADABLE_PATIENCE)
             except ValueError:
                 if time.monotonic() >= give_up:
                     raise
                 time.sleep(0.05)
 
-    def _read(self, state, name):
+    def _read(self, state, name, patience=0.02):
         """A job file's record. A claimed job's file in processing/ holds its record as it was
         claimed: the running attempt is merged in from the name (rule 4). Between the two
         renames of a move (docs/protocol.md, rule 3) the file still holds the previous record
         while the new one waits in tmp/mv-ID-*.json: wait a moment for it to land, else read
-        it from tmp/; label the record by its folder."""
+        it from tmp/; label the record by its folder after `patience` seconds (`get` waits
+        longer: another host's cache may show the old record for up to a second, and after a
+        claim that record is the one claimed, without its attempt)."""
         path = os.path.join(self.layout.state_dir(state), name)
         claim = names.parse_processing(name) if state == "processing" else None
         expected_id = claim.job_id if claim else names.id_of(state, name)
-        for attempt in range(10):
+        give_up = time.monotonic() + patience
+        for attempt in itertools.count():
             record = fsutil.read_json(path)
             if isinstance(record, dict) and expected_id and record.get("id") != expected_id:
                 # opened just before a worker displaced the file and reused its inode (pool.py)
@@ -111,9 +115,10 @@ class Inventory:
                 staged = self._staged_record(record.get("id"), state)
                 if staged is not None:
                     return staged
-            time.sleep(0.002)
-        record["state"] = state
-        return record
+            if time.monotonic() >= give_up:
+                record["state"] = state
+                return record
+            time.sleep(0.002 if attempt < 10 else 0.05)
 
     def _staged_record(self, job_id, state):
         if not isinstance(job_id, str):

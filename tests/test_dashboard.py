@@ -253,6 +253,9 @@ def test_dashboard_in_chromium(cli, spool_dir, tmp_path):
             wait_job(spool_dir, job_id, state, timeout=20)
         wait_until(lambda: len(cli.live_workers()) == 2, 15, what="two workers registered")
 
+        from queuectl import metrics  # a busy worker writes its journal lines up to 1 s late
+        wait_until(lambda: metrics.collect(Spool(spool_dir, create=False))["finished"]["last_minute"]
+                   .get("completed", 0) >= 3, 10, what="the finishes in the journal")
         dash, url = start_dashboard(spool_dir)
         driver.get(url)
         spool = Spool(spool_dir, create=False)
