@@ -2,7 +2,7 @@
 job, on the multi-host test bed (testbed/bed.py; root, /dev/fuse), beside the local disk,
 in one run.
 
-    python3 bench/multihost.py [--jobs 400] [--fs glusterfs moosefs] [--baseline REF --rounds 3]
+    python3 bench/multihost.py [--jobs 400] [--fs glusterfs moosefs] [--baseline REF --rounds 3 [--setups 3x2]]
 
 For each filesystem: 1 host x 2 workers, 3 hosts x 2 workers, and 3 hosts x 4 workers
 claiming from one pending/ (contention); each drains N `true` jobs enqueued on host 1
@@ -14,6 +14,7 @@ bench/fs_cost.py on host 1's mount: operations per job and per idle second. With
 --baseline REF (a git commit, e.g. the last release) measures that version's code in the
 same run: each setup drains with the baseline and with this tree in turn, --rounds times,
 and the table gives the median of each side and the median of the per-round ratios.
+--setups picks some of 1x2, 3x2 and 3x4 (hosts x workers per host).
 """
 import argparse
 import json
@@ -92,12 +93,17 @@ def row(label, jobs, result):
     return f"| {label} | {jobs / elapsed:.0f} | {elapsed:.1f} | {lost / max(won, 1):.2f} |"
 
 
+SETUPS = {"1x2": (1, 2), "3x2": (3, 2), "3x4": (3, 4)}  # hosts x workers per host
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--fs", nargs="+", default=list(bed.FILESYSTEMS), choices=bed.FILESYSTEMS)
     parser.add_argument("--baseline", help="a git commit whose code is measured in the same run")
     parser.add_argument("--rounds", type=int, default=3, help="pairs per setup with --baseline")
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS),
+                        help="hosts x workers per host to measure with --baseline (default: all)")
     args = parser.parse_args(argv)
     reason = bed.unavailable()
     if reason:
@@ -148,7 +154,7 @@ def _compare(args, baseline):
         state = bed.up(fs, hosts=3)
         try:
             mounts = [h["mount"] for h in state["hosts"]]
-            for hosts, per_host in ((1, 2), (3, 2), (3, 4)):
+            for hosts, per_host in (SETUPS[name] for name in args.setups):
                 lines.append(compared(f"{fs}, {hosts} host(s) x {per_host} workers", args.jobs,
                                       lambda code: drain(mounts[:hosts], args.jobs, per_host, code),
                                       baseline, args.rounds))

@@ -5,6 +5,7 @@ Workers re-read it when its mtime changes, so `config set` applies without a res
 import json
 import math
 import os
+import time
 
 from . import fsutil
 from .faults import crashpoint
@@ -142,3 +143,30 @@ def write(path, tmp_dir, data):
     os.rename(tmp, path)
     crashpoint("config.renamed")
     fsutil.fsync_dir(os.path.dirname(path))
+
+
+class Watched:
+    """config.json as a long-running process sees it: read again when its (inode, mtime)
+    changes, which a stat tells, and stat'ed at most once per `every` seconds until
+    `look_now()` (a busy worker saves a stat per job; an idle one looks before its next)."""
+
+    def __init__(self, path, every):
+        self.path, self.every = path, every
+        self._settings = self._stamp = self._looked = None
+
+    def get(self):
+        now = time.monotonic()
+        if self._settings is not None and self._looked is not None and now - self._looked < self.every:
+            return self._settings
+        self._looked = now
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_ino, st.st_mtime_ns)  # a new file each write: the inode tells too
+        except FileNotFoundError:
+            stamp = None
+        if self._settings is None or stamp != self._stamp:
+            self._settings, self._stamp = read(self.path), stamp
+        return self._settings
+
+    def look_now(self):
+        self._looked = None

@@ -24,6 +24,7 @@ class Attempt:
         self.announced = False    # its "started" line is printed
         self.pgid = None          # the command's process group, once it runs
         self.taken = None         # an ingest.Taken until its copy is settled
+        self.guarded = False      # the command dies with its worker (runner.GUARD_SCRIPT)
 
     @property
     def record(self):
@@ -121,7 +122,8 @@ class Execution:
         attempt.pgid = pgid
         if worker.contact is not None:
             worker.contact.running(pgid)
-        worker.job_note.set(pgid, attempt.job_id)
+        if not attempt.guarded:  # a guarded job dies with its worker: no take-back has it to kill
+            worker.job_note.set(pgid, attempt.job_id)
         self._settle(attempt)
         self.record_previous()
         self._announce(attempt)
@@ -142,15 +144,16 @@ class Execution:
     def _run(self, attempt, timeout):
         worker, record, cfg = self.worker, attempt.record, attempt.cfg
         log_path = self.spool.log_path(record["id"])
+        # a job holding a slot dies with its worker, as on a shared spool: the slot is free
+        # then, and no orphan may run beside the next job
+        attempt.guarded = worker.shared or bool(attempt.held.grant and attempt.held.grant.fds)
         for _ in range(2):
             try:
                 return runner.run(record, log_path, self.spool.path, worker.id,
                                   timeout=timeout or None, log_max_bytes=cfg["log-max-bytes"],
                                   interrupt=worker.interrupt, wakeup_fds=worker.waker.control_fds,
                                   on_tick=worker.tick, base_env=self.base_env,
-                                  # a job holding a slot dies with its worker, as on a shared spool:
-                                  # the slot is free then, and no orphan may run beside the next job
-                                  guard=worker.shared or bool(attempt.held.grant and attempt.held.grant.fds),
+                                  guard=attempt.guarded,
                                   extra_env=gpu_env(attempt.held.grant),
                                   on_start=lambda pgid: self._started(pgid, attempt))
             except runner.LogError as exc:

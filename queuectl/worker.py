@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-from . import doctor, fsinfo, fsutil, ingest, names, pool, registry, runner, timeutil
+from . import config as configmod, doctor, fsinfo, fsutil, ingest, names, pool, registry, runner, timeutil
 from .admission import Admission, detect_gpus
 from .contact import ContactWatch
 from .errors import Busy, LostRace, QueuectlError, SpoolError
@@ -35,6 +35,7 @@ ALL = frozenset({"incoming", "pending", "failed", "workers", "blocked", "schedul
 SHARED_CLAIM_SPREAD = 16  # on a shared spool, steal at random among the first N due names (pending.py)
 JOURNAL_HOLD = 1.0        # seconds a busy worker keeps finish lines before one write (journal.py)
 PAUSED_LOOK = 0.5         # seconds between looks for `resume` while paused (no event tells of it)
+CONFIG_LOOK = 1.0         # seconds a busy worker goes on with the settings it read (a stat saved per job)
 RELIST_AFTER_LOSSES = 3   # lost claims in a row after which a worker on a shared spool lists pending/ again
 
 
@@ -53,8 +54,7 @@ class Worker:
         self._signals = 0
         self._dirty = set(ALL)    # marks of what changed, for the loop to look at
         self._pending = PendingIndex(self.layout.pending)
-        self._config = None
-        self._config_mtime = None
+        self._config = configmod.Watched(self.layout.config, CONFIG_LOOK)
         self.waker = None
         self.shared = False       # the spool is on a network filesystem (fsinfo.py)
         self.claims_won = self.claims_lost = self.claims_deferred = self._lost_in_row = 0
@@ -110,15 +110,10 @@ class Worker:
         self.housekeeping.tick()
 
     def config(self):
-        try:
-            st = os.stat(self.layout.config)
-            mtime = (st.st_ino, st.st_mtime_ns)  # a new file each write: the inode tells too
-        except FileNotFoundError:
-            mtime = None
-        if self._config is None or mtime != self._config_mtime:
-            self._config, self._config_mtime = self.spool.config(), mtime
-            self.moves.durable_moves = self._config["durable-moves"]
-        return self._config
+        """The spool's settings (looked at once a second while busy, and after every wait)."""
+        cfg = self._config.get()
+        self.moves.durable_moves = cfg["durable-moves"]
+        return cfg
 
     # ---------------------------------------------------------------- main loop
 
@@ -187,6 +182,7 @@ class Worker:
                 if not self.shared or exc.errno not in OUTAGE_ERRNOS or self.stopping:
                     raise
                 self.log(f"spool unreachable ({exc.strerror}); trying again")
+                self._config.look_now()
                 self.waker.wait(1.0)
                 self.housekeeping.forget_stamps()
                 self._rejoin()
@@ -258,8 +254,7 @@ class Worker:
                 execution.record_previous()
                 if self.burst:
                     return  # nothing it may run now
-                self.moves.journal.flush()
-                self.waker.wait(min(PAUSED_LOOK, max(0.0, keeping.next_rescan - time.monotonic())))
+                self._idle(min(PAUSED_LOOK, max(0.0, keeping.next_rescan - time.monotonic())))
                 continue
             (name, job_id), next_pending = self._pick(timeutil.now())
             if name:
@@ -278,8 +273,13 @@ class Worker:
             timeout = min(keeping.next_rescan - time.monotonic(), wake_at - timeutil.now(), execution.reap_hooks(),
                           self.admission.probe_in())
             if timeout > 0:
-                self.moves.journal.flush()  # idle: the finishes held so far reach `metrics` now
-                self.waker.wait(timeout)
+                self._idle(timeout)
+
+    def _idle(self, timeout):
+        """Wait for an event, a due time or a request: nothing to claim now."""
+        self.moves.journal.flush()  # the finishes held so far reach `metrics` now
+        self._config.look_now()  # a setting changed while we waited applies to the next job
+        self.waker.wait(timeout)
 
     def _check_paused(self):
         """Whether the spool is paused (`queuectl pause`, any host): a stat per pass."""

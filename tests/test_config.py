@@ -229,3 +229,22 @@ def test_switch_is_shown_as_on_and_off_by_the_cli(spool):
     refused = runner.invoke(cli, ["--spool", spool.path, "config", "set", "durable-moves", "sometimes"])
     assert refused.exception.exit_code == 2 and "must be on or off" in str(refused.exception)
     assert spool.config()["durable-moves"] is True
+
+
+def test_a_busy_worker_reads_a_change_within_a_second_and_after_any_wait(spool, monkeypatch):
+    """A worker looks at config.json at most once a second while it claims job after job (a
+    stat saved per job), and always before the first job after an idle wait."""
+    from queuectl import worker as workermod
+    clock = [1000.0]
+    monkeypatch.setattr(workermod.time, "monotonic", lambda: clock[0])
+    w = workermod.Worker(spool)
+    assert w.config()["max-retries"] == 3
+    spool.set_config("max-retries", "5")
+    clock[0] += workermod.CONFIG_LOOK / 2
+    assert w.config()["max-retries"] == 3, "busy: the settings read half a second ago still hold"
+    clock[0] += workermod.CONFIG_LOOK / 2
+    assert w.config()["max-retries"] == 5, "a second on: looked again"
+    spool.set_config("max-retries", "6")
+    w.waker = type("Waker", (), {"wait": lambda self, timeout: None})()
+    w._idle(0.0)
+    assert w.config()["max-retries"] == 6, "after a wait: looked again at once"

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from helpers import job_files, pid_gone, read_job, wait_job, wait_until
-from queuectl import names
+from queuectl import names, registry
 
 pytestmark = pytest.mark.process
 
@@ -391,3 +391,26 @@ def test_mv_of_a_dead_job_into_pending_runs_it_again(cli, spool_dir):
     state, rec = read_job(spool_dir, "redo")
     assert state == "completed" and rec["attempts"] == 1, (state, rec)
     assert not os.listdir(os.path.join(spool_dir, "rejected"))
+
+
+def test_the_job_note_is_written_only_for_a_job_that_may_outlive_its_worker(cli, spool_dir):
+    """workers/HOST_PID.job names the running job's process group, for a take-back to kill it
+    if the worker dies. A job in a limited queue runs guarded (it dies with its worker), so its
+    note is not written: one filesystem call less per job on a shared spool, where every job is guarded."""
+    assert cli("queue", "set", "one", "--limit", "1").returncode == 0
+    assert cli("enqueue", "-c", "sleep 30", "--id", "guarded", "--queue", "one").returncode == 0
+    cli.start_tailed("worker", "start")
+    w = wait_running(cli, "guarded")
+    note = os.path.join(spool_dir, "workers", registry.worker_name(w["host"], w["pid"]) + ".job")
+    assert os.path.exists(note)
+    with open(note) as fh:
+        assert fh.read().strip() == "", "a guarded job leaves no note"
+    assert cli("cancel", "guarded", "--kill").returncode == 0
+    wait_job(spool_dir, "guarded", "dead", timeout=10)
+    assert cli("enqueue", "-c", "sleep 30", "--id", "plain").returncode == 0
+    wait_running(cli, "plain")
+    with open(note) as fh:
+        pgid, job_id = fh.read().split()
+    assert job_id == "plain" and int(pgid) > 1
+    assert cli("cancel", "plain", "--kill").returncode == 0
+    wait_job(spool_dir, "plain", "dead", timeout=10)

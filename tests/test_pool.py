@@ -115,12 +115,15 @@ def test_durable_moves_sync_every_move_and_recycle_nothing(tmp_path, monkeypatch
     assert synced.count(lay.processing) == 6 and synced.count(lay.completed) == 3 and synced.count(lay.pending) == 3
 
 
-def test_a_worker_follows_the_durable_moves_setting(tmp_path):
-    from queuectl.worker import Worker
+def test_a_worker_follows_the_durable_moves_setting(tmp_path, monkeypatch):
+    from queuectl import worker as workermod
+    clock = [1000.0]
+    monkeypatch.setattr(workermod.time, "monotonic", lambda: clock[0])
     spool = Spool(str(tmp_path / "spool"))
-    worker = Worker(spool, burst=True)
+    worker = workermod.Worker(spool, burst=True)
     worker.config()
     assert spool.moves.durable_moves is False
     spool.set_config("durable-moves", "on")
+    clock[0] += workermod.CONFIG_LOOK  # a busy worker looks again once a second
     worker.config()
     assert spool.moves.durable_moves is True
