@@ -120,7 +120,10 @@ def run(record, log_path, spool_path, worker_id, timeout=None, log_max_bytes=0,
             if on_start:
                 on_start(pid)  # the job's process group id (it leads its own session and group)
             outcome = _wait(pid, timeout, log_fd, log_max_bytes, interrupt, wakeup_fds, on_tick, started, cut)
-            logs.cap(log_fd, log_max_bytes, cut[0])
+            # the job wrote through this open file (O_APPEND): its offset is the log's end,
+            # known without a stat, which on a network filesystem is a round trip per job
+            if os.lseek(log_fd, 0, os.SEEK_CUR) > log_max_bytes > 0:
+                logs.cap(log_fd, log_max_bytes, cut[0])
             return outcome
         finally:
             if guard:

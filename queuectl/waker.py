@@ -30,7 +30,11 @@ class Waker:
     """Collects which watched folders changed, and the names added to or removed from them."""
 
     def __init__(self, folders, track_names=("pending",)):
-        self.folders = {os.path.realpath(f): os.path.basename(os.path.normpath(f)) for f in folders}
+        """`folders`: paths, each named by its last part, or (path, name) pairs."""
+        self.folders = {}
+        for folder in folders:
+            path, name = folder if isinstance(folder, tuple) else (folder, os.path.basename(os.path.normpath(folder)))
+            self.folders[os.path.realpath(path)] = name
         self.track_names = frozenset(track_names)  # only these folders' names are kept (memory)
         self._dirty = set()
         self._added = {}    # folder name -> names created or moved in since take_names()
@@ -71,6 +75,9 @@ class Waker:
             CONTROL: c.IN_CREATE | c.IN_MOVED_TO,  # requests are renamed in; the job note is not
             # settings are renamed in or removed; a worker that lets a slot go touches them (admission.py)
             "queues": c.IN_MOVED_TO | c.IN_DELETE | c.IN_ATTRIB,
+            # the spool's own folder: `pause` renames `paused` in, `resume` unlinks it, and
+            # `config set` renames config.json in
+            "spool": c.IN_CREATE | c.IN_MOVED_TO | c.IN_DELETE,
         }
         for path, name in self.folders.items():
             group = "control" if name == CONTROL else "queue"

@@ -20,6 +20,7 @@ from .errors import Busy, LostRace, QueuectlError, SpoolError
 from .execution import Execution
 from .housekeeping import Housekeeping
 from .moves import Corrupt
+from .pausing import PauseWatch
 from .pending import PendingIndex
 from .registry import StopMode
 from .runner import Interrupt
@@ -31,7 +32,7 @@ from .waker import Waker
 OUTAGE_ERRNOS = frozenset({errno.ENOTCONN, errno.EIO, errno.EBADFD, errno.ETIMEDOUT, errno.ESTALE,
                            errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED,
                            errno.ECONNRESET, errno.ECONNREFUSED})
-ALL = frozenset({"incoming", "pending", "failed", "workers", "blocked", "schedules", "queues"})
+ALL = frozenset({"incoming", "pending", "failed", "workers", "blocked", "schedules", "queues", "spool"})
 SHARED_CLAIM_SPREAD = 16  # on a shared spool, steal at random among the first N due names (pending.py)
 JOURNAL_HOLD = 1.0        # seconds a busy worker keeps finish lines before one write (journal.py)
 PAUSED_LOOK = 0.5         # seconds between looks for `resume` while paused (no event tells of it)
@@ -58,7 +59,7 @@ class Worker:
         self.waker = None
         self.shared = False       # the spool is on a network filesystem (fsinfo.py)
         self.claims_won = self.claims_lost = self.claims_deferred = self._lost_in_row = 0
-        self._paused = False
+        self._pause = None        # pausing.PauseWatch once the waker runs
         self.contact = None       # its ContactWatch then
         self.job_note = None      # registry.JobNote: the running job's process group, for take-backs
         self.admission = Admission(self.layout, self.host, served=queues,
@@ -138,7 +139,8 @@ class Worker:
         os.makedirs(self.layout.queues, mode=0o700, exist_ok=True)  # a spool made before queues
         self.waker = Waker([self.layout.incoming, self.layout.pending, self.layout.failed,
                             self.layout.workers, self.layout.blocked, self.layout.schedules,
-                            self.layout.queues]).start()
+                            self.layout.queues, (self.layout.root, "spool")]).start()
+        self._pause = PauseWatch(self.layout.paused, lambda: self.waker.mechanism == "inotify")
         try:
             offer = self._offer()
             self.log(f"worker {self.id} started (wake-ups: {self.waker.mechanism}"
@@ -237,7 +239,9 @@ class Worker:
                 self._relist_pending()
             elif "pending" in dirty:
                 self._apply_pending_changes()
-            paused = self._check_paused()
+            if "spool" in dirty:
+                self._config.look_now()  # config.json or the pause changed on this host
+            paused = self._check_paused("spool" in dirty)
             if "incoming" in dirty:
                 if not paused and self._pending.peek(timeutil.now()) is None:
                     # nothing due waits: run the first dropped job at once (no trip through pending/)
@@ -281,11 +285,10 @@ class Worker:
         self._config.look_now()  # a setting changed while we waited applies to the next job
         self.waker.wait(timeout)
 
-    def _check_paused(self):
-        """Whether the spool is paused (`queuectl pause`, any host): a stat per pass."""
-        paused = os.path.lexists(self.layout.paused)
-        if paused != self._paused:
-            self._paused = paused
+    def _check_paused(self, event):
+        """Whether the spool is paused (`queuectl pause`, any host; pausing.py)."""
+        paused, changed = self._pause.check(event)
+        if changed:
             self.log("spool paused: no new job is claimed until `queuectl resume`" if paused else "spool resumed")
         return paused
 

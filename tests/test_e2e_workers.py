@@ -2,6 +2,7 @@
 its own worker, graceful and immediate stops (signals and `worker stop`), --detach, --burst,
 timeouts with grandchildren, cancel --kill, and a config change seen by a running worker.
 """
+import json
 import os
 import re
 import signal
@@ -374,6 +375,21 @@ def test_config_change_reaches_running_worker(cli, spool_dir):
     # a job's own timeout_seconds 0 means none, whatever the config says
     assert cli("enqueue", "-c", "sleep 1.3", "--id", "patient", "--timeout", "0").returncode == 0
     assert wait_job(spool_dir, "patient", ("completed", "failed", "dead"), timeout=10)["state"] == "completed"
+
+
+def test_a_config_change_on_this_host_reaches_a_busy_worker_before_its_next_job(cli, spool_dir):
+    """A worker draining a backlog looks at config.json once a second, but the change's
+    inotify event (on the spool's own folder) makes it look before its next claim."""
+    items = "\n".join(json.dumps({"command": "sleep 0.05", "max_retries": 0}) for _ in range(300))
+    assert cli("enqueue", "--file", "-", input=items).returncode == 0
+    completed = os.path.join(spool_dir, "completed")
+    cli.start_tailed("worker", "start")
+    wait_until(lambda: len(os.listdir(completed)) >= 5, 15, what="a busy worker")
+    assert cli("config", "set", "job-timeout", "0.01").returncode == 0
+    done = len(os.listdir(completed))
+    wait_until(lambda: len(os.listdir(os.path.join(spool_dir, "dead"))) >= 3, 15, what="jobs timed out")
+    # the attempt running when the command returned, and the one recorded while it ran
+    assert len(os.listdir(completed)) <= done + 2
 
 
 def test_mv_of_a_dead_job_into_pending_runs_it_again(cli, spool_dir):

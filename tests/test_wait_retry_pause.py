@@ -177,6 +177,22 @@ def test_pause_stops_claiming_on_a_running_worker_and_resume_goes_on(cli, spool_
     wait_until(lambda: cli.json("show", "held")["state"] == "completed", 15, what="the job after resume")
 
 
+def test_a_busy_worker_claims_nothing_after_pause_returns(cli, spool_dir):
+    """A worker draining a backlog does not look at SPOOL/paused per job: on this host the
+    pause's inotify event stops it before its next claim (at most the claim under way goes on)."""
+    items = "\n".join(json.dumps({"command": "sleep 0.05"}) for _ in range(300))
+    assert cli("enqueue", "--file", "-", input=items).returncode == 0
+    pending = os.path.join(spool_dir, "pending")
+    worker = cli.start_tailed("worker", "run")
+    wait_until(lambda: len(os.listdir(pending)) <= 290, 15, what="a busy worker")
+    assert cli("pause").returncode == 0
+    left = len(os.listdir(pending))
+    worker.tail.wait_for("spool paused", timeout=10)
+    time.sleep(1.5)  # longer than a look per second: a worker that missed the event claims on meanwhile
+    assert len(os.listdir(pending)) >= left - 1, "claims after `pause` returned"
+    cli("resume")
+
+
 def test_retry_of_a_completed_job_runs_it_again_and_the_log_keeps_both(cli):
     cli("enqueue", "-c", "echo ran", "--id", "twice")
     assert cli("worker", "run", "--burst").returncode == 0
@@ -185,3 +201,27 @@ def test_retry_of_a_completed_job_runs_it_again_and_the_log_keeps_both(cli):
     assert cli.json("show", "twice")["state"] == "completed"
     log = cli.log("twice")
     assert log.count("=== queuectl attempt 1/") == 2 and log.splitlines().count("ran") == 2
+
+
+def test_a_pause_without_an_event_is_seen_within_a_second(tmp_path, monkeypatch):
+    """Another host's pause makes no inotify event here: a busy worker looks at the file once
+    a second; a paused one at every pass (another host's resume is unseen too)."""
+    from queuectl import pausing
+    clock = [1000.0]
+    monkeypatch.setattr(pausing.time, "monotonic", lambda: clock[0])
+    path = str(tmp_path / "paused")
+    watch = pausing.PauseWatch(path, events_trusted=lambda: True)
+    assert watch.check(event=False) == (False, False)
+    open(path, "w").close()  # another host's pause
+    clock[0] += pausing.LOOK_EVERY / 2
+    assert watch.check(event=False) == (False, False), "no event, looked half a second ago"
+    assert watch.check(event=True) == (True, True), "an event: looked at once"
+    os.unlink(path)  # another host's resume
+    assert watch.check(event=False) == (False, True), "paused: looked at every pass"
+    open(path, "w").close()
+    clock[0] += pausing.LOOK_EVERY
+    assert watch.check(event=False) == (True, True), "a second on: looked again"
+    untrusted = pausing.PauseWatch(path, events_trusted=lambda: False)
+    assert untrusted.check(event=False)[0] is True
+    os.unlink(path)
+    assert untrusted.check(event=False)[0] is False, "without inotify: a look at every pass"
