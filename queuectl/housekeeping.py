@@ -111,13 +111,20 @@ class Housekeeping:
         worker = self.worker
         if relist or self.processing is None:
             self.processing = self.spool.names("processing")
-        taken = worker.moves.take_back_lost(exclude=worker.execution.held_names(), candidates=self.processing)
+        # a job that cannot be taken back now (a full disk, a spool that stops answering) is
+        # tried again at the next rescan: this worker's own running job must not die of it
+        taken = worker.moves.take_back_lost(exclude=worker.execution.held_names(), candidates=self.processing,
+                                            on_error=self._cannot_take_back)
         for record in taken:
             worker.log(f"job {record['id']} taken back: {record['last_error']} -> {record['state']}")
             worker.execution.hook(record)
         if taken:
             self.processing = None  # moved: list again next time
             worker.share_names()    # a worker died: its share goes to the others
+
+    def _cannot_take_back(self, name, exc):
+        self.processing = None
+        self.worker.log(f"cannot take back processing/{name} now ({exc}); trying again at the next rescan")
 
     # ---------------------------------------------------------------- retries
 

@@ -517,8 +517,13 @@ class Moves(Inventory):
         newer = self._newer_final_copy(running)
         if newer:  # a power cut kept a finishing move's new record but not its first rename
             held.close()
-            self.move_aside(os.path.join(self.layout.processing, name), name,
-                            f"found in processing/ and set aside: the job is also in {newer} (newer)")
+            try:
+                self.move_aside(os.path.join(self.layout.processing, name), name,
+                                f"found in processing/ and set aside: the job is also in {newer} (newer)")
+            except FileNotFoundError:
+                # no power cut: its worker finished it just now, and this host's cache still
+                # showed the name (GlusterFS keeps a name that moved away for a second or two)
+                pass
             raise LostRace(f"processing/{name}: the job is also in {newer}")
         from . import registry
         registry.kill_leftover_job(self.layout, host, pid, held.record["id"])  # one copy at a time
@@ -677,7 +682,11 @@ class Moves(Inventory):
                 continue
         dst = os.path.join(self.layout.rejected, dst_name)
         crashpoint("reject.explained")
-        os.rename(src_path, dst)
+        try:
+            os.rename(src_path, dst)
+        except FileNotFoundError:  # moved on meanwhile: no explanation without its file
+            _unlink_quiet(os.path.join(self.layout.rejected, dst_name + ".error"))
+            raise
         crashpoint("reject.moved")
         fsutil.fsync_dir(self.layout.rejected)
         return dst_name

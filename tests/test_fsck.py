@@ -604,6 +604,26 @@ def test_a_workers_take_back_leaves_a_stale_processing_copy_aside_when_the_job_f
     assert found(spool, fsck.check(spool)) == []
 
 
+def test_a_take_back_that_meets_a_finish_through_a_stale_name_moves_nothing_and_goes_on(spool, monkeypatch):
+    """Another host's worker finished the job just now, and this host's cache still showed its
+    processing/ name (GlusterFS: for a second or two): the take-back read the claimed record,
+    found the newer completed one, and its move aside meets a name that is gone. That is a lost
+    race, not an error: no worker may die of it, and nothing is left in rejected/."""
+    spool.enqueue("true", id="j")
+    running = place(spool, "j", "processing", attempts=1, updated_at=OLD_STAMP)
+    write(state_path(spool, "completed", "j.json"), dict(read(running), state="completed", exit_code=0,
+                                                         updated_at="2099-01-01T00:00:00.000Z"))
+    real = spool.moves._newer_final_copy
+
+    def finished_meanwhile(record):
+        os.unlink(running)  # the other worker's fenced rename, seen too late here
+        return real(record)
+    monkeypatch.setattr(spool.moves, "_newer_final_copy", finished_meanwhile)
+    assert spool.moves.take_back_lost() == []
+    assert spool.find("j") == ("completed", "j.json")
+    assert os.listdir(spool.layout.rejected) == []
+
+
 def test_fsck_and_take_backs_follow_durable_moves(spool):
     spool.set_config("durable-moves", "on")
     fsck.check(spool)

@@ -156,6 +156,25 @@ def runs(hosts, spool):
     return out
 
 
+def explain_runs(hosts, spool, jobs, procs):
+    """What the spool and the workers say about `jobs`: enough to tell two claims of one
+    attempt from a retry after a fault (lost contact, a take-back)."""
+    lines = []
+    for job_id in jobs:
+        record = hosts.json(0, spool, "show", job_id)
+        lines.append(f"{job_id}: {record.get('state')}, attempts {record.get('attempts')}, worker {record.get('worker')}, "
+                     f"last_error {record.get('last_error')}")
+        log = hosts.path(0, spool, "logs", f"{job_id}.log")
+        if os.path.exists(log):
+            with open(log, errors="replace") as fh:
+                lines += ["  log: " + line for line in fh.read().splitlines()[:20]]
+    for i, proc in enumerate(procs):
+        said = [line for line in hosts.output(proc).splitlines()
+                if any(j in line for j in jobs) or "no answer" in line or "taken back" in line]
+        lines += [f"  host {i + 1}: {line}" for line in said[:40]]
+    return "\n".join(lines)
+
+
 def test_2000_jobs_from_two_hosts_run_once_each_on_three(hosts):
     spool = hosts.new_spool()
     cmd = marker_command(hosts, spool)
@@ -183,7 +202,7 @@ def test_2000_jobs_from_two_hosts_run_once_each_on_three(hosts):
     print(f"\n{hosts.fs}: 2000 jobs, 3 hosts x 2 workers: {elapsed:.1f}s, {2000 / elapsed:.0f} jobs/s, "
           f"by host {[sum(1 for w in ran.values() for h in w if h == f'host{i}') for i in (1, 2, 3)]}")
     assert counts["completed"] == 2000 and counts["processing"] == 0 and counts["pending"] == 0, counts
-    assert len(ran) == 2000 and not twice, f"run twice: {twice}"
+    assert len(ran) == 2000 and not twice, f"run twice: {twice}\n" + explain_runs(hosts, spool, twice, workers)
     assert os.listdir(hosts.path(0, spool, "processing")) == []
     assert [n for n in os.listdir(hosts.path(0, spool, "tmp")) if n.endswith(".json")] == []
     fsck = hosts.cli(1, spool, "fsck")

@@ -117,3 +117,25 @@ def test_a_name_not_ours_that_sorts_first_among_the_waiting_does_not_hide_the_ne
     assert abs(workermod.Worker(spool).housekeeping.promote_due() - (now + 30)) < 0.01
     os.unlink(os.path.join(spool.layout.failed, [n for n in os.listdir(spool.layout.failed) if "_soon" in n][0]))
     assert workermod.Worker(spool).housekeeping.promote_due() == float("inf")
+
+
+def test_a_take_back_that_fails_is_told_and_tried_again_not_fatal(spool, monkeypatch):
+    """The rescan runs on the ticks of this worker's own running job: a take-back of another
+    worker's job that fails (a full disk, a spool that stops answering) must not end this
+    worker, and its job with it. It says so in one line and tries again at the next rescan."""
+    import errno
+    spool.enqueue("true", id="lost")
+    claimed = spool.moves.claim(spool.find("lost")[1], "deadhost", 999999)
+    claimed.close()  # its owner is dead: a take-back is due
+    said = []
+    w = workermod.Worker(spool, emit=said.append)
+
+    def full_disk(name, reason=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(spool.moves, "take_back", full_disk)
+    w.housekeeping.take_back_lost(relist=True)
+    assert [line for line in said if "cannot take back processing/" in line and "No space left" in line]
+    assert spool.find("lost")[0] == "processing"
+    monkeypatch.undo()
+    w.housekeeping.take_back_lost(relist=False)
+    assert spool.find("lost")[0] != "processing", "tried again, and taken back"
