@@ -16,6 +16,12 @@ from .errors import SpoolError
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
+# errors of a shared spool that is unreachable for a while: a worker waits and carries on
+# (EBADFD: GlusterFS's answer on a file opened before the client lost its server)
+OUTAGE_ERRNOS = frozenset({errno.ENOTCONN, errno.EIO, errno.EBADFD, errno.ETIMEDOUT, errno.ESTALE,
+                           errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED,
+                           errno.ECONNRESET, errno.ECONNREFUSED})
+
 
 def fsync_dir(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | CLOEXEC)

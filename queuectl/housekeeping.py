@@ -38,6 +38,8 @@ class Housekeeping:
         self.clock = ScheduleClock(Schedules(self.layout))
         self.stamps = {folder: FolderStamp(os.path.join(self.layout.root, folder)) for folder in RESCANNED}
         self.processing = None    # processing/ as last listed: the take-back probes these
+        self._told = set()        # (name, error) of take-backs that failed, told once each
+        self._failed = 0          # take-backs that failed in this pass
         self.next_rescan = 0.0
         self.next_relist = 0.0    # see EVENTS_TRUSTED_RELIST
         self.next_failed = 0.0
@@ -113,8 +115,11 @@ class Housekeeping:
             self.processing = self.spool.names("processing")
         # a job that cannot be taken back now (a full disk, a spool that stops answering) is
         # tried again at the next rescan: this worker's own running job must not die of it
+        self._failed = 0
         taken = worker.moves.take_back_lost(exclude=worker.execution.held_names(), candidates=self.processing,
                                             on_error=self._cannot_take_back)
+        if not self._failed:
+            self._told.clear()
         for record in taken:
             worker.log(f"job {record['id']} taken back: {record['last_error']} -> {record['state']}")
             worker.execution.hook(record)
@@ -123,8 +128,14 @@ class Housekeeping:
             worker.share_names()    # a worker died: its share goes to the others
 
     def _cannot_take_back(self, name, exc):
+        worker = self.worker
+        if worker.shared and getattr(exc, "errno", None) in fsutil.OUTAGE_ERRNOS and worker.execution.running is None:
+            raise exc  # the spool stops answering: the worker's outage handling takes over
         self.processing = None
-        self.worker.log(f"cannot take back processing/{name} now ({exc}); trying again at the next rescan")
+        self._failed += 1
+        if (name, str(exc)) not in self._told:
+            self._told.add((name, str(exc)))
+            worker.log(f"cannot take back processing/{name} now ({exc}); trying again at the next rescan")
 
     # ---------------------------------------------------------------- retries
 

@@ -582,11 +582,12 @@ class Moves(Inventory):
             if name in exclude:
                 continue
             try:
-                out.append(self.take_back(name).record)
-            except Corrupt as exc:
-                self.set_aside(exc)
-            except LostRace:
-                continue
+                try:
+                    out.append(self.take_back(name).record)
+                except Corrupt as exc:
+                    self.set_aside(exc)
+                except LostRace:
+                    continue
             except (OSError, SpoolError) as exc:
                 if on_error is None:
                     raise

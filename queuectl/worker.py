@@ -7,7 +7,6 @@ execution.py (running an attempt and recording it). Signals only set flags: the 
 SIGTERM/SIGINT stops after the running job, the second kills it and puts it back in pending/
 uncounted (docs/contract.md "Commands").
 """
-import errno
 import os
 import signal
 import sys
@@ -27,11 +26,6 @@ from .runner import Interrupt
 from .turns import Turns
 from .waker import Waker
 
-# errors of a shared spool that is unreachable for a while: the worker waits and carries on
-# (EBADFD: GlusterFS's answer on a file opened before the client lost its server)
-OUTAGE_ERRNOS = frozenset({errno.ENOTCONN, errno.EIO, errno.EBADFD, errno.ETIMEDOUT, errno.ESTALE,
-                           errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED,
-                           errno.ECONNRESET, errno.ECONNREFUSED})
 ALL = frozenset({"incoming", "pending", "failed", "workers", "blocked", "schedules", "queues", "spool"})
 SHARED_CLAIM_SPREAD = 16  # on a shared spool, steal at random among the first N due names (pending.py)
 JOURNAL_HOLD = 1.0        # seconds a busy worker keeps finish lines before one write (journal.py)
@@ -112,6 +106,8 @@ class Worker:
 
     def config(self):
         """The spool's settings (looked at once a second while busy, and after every wait)."""
+        if self.waker is None or self.waker.mechanism != "inotify":
+            self._config.look_now()  # no event would tell of a `config set` on this host
         cfg = self._config.get()
         self.moves.durable_moves = cfg["durable-moves"]
         return cfg
@@ -181,9 +177,10 @@ class Worker:
             try:
                 return self._serve()
             except OSError as exc:
-                if not self.shared or exc.errno not in OUTAGE_ERRNOS or self.stopping:
+                if not self.shared or exc.errno not in fsutil.OUTAGE_ERRNOS or self.stopping:
                     raise
                 self.log(f"spool unreachable ({exc.strerror}); trying again")
+                self.mark(ALL)  # what the interrupted pass took (a pause, say) is looked at again
                 self._config.look_now()
                 self.waker.wait(1.0)
                 self.housekeeping.forget_stamps()

@@ -238,6 +238,7 @@ def test_a_busy_worker_reads_a_change_within_a_second_and_after_any_wait(spool, 
     clock = [1000.0]
     monkeypatch.setattr(workermod.time, "monotonic", lambda: clock[0])
     w = workermod.Worker(spool)
+    w.waker = type("Waker", (), {"wait": lambda self, timeout: None, "mechanism": "inotify"})()
     assert w.config()["max-retries"] == 3
     spool.set_config("max-retries", "5")
     clock[0] += workermod.CONFIG_LOOK / 2
@@ -245,6 +246,8 @@ def test_a_busy_worker_reads_a_change_within_a_second_and_after_any_wait(spool, 
     clock[0] += workermod.CONFIG_LOOK / 2
     assert w.config()["max-retries"] == 5, "a second on: looked again"
     spool.set_config("max-retries", "6")
-    w.waker = type("Waker", (), {"wait": lambda self, timeout: None})()
     w._idle(0.0)
     assert w.config()["max-retries"] == 6, "after a wait: looked again at once"
+    w.waker.mechanism = "poll"  # no event would tell of a change on this host: a look per job
+    spool.set_config("max-retries", "7")
+    assert w.config()["max-retries"] == 7

@@ -415,16 +415,16 @@ def test_the_job_note_is_written_only_for_a_job_that_may_outlive_its_worker(cli,
     note is not written: one filesystem call less per job on a shared spool, where every job is guarded."""
     assert cli("queue", "set", "one", "--limit", "1").returncode == 0
     assert cli("enqueue", "-c", "sleep 30", "--id", "guarded", "--queue", "one").returncode == 0
-    cli.start_tailed("worker", "start")
+    worker = cli.start_tailed("worker", "start")
+    worker.tail.wait_for("job guarded started", timeout=15)  # printed once the note would be written
     w = wait_running(cli, "guarded")
     note = os.path.join(spool_dir, "workers", registry.worker_name(w["host"], w["pid"]) + ".job")
-    assert os.path.exists(note)
     with open(note) as fh:
         assert fh.read().strip() == "", "a guarded job leaves no note"
     assert cli("cancel", "guarded", "--kill").returncode == 0
     wait_job(spool_dir, "guarded", "dead", timeout=10)
     assert cli("enqueue", "-c", "sleep 30", "--id", "plain").returncode == 0
-    wait_running(cli, "plain")
+    worker.tail.wait_for("job plain started", timeout=15)
     with open(note) as fh:
         pgid, job_id = fh.read().split()
     assert job_id == "plain" and int(pgid) > 1

@@ -457,3 +457,26 @@ def test_a_failed_start_leaves_no_polling_thread_behind(start_waker, fast_poll, 
         for thread in left:
             thread.stop()
             thread.join(1.0)
+
+
+def test_the_spools_own_folder_is_watched_under_its_given_name(monkeypatch, tmp_path):
+    """A folder given as (path, name) is named so, whatever its last part (a spool folder
+    may be called "pending"): `pause` renames SPOOL/paused in, `resume` removes it, and
+    `config set` renames config.json in; each is one event of "spool", before the call returns."""
+    monkeypatch.setenv("QUEUECTL_WAKER", "inotify")
+    root = tmp_path / "pending"
+    (root / "tmp").mkdir(parents=True)
+    waker = Waker([(str(root), "spool")]).start()
+    try:
+        if waker.mechanism != "inotify":
+            pytest.skip("inotify cannot start here")
+        assert waker.take() == set()
+        touch(str(root / "tmp" / ".paused"), b"{}")
+        assert waker.take() == set(), "a file staged in tmp/ is not the spool's own folder"
+        os.rename(root / "tmp" / ".paused", root / "paused")
+        assert waker.take() == {"spool"}, "no wait: the event is queued before rename() returns"
+        os.unlink(root / "paused")
+        assert waker.take() == {"spool"}
+        assert waker.take_names("spool") == ([], []), "names are kept only for pending/"
+    finally:
+        waker.stop()

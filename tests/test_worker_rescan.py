@@ -134,8 +134,18 @@ def test_a_take_back_that_fails_is_told_and_tried_again_not_fatal(spool, monkeyp
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(spool.moves, "take_back", full_disk)
     w.housekeeping.take_back_lost(relist=True)
-    assert [line for line in said if "cannot take back processing/" in line and "No space left" in line]
+    w.housekeeping.take_back_lost(relist=True)
+    told = [line for line in said if "cannot take back processing/" in line and "No space left" in line]
+    assert len(told) == 1, "told once, not at every rescan"
     assert spool.find("lost")[0] == "processing"
+
+    def outage(name, reason=None):
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+    monkeypatch.setattr(spool.moves, "take_back", outage)
+    w.shared = True
+    with pytest.raises(OSError):  # between jobs an outage is the worker's to handle (it waits, rejoins)
+        w.housekeeping.take_back_lost(relist=True)
+    w.shared = False
     monkeypatch.undo()
     w.housekeeping.take_back_lost(relist=False)
     assert spool.find("lost")[0] != "processing", "tried again, and taken back"
