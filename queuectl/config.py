@@ -148,15 +148,17 @@ def write(path, tmp_dir, data):
 class Watched:
     """config.json as a long-running process sees it: read again when its (inode, mtime)
     changes, which a stat tells, and stat'ed at most once per `every` seconds until
-    `look_now()` (a busy worker saves a stat per job; an idle one looks before its next)."""
+    `look_now()` (a busy worker saves a stat per job; an idle one looks before its next).
+    `events_trusted()` false (no inotify to tell of a change on this host): a stat each time."""
 
-    def __init__(self, path, every):
-        self.path, self.every = path, every
+    def __init__(self, path, every, events_trusted=lambda: True):
+        self.path, self.every, self.events_trusted = path, every, events_trusted
         self._settings = self._stamp = self._looked = None
 
     def get(self):
         now = time.monotonic()
-        if self._settings is not None and self._looked is not None and now - self._looked < self.every:
+        if self._settings is not None and self._looked is not None and now - self._looked < self.every \
+                and self.events_trusted():
             return self._settings
         self._looked = now
         try:

@@ -49,7 +49,7 @@ class Worker:
         self._signals = 0
         self._dirty = set(ALL)    # marks of what changed, for the loop to look at
         self._pending = PendingIndex(self.layout.pending)
-        self._config = configmod.Watched(self.layout.config, CONFIG_LOOK)
+        self._config = configmod.Watched(self.layout.config, CONFIG_LOOK, self._events_trusted)
         self.waker = None
         self.shared = False       # the spool is on a network filesystem (fsinfo.py)
         self.claims_won = self.claims_lost = self.claims_deferred = self._lost_in_row = 0
@@ -106,11 +106,13 @@ class Worker:
 
     def config(self):
         """The spool's settings (looked at once a second while busy, and after every wait)."""
-        if self.waker is None or self.waker.mechanism != "inotify":
-            self._config.look_now()  # no event would tell of a `config set` on this host
         cfg = self._config.get()
         self.moves.durable_moves = cfg["durable-moves"]
         return cfg
+
+    def _events_trusted(self):
+        """Whether inotify tells of a change on this host (`pause`, `config set`)."""
+        return self.waker is not None and self.waker.mechanism == "inotify"
 
     # ---------------------------------------------------------------- main loop
 
@@ -136,7 +138,7 @@ class Worker:
         self.waker = Waker([self.layout.incoming, self.layout.pending, self.layout.failed,
                             self.layout.workers, self.layout.blocked, self.layout.schedules,
                             self.layout.queues, (self.layout.root, "spool")]).start()
-        self._pause = PauseWatch(self.layout.paused, lambda: self.waker.mechanism == "inotify")
+        self._pause = PauseWatch(self.layout.paused, self._events_trusted)
         try:
             offer = self._offer()
             self.log(f"worker {self.id} started (wake-ups: {self.waker.mechanism}"
