@@ -1,7 +1,7 @@
 """What a worker costs a (shared) filesystem: metadata operations per job, and per second
 when idle, counted with `strace -f -c` on a real worker.
 
-    python3 bench/fs_cost.py SPOOL_PARENT [--jobs 300] [--idle 10] [--limit N] [--queues K] [--waiting]
+    python3 bench/fs_cost.py SPOOL_PARENT [--jobs 300] [--idle 10] [--limit N] [--queues K] [--waiting] [--outcomes]
 
 SPOOL_PARENT is a folder on the filesystem to measure (a local disk, or a mount of the
 multi-host test bed: /tmp/queuectl-bed/mnt/host1). Prints one table: operations per job
@@ -10,7 +10,10 @@ second for an idle worker (after its start-up). Needs strace (Debian `strace`).
 `--limit N`: the jobs are in a queue limited to N (each claim takes a slot); `--queues K`: the
 spool has K queues with settings (limits) while the worker idles; `--waiting`: while it idles,
 one job waits for a place in a queue limited to 0 (on a shared spool the worker then waits in
-the queue's line and tries again every 0.3 s: turns.py).
+the queue's line and tries again every 0.3 s: turns.py). Per job is marginal: one worker
+drains JOBS, another 2*JOBS, and the difference is divided by JOBS, so start-up and stop
+cancel out. `--outcomes`: also per job for a job that fails once and completes on its retry,
+and for one that dies on its first attempt (no retries).
 """
 import argparse
 import json
@@ -74,6 +77,77 @@ def queuectl(spool, *args, **kw):
                           capture_output=True, text=True, check=True, **kw)
 
 
+def traced_burst(spool, trace):
+    """Run one `worker run --burst` under strace; return its calls on the spool by kind."""
+    subprocess.run(["strace", "-f", "-y", "-qq", "-e", TRACED, "-o", trace, sys.executable, "-m", "queuectl",
+                    "--spool", spool, "worker", "run", "--burst"], env=env(), cwd=ROOT, capture_output=True, check=True)
+    return by_kind(strace_counts(trace, spool))
+
+
+def drain_calls(parent, out, outcome, jobs, limit=None):
+    """Calls on the spool, by kind, of one worker draining `jobs` jobs with this outcome:
+    `complete` (`true`), `dead` (`false`, no retry) or `retry` (fails once, then completes:
+    a second burst worker runs the retries once their 1 s backoff is over)."""
+    spool = tempfile.mkdtemp(prefix="fscost-", dir=parent)
+    os.chmod(spool, 0o700)
+    try:
+        job = {"command": "true"}
+        if limit is not None:
+            queuectl(spool, "queue", "set", "bench", "--limit", str(limit))
+            job["queue"] = "bench"
+        if outcome == "dead":
+            job.update(command="false", max_retries=0)
+        elif outcome == "retry":
+            queuectl(spool, "config", "set", "backoff-base", "1")  # 1 ** attempts: every retry due after 1 s
+            job.update(command='[ "$QUEUECTL_ATTEMPT" -gt 1 ]', max_retries=1)
+        queuectl(spool, "enqueue", "--no-capture-env", "--file", "-", input="\n".join(json.dumps(job) for _ in range(jobs)))
+        started = time.monotonic()
+        calls = traced_burst(spool, os.path.join(out, f"{outcome}-{jobs}"))
+        if outcome == "retry":
+            time.sleep(1.5)  # the last failure's retry is due 1 s after it
+            again = traced_burst(spool, os.path.join(out, f"{outcome}-{jobs}-again"))
+            calls = {kind: calls[kind] + again[kind] for kind in calls}
+        elapsed = time.monotonic() - started
+        left = sum(len(os.listdir(os.path.join(spool, folder))) for folder in ("pending", "processing", "failed"))
+        if left:
+            raise SystemExit(f"{outcome}: {left} jobs were left undone in {spool}")
+        return calls, elapsed
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+def marginal(parent, out, outcome, jobs, limit=None):
+    """Calls per job, by kind, as the difference of a drain of 2*jobs and one of jobs: a
+    worker's start and stop cancel out."""
+    few, _ = drain_calls(parent, out, outcome, jobs, limit)
+    many, elapsed = drain_calls(parent, out, outcome, 2 * jobs, limit)
+    return {kind: (many[kind] - few[kind]) / jobs for kind in KINDS}, {kind: few[kind] / jobs for kind in KINDS}, elapsed
+
+
+def idle_calls(parent, out, seconds, queues, waiting):
+    """Calls on the spool, by kind, per second of an idle worker (after its start-up)."""
+    spool = tempfile.mkdtemp(prefix="fscost-", dir=parent)
+    os.chmod(spool, 0o700)
+    try:
+        for i in range(queues):
+            queuectl(spool, "queue", "set", f"idle-{i}", "--limit", "2")
+        if waiting:
+            queuectl(spool, "queue", "set", "full", "--limit", "0")
+            queuectl(spool, "enqueue", "--no-capture-env", "-q", "full", "true")
+        trace = os.path.join(out, "idle")
+        proc = subprocess.Popen(["strace", "-f", "-y", "-ttt", "-qq", "-e", TRACED, "-o", trace, sys.executable,
+                                 "-m", "queuectl", "--spool", spool, "worker", "run"], env=env(), cwd=ROOT,
+                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(STARTUP)
+        window = (time.time(), time.time() + seconds)  # idle only: start-up and stop left out
+        time.sleep(seconds + 0.5)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        return {kind: n / seconds for kind, n in by_kind(strace_counts(trace, spool, window)).items()}
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("parent")
@@ -82,53 +156,32 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, help="put the jobs in a queue with this limit")
     parser.add_argument("--queues", type=int, default=0, help="queues with settings while idle")
     parser.add_argument("--waiting", action="store_true", help="a job waits for a place while the worker idles")
+    parser.add_argument("--outcomes", action="store_true", help="also a job that retries once, and a dead job")
     args = parser.parse_args(argv)
     if not shutil.which("strace"):
         print("strace is not installed (apt-get install strace)", file=sys.stderr)
         return 2
-    spool = tempfile.mkdtemp(prefix="fscost-", dir=args.parent)
-    os.chmod(spool, 0o700)
     out = tempfile.mkdtemp(prefix="fscost-strace-")
     try:
-        job = {"command": "true"}
-        if args.limit is not None:
-            queuectl(spool, "queue", "set", "bench", "--limit", str(args.limit))
-            job["queue"] = "bench"
-        for i in range(args.queues):
-            queuectl(spool, "queue", "set", f"idle-{i}", "--limit", "2")
-        jobs = "\n".join(json.dumps(job) for _ in range(args.jobs))
-        queuectl(spool, "enqueue", "--no-capture-env", "--file", "-", input=jobs)
-        trace = os.path.join(out, "drain")
-        started = time.monotonic()
-        subprocess.run(["strace", "-f", "-y", "-qq", "-e", TRACED, "-o", trace, sys.executable, "-m", "queuectl",
-                        "--spool", spool, "worker", "run", "--burst"], env=env(), cwd=ROOT, capture_output=True, check=True)
-        elapsed = time.monotonic() - started
-        drain = by_kind(strace_counts(trace, spool))
-        if args.waiting:
-            queuectl(spool, "queue", "set", "full", "--limit", "0")
-            queuectl(spool, "enqueue", "--no-capture-env", "-q", "full", "true")
-        idle_trace = os.path.join(out, "idle")
-        proc = subprocess.Popen(["strace", "-f", "-y", "-ttt", "-qq", "-e", TRACED, "-o", idle_trace, sys.executable,
-                                 "-m", "queuectl", "--spool", spool, "worker", "run"], env=env(), cwd=ROOT,
-                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(STARTUP)
-        window = (time.time(), time.time() + args.idle)  # idle only: start-up and stop left out
-        time.sleep(args.idle + 0.5)
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
-        idle = by_kind(strace_counts(idle_trace, spool, window))
+        columns = {}
+        steady, whole, elapsed = marginal(args.parent, out, "complete", args.jobs, args.limit)
+        columns["per job"], columns[f"over {args.jobs}"] = steady, whole
+        if args.outcomes:
+            columns["retried once"] = marginal(args.parent, out, "retry", args.jobs, args.limit)[0]
+            columns["dead"] = marginal(args.parent, out, "dead", args.jobs, args.limit)[0]
+        columns["idle, per s"] = idle_calls(args.parent, out, args.idle, args.queues, args.waiting)
     finally:
-        shutil.rmtree(spool, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
     queue = f"a queue limited to {args.limit}" if args.limit is not None else "the default queue (no limit)"
-    print(f"filesystem of {args.parent}: {args.jobs} jobs of {queue} drained by one worker in {elapsed:.1f}s "
-          f"(under strace, so slower than without); {args.queues} other queues with settings; "
-          + ("while idle, a job waits for a place; " if args.waiting else "") +
-          "calls on the spool's files only")
-    print(f"{'operation':<12}{'per job':>10}{'idle, per s':>14}")
-    for kind in KINDS:
-        print(f"{kind:<12}{drain[kind] / args.jobs:>10.1f}{idle[kind] / args.idle:>14.2f}")
-    print(f"{'total':<12}{sum(drain.values()) / args.jobs:>10.1f}{sum(idle.values()) / args.idle:>14.2f}")
+    print(f"filesystem of {args.parent}: one worker drains {args.jobs}, then {2 * args.jobs} jobs of {queue} "
+          f"({elapsed:.1f}s for {2 * args.jobs} under strace, so slower than without); calls on the spool's files only. "
+          f"Per job: the difference of the two drains over {args.jobs} (a worker's start and stop cancel out); "
+          f"over {args.jobs}: the first drain's calls over its jobs, start and stop included. Idle: "
+          f"{args.queues} queues with settings" + (", a job waits for a place" if args.waiting else "") + ".")
+    print("".join(f"{name:>14}" for name in ["operation", *columns]))
+    for kind in [*KINDS, "total"]:
+        cells = [sum(column.values()) if kind == "total" else column[kind] for column in columns.values()]
+        print(f"{kind:>14}" + "".join(f"{cell:>14.{2 if i == len(cells) - 1 else 1}f}" for i, cell in enumerate(cells)))
     return 0
 
 

@@ -197,6 +197,7 @@ class Execution:
         if rec["state"] == "completed":
             worker.log(f"job {job_id} completed in {outcome.duration:.2f}s")
         elif rec["state"] == "failed":
+            worker.housekeeping.retries.add(new.name)  # no listing of failed/ to learn it (retries.py)
             worker.log(f"job {job_id} failed ({rec['last_error']}); retry at {rec['run_at']}")
         else:
             worker.log(f"job {job_id} dead ({rec['last_error']}) after {rec['attempts']} attempt(s)")

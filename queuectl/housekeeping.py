@@ -8,11 +8,12 @@ stat changed (folderstamp.py). What it finds is handed to the claim loop as "dir
 import os
 import time
 
-from . import fsck, fsutil, journal, names, timeutil
+from . import fsck, fsutil, journal, timeutil
 from .dependencies import BlockedJobs
-from .errors import LostRace, QueuectlError
+from .errors import Busy, LostRace, QueuectlError
 from .folderstamp import FolderStamp
 from .moves import Corrupt
+from .retries import RetryView
 from .schedules import ScheduleClock, Schedules
 
 RESCAN_OVERRIDE = os.environ.get("QUEUECTL_RESCAN")  # tests shorten the config's rescan-interval
@@ -20,10 +21,11 @@ RESCAN_OVERRIDE = os.environ.get("QUEUECTL_RESCAN")  # tests shorten the config'
 RESCANNED = ("incoming", "pending", "failed", "processing", "workers", "blocked", "completed", "dead",
              "schedules")
 ENDED = ("completed", "dead")  # their stat changes when a job ends: a blocked job's dependency?
-# On a local disk with inotify the events name every file that enters or leaves pending/ (an
-# overflow says "rescan"), so a rescan that sees pending/ changed lists it again only this
-# often: a backlog of 100,000 scheduled jobs made each relisting cost a drain about 0.1 s.
+# On a local disk with inotify the events name every file that enters or leaves pending/ and
+# failed/ (an overflow says "rescan"), so a rescan that sees one changed lists it again only
+# this often: a backlog of 100,000 scheduled jobs made each relisting cost a drain about 0.1 s.
 EVENTS_TRUSTED_RELIST = 60.0
+BUSY_RETRY = 1.0  # a due retry whose job was locked is tried again this much later
 
 
 class Housekeeping:
@@ -41,8 +43,9 @@ class Housekeeping:
         self._told = set()        # (name, error) of take-backs that failed, told once each
         self._failed = 0          # take-backs that failed in this pass
         self.next_rescan = 0.0
-        self.next_relist = 0.0    # see EVENTS_TRUSTED_RELIST
+        self.next_relist = {}     # folder -> when a rescan may list it again (EVENTS_TRUSTED_RELIST)
         self.next_failed = 0.0
+        self.retries = RetryView(lambda: fsutil.listdir(self.layout.failed))
         self.pruned_hour = None   # the hour whose old journal files were last removed
 
     def rescan_interval(self):
@@ -57,8 +60,10 @@ class Housekeeping:
         folders = RESCANNED if self.blocked else tuple(f for f in RESCANNED if f not in ENDED)
         changed = self.look_around(folders, everything=startup)
         marks = changed & {"incoming", "failed", "workers", "blocked", "schedules"}
-        if "pending" in changed and self.relist_due(startup):
+        if "pending" in changed and self.relist_due("pending", startup):
             marks.add("rescan")
+        if "failed" in changed and self.relist_due("failed", startup):
+            self.retries.forget()
         if changed & {"completed", "dead"}:
             marks.add("ended")  # another host's or a command's job ended: a dependency?
         worker.mark(marks)
@@ -82,14 +87,15 @@ class Housekeeping:
                 self.worker.mark({"workers"})  # read on the next tick: requests, and the share
             self.take_back_lost(relist="processing" in changed)
 
-    def relist_due(self, startup):
-        """Whether a rescan that saw pending/ change lists it again: always where events may
-        miss changes (another host's, the polling fallback), else every EVENTS_TRUSTED_RELIST."""
+    def relist_due(self, folder, startup):
+        """Whether a rescan that saw `folder` (pending/ or failed/) change lists it again:
+        always where events may miss changes (another host's, the polling fallback), else
+        every EVENTS_TRUSTED_RELIST."""
         now = time.monotonic()
         events_complete = not self.worker.shared and self.worker.waker.mechanism == "inotify"
-        if events_complete and not startup and now < self.next_relist:
+        if events_complete and not startup and now < self.next_relist.get(folder, 0.0):
             return False
-        self.next_relist = now + EVENTS_TRUSTED_RELIST
+        self.next_relist[folder] = now + EVENTS_TRUSTED_RELIST
         return True
 
     def look_around(self, folders, everything=False):
@@ -108,6 +114,7 @@ class Housekeeping:
         """After an outage: look at every folder again."""
         for stamp in self.stamps.values():
             stamp.forget()
+        self.retries.forget()
 
     def take_back_lost(self, relist=True):
         worker = self.worker
@@ -139,40 +146,32 @@ class Housekeeping:
 
     # ---------------------------------------------------------------- retries
 
-    def promote_due(self):
-        """Move due retries from failed/ to pending/. Returns the next retry's wall time."""
+    def promote_due(self, dirty=()):
+        """Move due retries from failed/ to pending/. Returns the next retry's wall time.
+        `dirty`: the loop's marks; the names of failed/ that events reported go into the view."""
+        if "rescan" in dirty:
+            self.retries.forget()  # events were lost
+        elif "failed" in dirty:
+            added, removed = self.worker.waker.take_names("failed")
+            for name in removed:
+                self.retries.remove(name)
+            for name in added:
+                self.retries.add(name)
         now = timeutil.now()
-        # a name starts with its retry's time stamp: the due ones are found by comparing text,
-        # and only they are sorted (a worker starting beside 100,000 waiting retries sorted them all)
-        now_stamp = names.stamp(now)  # fixed width
-        due, first_waiting = [], None
-        for name in fsutil.listdir(self.layout.failed):
-            if not name.endswith(names.SUFFIX) or name.startswith("."):
-                continue
-            if name[:len(now_stamp)] <= now_stamp:
-                due.append(name)
-            elif first_waiting is None or name < first_waiting:
-                first_waiting = name
-        for name in sorted(due):
-            parsed = names.parse_failed(name)
-            if parsed is None:
-                continue
-            if parsed.next_attempt > now:  # the stamp is rounded to the millisecond
-                return parsed.next_attempt
+        busy = []
+        for name in self.retries.due(now):
             try:
                 self.worker.moves.promote(name, now)
             except Corrupt as exc:
                 self.worker.set_aside(exc)
+            except Busy:
+                busy.append(name)  # locked by a command or another worker: still there, maybe
             except LostRace:
-                continue
-        if first_waiting is None:
-            return float("inf")
-        parsed = names.parse_failed(first_waiting)
-        if parsed is not None:
-            return parsed.next_attempt
-        # a name not ours sorts first: the next retry is the first that parses
-        return next((p.next_attempt for p in map(names.parse_failed, self.spool.names("failed"))
-                     if p is not None and p.next_attempt > now), float("inf"))
+                continue  # gone: promoted or moved by someone else
+        for name in busy:
+            self.retries.add(name)
+        next_at = self.retries.next_at()
+        return max(next_at, now + BUSY_RETRY) if busy else next_at
 
     # ---------------------------------------------------------------- schedules and blocked jobs
 

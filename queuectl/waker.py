@@ -29,7 +29,7 @@ _MAX_EVENT = _HEADER.size + 256  # the header and a name of at most NAME_MAX byt
 class Waker:
     """Collects which watched folders changed, and the names added to or removed from them."""
 
-    def __init__(self, folders, track_names=("pending",)):
+    def __init__(self, folders, track_names=("pending", "failed")):
         """`folders`: paths, each named by its last part, or (path, name) pairs."""
         self.folders = {}
         for folder in folders:
@@ -71,7 +71,7 @@ class Waker:
         masks = {
             "incoming": c.IN_CREATE | c.IN_MOVED_TO | c.IN_CLOSE_WRITE,
             "pending": c.IN_CREATE | c.IN_MOVED_TO | c.IN_MOVED_FROM | c.IN_DELETE,
-            "failed": c.IN_CREATE | c.IN_MOVED_TO,
+            "failed": c.IN_CREATE | c.IN_MOVED_TO | c.IN_MOVED_FROM | c.IN_DELETE,
             CONTROL: c.IN_CREATE | c.IN_MOVED_TO,  # requests are renamed in; the job note is not
             # settings are renamed in or removed; a worker that lets a slot go touches them (admission.py)
             "queues": c.IN_MOVED_TO | c.IN_DELETE | c.IN_ATTRIB,

@@ -12,7 +12,7 @@ LAYERS = [
     ["pool", "journal", "queues", "slots", "turns", "logs"], ["paths"], ["config"], ["registry"], ["waiting"],
     ["inventory"], ["moves"],
     ["dependencies", "schedules"], ["spool"], ["ingest", "metrics"],
-    ["fsck", "doctor"], ["runner", "pending", "contact", "folderstamp", "pausing"], ["hooks", "waker", "admission"],
+    ["fsck", "doctor"], ["runner", "pending", "retries", "contact", "folderstamp", "pausing"], ["hooks", "waker", "admission"],
     ["housekeeping", "execution"], ["worker"],
     ["supervisor"], ["render"],
     ["dashboard"], ["cli"],

@@ -24,20 +24,21 @@ def bare_worker(spool, mechanism, shared):
     return w
 
 
-def test_local_inotify_relists_at_start_then_only_as_a_safety_net(spool):
+@pytest.mark.parametrize("folder", ["pending", "failed"])
+def test_local_inotify_relists_at_start_then_only_as_a_safety_net(spool, folder):
     w = bare_worker(spool, "inotify", shared=False)
-    assert w.housekeeping.relist_due(startup=True)
-    assert not w.housekeeping.relist_due(startup=False)  # the events since told every name
-    assert not w.housekeeping.relist_due(startup=False)
-    w.housekeeping.next_relist = time.monotonic() - 0.001  # EVENTS_TRUSTED_RELIST has passed
-    assert w.housekeeping.relist_due(startup=False)
-    assert not w.housekeeping.relist_due(startup=False)
+    assert w.housekeeping.relist_due(folder, startup=True)
+    assert not w.housekeeping.relist_due(folder, startup=False)  # the events since told every name
+    assert not w.housekeeping.relist_due(folder, startup=False)
+    w.housekeeping.next_relist[folder] = time.monotonic() - 0.001  # EVENTS_TRUSTED_RELIST has passed
+    assert w.housekeeping.relist_due(folder, startup=False)
+    assert not w.housekeeping.relist_due(folder, startup=False)
 
 
 @pytest.mark.parametrize("mechanism, shared", [("inotify", True), ("polling", False), ("none", False)])
 def test_relists_on_every_change_where_events_may_miss_some(spool, mechanism, shared):
     w = bare_worker(spool, mechanism, shared)
-    assert all(w.housekeeping.relist_due(startup=False) for _ in range(3))
+    assert all(w.housekeeping.relist_due(folder, startup=False) for _ in range(3) for folder in ("pending", "failed"))
 
 
 def test_a_busy_local_worker_does_not_relist_pending_on_each_rescan(spool, monkeypatch):

@@ -1,0 +1,170 @@
+"""The view of failed/ (queuectl/retries.py): due order without sorting, kept current from
+names instead of a listing per failure."""
+import os
+import time
+
+import pytest
+
+from queuectl import fsutil, housekeeping, names, retries, timeutil
+from queuectl.job import State
+from queuectl.registry import StopMode
+from queuectl.retries import RetryView
+from queuectl.worker import Worker
+
+
+def view_of(folder_names):
+    listed = []
+
+    def list_folder():
+        listed.append(1)
+        return list(folder_names)
+    return RetryView(list_folder), listed
+
+
+def test_due_names_come_in_due_order_and_the_next_one_is_told():
+    now = time.time()
+    late, soon, due_a, due_b = (names.failed_name(now + d, f"job-{d}") for d in (3600, 30, -5, -1))
+    view, listed = view_of([late, due_b, soon, due_a, ".hidden.json", "notes.txt"])
+    assert view.due(now) == [due_a, due_b]
+    assert abs(view.next_at() - (now + 30)) < 0.01
+    assert view.due(now) == []  # taken once
+    assert len(listed) == 1
+
+
+def test_names_added_and_removed_keep_the_view_without_listing_again():
+    now = time.time()
+    first = names.failed_name(now + 60, "first")
+    view, listed = view_of([first])
+    assert abs(view.next_at() - (now + 60)) < 0.01
+    earlier = names.failed_name(now - 1, "earlier")
+    view.add(earlier)
+    view.add(earlier)  # an event repeating what the worker added itself
+    view.add(".staged.json")
+    assert view.due(now) == [earlier]
+    view.remove(first)  # promoted by another worker
+    assert view.next_at() == float("inf")
+    assert len(listed) == 1
+    view.forget()
+    assert abs(view.next_at() - (now + 60)) < 0.01
+    assert len(listed) == 2
+
+
+def test_a_name_that_is_not_a_retry_is_dropped_and_does_not_hide_the_next():
+    now = time.time()
+    soon = names.failed_name(now + 30, "soon")
+    junk = soon.replace("_soon.json", "_a bad id!.json")  # the same stamp, sorts first, never parses
+    assert junk < soon
+    view, _ = view_of([junk, soon])
+    assert view.due(now + 60) == [soon]
+    assert view.next_at() == float("inf")
+
+
+def test_a_name_added_before_the_first_listing_is_found_by_it():
+    now = time.time()
+    name = names.failed_name(now - 1, "x")
+    folder = []
+    view, listed = view_of(folder)
+    view.add(name)  # not listed yet: the listing will find it
+    folder.append(name)
+    assert view.due(now) == [name]
+    assert len(listed) == 1
+
+
+@pytest.mark.process
+def test_a_storm_of_first_failures_does_not_list_failed_once_per_failure(spool, monkeypatch):
+    """Every job fails once and waits 100 s for its retry: failed/ fills up while the worker
+    runs. Listing it after each failure made the drain quadratic (10,000 jobs: 61 s instead
+    of 11 s); the worker now learns each new name from its own move or its event."""
+    spool.set_config("backoff-base", 100)
+    jobs = 40
+    spool.enqueue_many([{"command": "false", "max_retries": 1}] * jobs)
+    listings = []
+    real = fsutil.listdir
+
+    def counting(path):
+        if os.path.realpath(path) == os.path.realpath(spool.layout.failed):
+            listings.append(path)
+        return real(path)
+    monkeypatch.setattr(fsutil, "listdir", counting)
+    assert Worker(spool, burst=True).run() == 0
+    assert len(os.listdir(spool.layout.failed)) == jobs
+    assert len(listings) <= 3, f"failed/ listed {len(listings)} times for {jobs} failures"
+
+
+@pytest.mark.process
+def test_a_retry_of_this_worker_and_one_from_elsewhere_are_promoted_when_due(spool, monkeypatch):
+    """Its own failure is in the view at once; a job that another process moves into
+    failed/ while the worker waits arrives by its event. Both run when due, with no rescan
+    to find them."""
+    monkeypatch.setenv("QUEUECTL_RESCAN", "3600")
+    monkeypatch.setattr(housekeeping, "RESCAN_OVERRIDE", "3600")  # read at import
+    spool.set_config("backoff-base", 1)
+    own = spool.enqueue('[ "$QUEUECTL_ATTEMPT" -gt 1 ]', max_retries=1)["id"]
+    other = spool.enqueue("true", id="other", run_at="+1h")["id"]
+    worker = Worker(spool)
+    started, dropped, done = time.monotonic(), [], []
+
+    def drop_other_into_failed():
+        """What another worker's failed attempt does: a fenced move to failed/, due soon."""
+        name = [n for n in os.listdir(spool.layout.pending) if n.endswith("_other.json")][0]
+        held = spool.moves.lock("pending", name)
+        retry_at = time.time() + 0.3
+        record = dict(held.record, state="failed", attempts=1, last_error="exit code 1", run_at=timeutil.iso(retry_at))
+        spool.moves.move(held, State.FAILED, names.failed_name(retry_at, other), record, kind="fail").close()
+        dropped.append(time.monotonic())
+
+    def idle(timeout):
+        done[:] = sorted(r["id"] for r in spool.list("completed"))
+        if len(done) == 2 or time.monotonic() - started > 20:
+            worker.stopping = StopMode.GRACEFUL
+            return
+        if not dropped and worker.execution.running is None and own not in done:
+            drop_other_into_failed()  # the worker waits for its own retry now
+        worker.waker.wait(min(timeout, 5.0))
+    monkeypatch.setattr(worker, "_idle", idle)
+    assert worker.run() == 0
+    assert done == sorted([own, other]), f"completed: {done}"
+    assert time.monotonic() - dropped[0] < 5  # not found by a rescan (none ran)
+
+
+def test_a_due_retry_whose_job_is_locked_is_tried_again_soon_not_forgotten(spool):
+    """A command or another worker holds the job's lock when its retry comes due: the view
+    keeps the name and the worker looks again a second later, though failed/ may not
+    change again for a long while (the rescan lists it again only every minute)."""
+    spool.set_config("backoff-base", 1)
+    job_id = spool.enqueue("true", run_at="+1h")["id"]
+    name = [n for n in os.listdir(spool.layout.pending) if n.endswith(f"_{job_id}.json")][0]
+    held = spool.moves.lock("pending", name)
+    retry_at = time.time() - 1
+    record = dict(held.record, state="failed", attempts=1, last_error="exit code 1", run_at=timeutil.iso(retry_at))
+    failed_name = names.failed_name(retry_at, job_id)
+    spool.moves.move(held, State.FAILED, failed_name, record, kind="fail").close()
+    keeping = Worker(spool).housekeeping
+    other = spool.moves.lock("failed", failed_name)  # say, a `cancel` at work
+    try:
+        before = time.time()
+        next_at = keeping.promote_due()
+        assert before + 0.9 <= next_at <= time.time() + 1.1
+        assert os.listdir(spool.layout.failed) == [failed_name]
+    finally:
+        other.close()
+    assert keeping.promote_due() == float("inf")
+    assert [r["id"] for r in spool.list("pending")] == [job_id]
+
+
+def test_memory_is_bounded_and_names_beyond_those_kept_are_found_by_the_next_listing(monkeypatch):
+    monkeypatch.setattr(retries, "LIMIT", 4)
+    now = time.time()
+    folder = [names.failed_name(now - 100 + i, f"j{i}") for i in range(10)]
+    view, listed = view_of(folder)
+    assert abs(view.next_at() - (now - 100)) < 0.01
+    assert len(view._known) == 4
+    view.add(names.failed_name(now + 50, "beyond"))  # after the last kept: left to the listing
+    assert len(view._known) == 4
+    first = view.due(now)
+    assert first == folder[:4] and len(listed) == 1
+    del folder[:4]  # promoted
+    assert view.due(now) == folder[:4] and len(listed) == 2  # the kept ran out: listed again
+    for i in range(8):
+        view.add(names.failed_name(now - 200 + i, f"storm{i}"))
+    assert len(view._known) <= 8  # twice LIMIT at most, then listed again
