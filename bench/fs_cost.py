@@ -84,10 +84,11 @@ def traced_burst(spool, trace):
     return by_kind(strace_counts(trace, spool))
 
 
-def drain_calls(parent, out, outcome, jobs, limit=None):
+def drain_calls(parent, out, outcome, jobs, limit=None, keep=False):
     """Calls on the spool, by kind, of one worker draining `jobs` jobs with this outcome:
     `complete` (`true`), `dead` (`false`, no retry) or `retry` (fails once, then completes:
-    a second burst worker runs the retries once their 1 s backoff is over)."""
+    a second burst worker runs the retries once their 1 s backoff is over). `keep`: return the
+    spool too, not removed."""
     spool = tempfile.mkdtemp(prefix="fscost-", dir=parent)
     os.chmod(spool, 0o700)
     try:
@@ -111,23 +112,25 @@ def drain_calls(parent, out, outcome, jobs, limit=None):
         left = sum(len(os.listdir(os.path.join(spool, folder))) for folder in ("pending", "processing", "failed"))
         if left:
             raise SystemExit(f"{outcome}: {left} jobs were left undone in {spool}")
-        return calls, elapsed
+        return (calls, elapsed, spool) if keep else (calls, elapsed)
     finally:
-        shutil.rmtree(spool, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(spool, ignore_errors=True)
 
 
 def marginal(parent, out, outcome, jobs, limit=None):
     """Calls per job, by kind, as the difference of a drain of 2*jobs and one of jobs: a
-    worker's start and stop cancel out."""
+    worker's start and stop cancel out. Also the calls of the first drain over its jobs,
+    the seconds of the second, and its spool (left for the caller to remove)."""
     few, _ = drain_calls(parent, out, outcome, jobs, limit)
-    many, elapsed = drain_calls(parent, out, outcome, 2 * jobs, limit)
-    return {kind: (many[kind] - few[kind]) / jobs for kind in KINDS}, {kind: few[kind] / jobs for kind in KINDS}, elapsed
+    many, elapsed, spool = drain_calls(parent, out, outcome, 2 * jobs, limit, keep=True)
+    steady = {kind: (many[kind] - few[kind]) / jobs for kind in KINDS}
+    return steady, {kind: few[kind] / jobs for kind in KINDS}, elapsed, spool
 
 
-def idle_calls(parent, out, seconds, queues, waiting):
-    """Calls on the spool, by kind, per second of an idle worker (after its start-up)."""
-    spool = tempfile.mkdtemp(prefix="fscost-", dir=parent)
-    os.chmod(spool, 0o700)
+def idle_calls(spool, out, seconds, queues, waiting):
+    """Calls on the spool, by kind, per second of an idle worker (after its start-up), on a
+    spool a drain has just left (its folders' stamps settled, as a spool's in use are)."""
     try:
         for i in range(queues):
             queuectl(spool, "queue", "set", f"idle-{i}", "--limit", "2")
@@ -164,12 +167,13 @@ def main(argv=None):
     out = tempfile.mkdtemp(prefix="fscost-strace-")
     try:
         columns = {}
-        steady, whole, elapsed = marginal(args.parent, out, "complete", args.jobs, args.limit)
+        steady, whole, elapsed, drained = marginal(args.parent, out, "complete", args.jobs, args.limit)
         columns["per job"], columns[f"over {args.jobs}"] = steady, whole
         if args.outcomes:
-            columns["retried once"] = marginal(args.parent, out, "retry", args.jobs, args.limit)[0]
-            columns["dead"] = marginal(args.parent, out, "dead", args.jobs, args.limit)[0]
-        columns["idle, per s"] = idle_calls(args.parent, out, args.idle, args.queues, args.waiting)
+            for outcome, title in (("retry", "retried once"), ("dead", "dead")):
+                columns[title], _, _, spool = marginal(args.parent, out, outcome, args.jobs, args.limit)
+                shutil.rmtree(spool, ignore_errors=True)
+        columns["idle, per s"] = idle_calls(drained, out, args.idle, args.queues, args.waiting)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     queue = f"a queue limited to {args.limit}" if args.limit is not None else "the default queue (no limit)"
