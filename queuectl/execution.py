@@ -198,6 +198,7 @@ class Execution:
             worker.log(f"job {job_id} completed in {outcome.duration:.2f}s")
         elif rec["state"] == "failed":
             worker.housekeeping.retries.add(new.name)  # no listing of failed/ to learn it (retries.py)
+            worker.mark({"failed"})  # its due time counts for the next wake-up, with or without events
             worker.log(f"job {job_id} failed ({rec['last_error']}); retry at {rec['run_at']}")
         else:
             worker.log(f"job {job_id} dead ({rec['last_error']}) after {rec['attempts']} attempt(s)")

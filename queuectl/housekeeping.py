@@ -14,6 +14,7 @@ from .errors import Busy, LostRace, QueuectlError
 from .folderstamp import FolderStamp
 from .moves import Corrupt
 from .retries import RetryView
+from .waker import LOST
 from .schedules import ScheduleClock, Schedules
 
 RESCAN_OVERRIDE = os.environ.get("QUEUECTL_RESCAN")  # tests shorten the config's rescan-interval
@@ -45,7 +46,7 @@ class Housekeeping:
         self.next_rescan = 0.0
         self.next_relist = {}     # folder -> when a rescan may list it again (EVENTS_TRUSTED_RELIST)
         self.next_failed = 0.0
-        self.retries = RetryView(lambda: fsutil.listdir(self.layout.failed))
+        self.retries = RetryView(self.layout.failed)
         self.pruned_hour = None   # the hour whose old journal files were last removed
 
     def rescan_interval(self):
@@ -146,17 +147,20 @@ class Housekeeping:
 
     # ---------------------------------------------------------------- retries
 
-    def promote_due(self, dirty=()):
+    def promote_due(self, dirty=frozenset()):
         """Move due retries from failed/ to pending/. Returns the next retry's wall time.
         `dirty`: the loop's marks; the names of failed/ that events reported go into the view."""
-        if "rescan" in dirty:
-            self.retries.forget()  # events were lost
-        elif "failed" in dirty:
+        if dirty & {"failed", LOST}:
             added, removed = self.worker.waker.take_names("failed")
-            for name in removed:
-                self.retries.remove(name)
-            for name in added:
-                self.retries.add(name)
+            if LOST in dirty:
+                self.retries.forget()  # events were lost: list again; the names so far are superseded
+            else:
+                gone = set(removed)
+                for name in gone:
+                    self.retries.remove(name)
+                for name in added:
+                    if name not in gone:  # came and went between two looks (or the order is unknown)
+                        self.retries.add(name)
         now = timeutil.now()
         busy = []
         for name in self.retries.due(now):
@@ -168,10 +172,10 @@ class Housekeeping:
                 busy.append(name)  # locked by a command or another worker: still there, maybe
             except LostRace:
                 continue  # gone: promoted or moved by someone else
+        next_at = self.retries.next_at()
         for name in busy:
             self.retries.add(name)
-        next_at = self.retries.next_at()
-        return max(next_at, now + BUSY_RETRY) if busy else next_at
+        return min(next_at, now + BUSY_RETRY) if busy else next_at
 
     # ---------------------------------------------------------------- schedules and blocked jobs
 

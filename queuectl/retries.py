@@ -8,16 +8,17 @@ again only when its stat changed (housekeeping.py). Listing failed/ after every 
 made a storm of first failures cost O(failed/) each: 10,000 of them took a worker 61 s,
 against 11 s for 10,000 jobs that died at once.
 
-Memory is bounded as in pending.py: a listing keeps the LIMIT names that come due first
-(without sorting the folder), a name added beyond the last of them waits for the next
-listing, which is made when the names kept run out, and a view grown to twice LIMIT by
-added names is listed again.
+Memory is bounded as in pending.py: a listing streams the folder (os.scandir) and keeps the
+LIMIT names that come due first, without sorting the folder; a name added beyond the last of
+them waits for the next listing, which is made when the names kept run out; and a view grown
+to twice LIMIT by added names is listed again.
 
 A name in the view may be gone by the time it is due (another worker promoted it, a
 `retry` or `purge` moved it): its promotion then loses the race, which costs a failed
 lock, not a wrong move.
 """
 import heapq
+import os
 
 from . import names, timeutil
 
@@ -27,8 +28,8 @@ LIMIT = 2048
 class RetryView:
     """The names in failed/ that look like retries, known to this worker."""
 
-    def __init__(self, list_folder):
-        self._list_folder = list_folder  # () -> the names in failed/
+    def __init__(self, folder):
+        self.folder = folder             # failed/
         self._heap = None                # None: list the folder at the next look
         self._known = set()              # the names in the heap (an event may repeat a listing)
         self._horizon = None             # the last name kept when the folder held more
@@ -101,9 +102,18 @@ class RetryView:
                 return self._heap[0] if self._heap else None
             self._heap = None  # the names kept ran out, and the folder held more
 
+    def _names(self):
+        """The folder's names, streamed (os.scandir: no list of them all)."""
+        try:
+            entries = os.scandir(self.folder)
+        except FileNotFoundError:
+            return
+        with entries:
+            for entry in entries:
+                yield entry.name
+
     def _load(self):
-        listed = (n for n in self._list_folder()
-                  if n.endswith(names.SUFFIX) and not n.startswith(".") and n not in self._junk)
+        listed = (n for n in self._names() if n.endswith(names.SUFFIX) and not n.startswith(".") and n not in self._junk)
         kept = heapq.nsmallest(LIMIT + 1, listed)  # sorted: a heap already
         self._horizon = kept[LIMIT - 1] if len(kept) > LIMIT else None
         self._heap = kept[:LIMIT]

@@ -21,6 +21,7 @@ import threading
 
 CONTROL = "workers"
 RESCAN = "rescan"  # a pseudo-folder: events were lost, look at everything
+LOST = "lost"      # the same, only from an overflow (the worker's rescan also marks RESCAN)
 _HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len
 _READ_SIZE = 65536
 _MAX_EVENT = _HEADER.size + 256  # the header and a name of at most NAME_MAX bytes, NUL-terminated
@@ -247,7 +248,7 @@ class Waker:
             i += 16 + length
             if mask & self._overflow:
                 dirty.update(watches.values())
-                dirty.add(RESCAN)
+                dirty.update((RESCAN, LOST))
                 continue
             name = watches.get((fd, wd))
             if name is None:

@@ -223,7 +223,7 @@ class Worker:
                 self.reopen_queues(reload=True)
             elif self.admission.probe_due():
                 self.reopen_queues()  # waiting in a queue's line: another host may have let a place go
-            if dirty & {"failed", "rescan"} or timeutil.now() >= keeping.next_failed:
+            if dirty & {"failed", "lost"} or timeutil.now() >= keeping.next_failed:
                 keeping.next_failed = keeping.promote_due(dirty)
             next_failed = keeping.next_failed
             if "schedules" in dirty:

@@ -13,12 +13,14 @@ from queuectl.worker import Worker
 
 
 def view_of(folder_names):
+    """A view whose folder is the list `folder_names`; `listed` counts its listings."""
     listed = []
 
-    def list_folder():
-        listed.append(1)
-        return list(folder_names)
-    return RetryView(list_folder), listed
+    class Listed(RetryView):
+        def _names(self):
+            listed.append(1)
+            return iter(list(folder_names))
+    return Listed("/nonexistent"), listed
 
 
 def test_due_names_come_in_due_order_and_the_next_one_is_told():
@@ -165,6 +167,72 @@ def test_memory_is_bounded_and_names_beyond_those_kept_are_found_by_the_next_lis
     assert first == folder[:4] and len(listed) == 1
     del folder[:4]  # promoted
     assert view.due(now) == folder[:4] and len(listed) == 2  # the kept ran out: listed again
-    for i in range(8):
+    folder[:] = [names.failed_name(now + 10, "one")]
+    assert abs(view.next_at() - (now + 10)) < 0.01 and len(listed) == 3  # no horizon now
+    for i in range(7):
         view.add(names.failed_name(now - 200 + i, f"storm{i}"))
-    assert len(view._known) <= 8  # twice LIMIT at most, then listed again
+    assert len(view._known) == 8  # twice LIMIT
+    view.add(names.failed_name(now - 100, "one-more"))  # too many: listed again at the next look
+    view.next_at()
+    assert len(listed) == 4 and len(view._known) == 1
+
+
+class QuietWaker:
+    """A waker that reports what the test gives it, and nothing else."""
+    mechanism = "inotify"
+
+    def __init__(self):
+        self.names = {}
+
+    def take(self):
+        return set()
+
+    def take_names(self, folder):
+        return self.names.pop(folder, ([], []))
+
+
+def put_failed(spool, job_id, retry_at):
+    """A job failed on another host: it enters failed/ with no event here."""
+    spool.enqueue("true", id=job_id, run_at="+1h")
+    name = [n for n in os.listdir(spool.layout.pending) if n.endswith(f"_{job_id}.json")][0]
+    held = spool.moves.lock("pending", name)
+    record = dict(held.record, state="failed", attempts=1, last_error="exit code 1", run_at=timeutil.iso(retry_at))
+    spool.moves.move(held, State.FAILED, names.failed_name(retry_at, job_id), record, kind="fail").close()
+    return names.failed_name(retry_at, job_id)
+
+
+def keeping_of(spool, shared):
+    worker = Worker(spool)
+    worker.waker, worker.shared = QuietWaker(), shared
+    return worker.housekeeping
+
+
+def test_on_a_shared_spool_the_rescan_finds_another_hosts_retry(spool):
+    keeping = keeping_of(spool, shared=True)
+    keeping.maintain(startup=True)
+    assert keeping.promote_due(frozenset({"failed"})) == float("inf")
+    put_failed(spool, "elsewhere", time.time() - 1)
+    assert keeping.promote_due(frozenset({"rescan"})) == float("inf")  # pending/ relisted: not failed/
+    assert spool.list("pending") == []
+    keeping.maintain()  # failed/ changed since its last look: listed again
+    keeping.promote_due(frozenset({"failed"}))
+    assert [r["id"] for r in spool.list("pending")] == ["elsewhere"]
+
+
+def test_a_name_that_came_and_went_between_two_looks_is_not_kept(spool, monkeypatch):
+    keeping = keeping_of(spool, shared=False)
+    assert keeping.promote_due() == float("inf")  # listed: empty
+    ghost = names.failed_name(time.time() - 1, "ghost")
+    keeping.worker.waker.names["failed"] = ([ghost], [ghost])  # failed, then promoted elsewhere
+    locks = []
+    monkeypatch.setattr(keeping.worker.moves, "promote", lambda name, now: locks.append(name))
+    assert keeping.promote_due(frozenset({"failed"})) == float("inf")
+    assert locks == []
+
+
+def test_lost_events_list_failed_again(spool):
+    keeping = keeping_of(spool, shared=False)
+    assert keeping.promote_due() == float("inf")
+    put_failed(spool, "unseen", time.time() - 1)  # its event was lost in an overflow
+    keeping.promote_due(frozenset({"failed", "rescan", "lost"}))
+    assert [r["id"] for r in spool.list("pending")] == ["unseen"]

@@ -26,7 +26,7 @@ import time
 import pytest
 from watchdog.observers import inotify_c, polling
 
-from queuectl.waker import CONTROL, RESCAN, Waker
+from queuectl.waker import CONTROL, LOST, RESCAN, Waker
 
 FOLDERS = ("incoming", "pending", "failed", CONTROL)
 REAL_POLL_INTERVAL = 1.0  # waker.py: PollingObserver(timeout=1.0)
@@ -240,16 +240,17 @@ def test_a_file_renamed_in_from_an_unwatched_folder_wakes_wait(watching, folders
     assert dirty == {"pending"} and (added, removed) == (["010_job.json"], [])
 
 
-def test_a_rename_inside_a_folder_and_a_delete_report_removed_names(watching, folders):
-    pending = folders["pending"]
-    touch(os.path.join(pending, "old.json"))
+@pytest.mark.parametrize("name", ["pending", "failed"])  # the names a worker keeps a view of by default
+def test_a_rename_inside_a_folder_and_a_delete_report_removed_names(watching, folders, name):
+    folder = folders[name]
+    touch(os.path.join(folder, "old.json"))
     waker = watching()  # old.json exists before: the poller's first snapshot holds it
-    os.rename(os.path.join(pending, "old.json"), os.path.join(pending, "new.json"))
-    dirty, added, removed, _ = collect(waker, lambda d, a, r: a and r, bound(waker))
-    assert dirty == {"pending"} and (added, removed) == (["new.json"], ["old.json"])
-    os.unlink(os.path.join(pending, "new.json"))
-    dirty, added, removed, _ = collect(waker, lambda d, a, r: r, bound(waker))
-    assert dirty == {"pending"} and (added, removed) == ([], ["new.json"])
+    os.rename(os.path.join(folder, "old.json"), os.path.join(folder, "new.json"))
+    dirty, added, removed, _ = collect(waker, lambda d, a, r: a and r, bound(waker), folder=name)
+    assert dirty == {name} and (added, removed) == (["new.json"], ["old.json"])
+    os.unlink(os.path.join(folder, "new.json"))
+    dirty, added, removed, _ = collect(waker, lambda d, a, r: r, bound(waker), folder=name)
+    assert dirty == {name} and (added, removed) == ([], ["new.json"])
 
 
 def test_each_watched_folder_is_reported_under_its_name(watching, folders):
@@ -268,7 +269,7 @@ def _staged(folders, name):
 
 
 def test_names_are_kept_only_for_tracked_folders(watching, folders):
-    waker = watching()  # track_names defaults to ("pending",)
+    waker = watching(track_names=("pending",))
     touch(os.path.join(folders["failed"], "f.json"))
     dirty, _, _, _ = collect(waker, lambda d, a, r: "failed" in d, bound(waker), folder="failed")
     assert dirty == {"failed"}
@@ -395,7 +396,7 @@ def test_a_job_note_rewritten_in_place_does_not_wake(start_waker, folders):
 
 
 def test_lost_events_mean_rescan(start_waker, folders):
-    """An inotify queue overflow (events lost) names every watched folder and RESCAN."""
+    """An inotify queue overflow (events lost) names every watched folder, RESCAN and LOST."""
     waker = start_waker("inotify")
     if waker.mechanism != "inotify":
         pytest.skip("inotify cannot start here")
@@ -409,7 +410,7 @@ def test_lost_events_mean_rescan(start_waker, folders):
         os.rename(a, b)
         a, b = b, a
     assert timed_wait(waker, 0)[0]
-    assert waker.take() == set(FOLDERS) | {RESCAN}
+    assert waker.take() == set(FOLDERS) | {RESCAN, LOST}
 
 
 # ---------------------------------------------------------------- stop
