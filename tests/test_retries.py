@@ -19,7 +19,7 @@ def view_of(folder_names):
     class Listed(RetryView):
         def _names(self):
             listed.append(1)
-            return iter(list(folder_names))
+            return list(folder_names)
     return Listed("/nonexistent"), listed
 
 
@@ -236,3 +236,14 @@ def test_lost_events_list_failed_again(spool):
     put_failed(spool, "unseen", time.time() - 1)  # its event was lost in an overflow
     keeping.promote_due(frozenset({"failed", "rescan", "lost"}))
     assert [r["id"] for r in spool.list("pending")] == ["unseen"]
+
+
+def test_more_junk_than_the_view_keeps_does_not_hide_a_retry(monkeypatch):
+    monkeypatch.setattr(retries, "LIMIT", 4)
+    now = time.time()
+    retry = names.failed_name(now + 30, "real")
+    junk = [".staged.json", "0-note.txt", "1-x.json.error", "1-y.json.error", "1-z.json.error", "2-bad id.json"]
+    assert all(j < retry for j in junk)
+    view, listed = view_of(junk + [retry])
+    assert abs(view.next_at() - (now + 30)) < 0.01
+    assert view.due(now + 60) == [retry]
