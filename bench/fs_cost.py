@@ -84,46 +84,43 @@ def traced_burst(spool, trace):
     return by_kind(strace_counts(trace, spool))
 
 
-def drain_calls(parent, out, outcome, jobs, limit=None, keep=False):
+def drain_calls(parent, out, outcome, jobs, limit=None):
     """Calls on the spool, by kind, of one worker draining `jobs` jobs with this outcome:
     `complete` (`true`), `dead` (`false`, no retry) or `retry` (fails once, then completes:
-    a second burst worker runs the retries once their 1 s backoff is over). `keep`: return the
-    spool too, not removed."""
+    a second burst worker runs the retries left once their 1 s backoff is over). Returns
+    (calls, seconds, the drained spool, which the caller removes)."""
     spool = tempfile.mkdtemp(prefix="fscost-", dir=parent)
     os.chmod(spool, 0o700)
-    try:
-        job = {"command": "true"}
-        if limit is not None:
-            queuectl(spool, "queue", "set", "bench", "--limit", str(limit))
-            job["queue"] = "bench"
-        if outcome == "dead":
-            job.update(command="false", max_retries=0)
-        elif outcome == "retry":
-            queuectl(spool, "config", "set", "backoff-base", "1")  # 1 ** attempts: every retry due after 1 s
-            job.update(command='[ "$QUEUECTL_ATTEMPT" -gt 1 ]', max_retries=1)
-        queuectl(spool, "enqueue", "--no-capture-env", "--file", "-", input="\n".join(json.dumps(job) for _ in range(jobs)))
-        started = time.monotonic()
-        calls = traced_burst(spool, os.path.join(out, f"{outcome}-{jobs}"))
-        if outcome == "retry":
-            time.sleep(1.5)  # the last failure's retry is due 1 s after it
-            again = traced_burst(spool, os.path.join(out, f"{outcome}-{jobs}-again"))
-            calls = {kind: calls[kind] + again[kind] for kind in calls}
-        elapsed = time.monotonic() - started
-        left = sum(len(os.listdir(os.path.join(spool, folder))) for folder in ("pending", "processing", "failed"))
-        if left:
-            raise SystemExit(f"{outcome}: {left} jobs were left undone in {spool}")
-        return (calls, elapsed, spool) if keep else (calls, elapsed)
-    finally:
-        if not keep:
-            shutil.rmtree(spool, ignore_errors=True)
+    job = {"command": "true"}
+    if limit is not None:
+        queuectl(spool, "queue", "set", "bench", "--limit", str(limit))
+        job["queue"] = "bench"
+    if outcome == "dead":
+        job.update(command="false", max_retries=0)
+    elif outcome == "retry":
+        queuectl(spool, "config", "set", "backoff-base", "1")  # 1 ** attempts: every retry due after 1 s
+        job.update(command='[ "$QUEUECTL_ATTEMPT" -gt 1 ]', max_retries=1)
+    queuectl(spool, "enqueue", "--no-capture-env", "--file", "-", input="\n".join(json.dumps(job) for _ in range(jobs)))
+    started = time.monotonic()
+    calls = traced_burst(spool, os.path.join(out, f"{outcome}-{jobs}"))
+    if outcome == "retry":
+        time.sleep(1.5)  # the last failure's retry is due 1 s after it
+        again = traced_burst(spool, os.path.join(out, f"{outcome}-{jobs}-again"))
+        calls = {kind: calls[kind] + again[kind] for kind in calls}
+    elapsed = time.monotonic() - started
+    left = sum(len(os.listdir(os.path.join(spool, folder))) for folder in ("pending", "processing", "failed"))
+    if left:
+        raise SystemExit(f"{outcome}: {left} jobs were left undone in {spool}")
+    return calls, elapsed, spool
 
 
 def marginal(parent, out, outcome, jobs, limit=None):
     """Calls per job, by kind, as the difference of a drain of 2*jobs and one of jobs: a
     worker's start and stop cancel out. Also the calls of the first drain over its jobs,
     the seconds of the second, and its spool (left for the caller to remove)."""
-    few, _ = drain_calls(parent, out, outcome, jobs, limit)
-    many, elapsed, spool = drain_calls(parent, out, outcome, 2 * jobs, limit, keep=True)
+    few, _, spool = drain_calls(parent, out, outcome, jobs, limit)
+    shutil.rmtree(spool, ignore_errors=True)
+    many, elapsed, spool = drain_calls(parent, out, outcome, 2 * jobs, limit)
     steady = {kind: (many[kind] - few[kind]) / jobs for kind in KINDS}
     return steady, {kind: few[kind] / jobs for kind in KINDS}, elapsed, spool
 
