@@ -18,9 +18,8 @@ A name in the view may be gone by the time it is due (another worker promoted it
 lock, not a wrong move.
 """
 import heapq
-import os
 
-from . import names, timeutil
+from . import fsutil, names, timeutil
 
 LIMIT = 2048
 
@@ -103,10 +102,7 @@ class RetryView:
             self._heap = None  # the names kept ran out, and the folder held more
 
     def _names(self):
-        try:
-            return os.listdir(self.folder)  # a C loop: faster than a scan with a Python step per name
-        except FileNotFoundError:
-            return []
+        return fsutil.listdir(self.folder)  # a C loop: faster than a scan with a Python step per name
 
     def _load(self):
         listed = self._names()

@@ -24,7 +24,7 @@ from .pending import PendingIndex
 from .registry import StopMode
 from .runner import Interrupt
 from .turns import Turns
-from .waker import Waker
+from .waker import LOST, Waker
 
 ALL = frozenset({"incoming", "pending", "failed", "workers", "blocked", "schedules", "queues", "spool"})
 SHARED_CLAIM_SPREAD = 16  # on a shared spool, steal at random among the first N due names (pending.py)
@@ -223,7 +223,7 @@ class Worker:
                 self.reopen_queues(reload=True)
             elif self.admission.probe_due():
                 self.reopen_queues()  # waiting in a queue's line: another host may have let a place go
-            if dirty & {"failed", "lost"} or timeutil.now() >= keeping.next_failed:
+            if dirty & {"failed", LOST} or timeutil.now() >= keeping.next_failed:
                 keeping.next_failed = keeping.promote_due(dirty)
             next_failed = keeping.next_failed
             if "schedules" in dirty:

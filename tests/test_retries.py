@@ -23,6 +23,23 @@ def view_of(folder_names):
     return Listed("/nonexistent"), listed
 
 
+def fail_pending(spool, job_id, retry_at):
+    """What a worker's failed attempt of job_id, waiting in pending/, does: a fenced move to
+    failed/ with its retry due at retry_at. Returns the failed/ name."""
+    name = [n for n in os.listdir(spool.layout.pending) if n.endswith(f"_{job_id}.json")][0]
+    held = spool.moves.lock("pending", name)
+    record = dict(held.record, state="failed", attempts=1, last_error="exit code 1", run_at=timeutil.iso(retry_at))
+    failed_name = names.failed_name(retry_at, job_id)
+    spool.moves.move(held, State.FAILED, failed_name, record, kind="fail").close()
+    return failed_name
+
+
+def put_failed(spool, job_id, retry_at):
+    """A job that failed elsewhere (another host, another process): in failed/, due at retry_at."""
+    spool.enqueue("true", id=job_id, run_at="+1h")
+    return fail_pending(spool, job_id, retry_at)
+
+
 def test_due_names_come_in_due_order_and_the_next_one_is_told():
     now = time.time()
     late, soon, due_a, due_b = (names.failed_name(now + d, f"job-{d}") for d in (3600, 30, -5, -1))
@@ -108,11 +125,7 @@ def test_a_retry_of_this_worker_and_one_from_elsewhere_are_promoted_when_due(spo
 
     def drop_other_into_failed():
         """What another worker's failed attempt does: a fenced move to failed/, due soon."""
-        name = [n for n in os.listdir(spool.layout.pending) if n.endswith("_other.json")][0]
-        held = spool.moves.lock("pending", name)
-        retry_at = time.time() + 0.3
-        record = dict(held.record, state="failed", attempts=1, last_error="exit code 1", run_at=timeutil.iso(retry_at))
-        spool.moves.move(held, State.FAILED, names.failed_name(retry_at, other), record, kind="fail").close()
+        fail_pending(spool, other, time.time() + 0.3)
         dropped.append(time.monotonic())
 
     def idle(timeout):
@@ -134,13 +147,8 @@ def test_a_due_retry_whose_job_is_locked_is_tried_again_soon_not_forgotten(spool
     keeps the name and the worker looks again a second later, though failed/ may not
     change again for a long while (the rescan lists it again only every minute)."""
     spool.set_config("backoff-base", 1)
-    job_id = spool.enqueue("true", run_at="+1h")["id"]
-    name = [n for n in os.listdir(spool.layout.pending) if n.endswith(f"_{job_id}.json")][0]
-    held = spool.moves.lock("pending", name)
-    retry_at = time.time() - 1
-    record = dict(held.record, state="failed", attempts=1, last_error="exit code 1", run_at=timeutil.iso(retry_at))
-    failed_name = names.failed_name(retry_at, job_id)
-    spool.moves.move(held, State.FAILED, failed_name, record, kind="fail").close()
+    job_id = "locked"
+    failed_name = put_failed(spool, job_id, time.time() - 1)
     keeping = Worker(spool).housekeeping
     other = spool.moves.lock("failed", failed_name)  # say, a `cancel` at work
     try:
@@ -189,16 +197,6 @@ class QuietWaker:
 
     def take_names(self, folder):
         return self.names.pop(folder, ([], []))
-
-
-def put_failed(spool, job_id, retry_at):
-    """A job failed on another host: it enters failed/ with no event here."""
-    spool.enqueue("true", id=job_id, run_at="+1h")
-    name = [n for n in os.listdir(spool.layout.pending) if n.endswith(f"_{job_id}.json")][0]
-    held = spool.moves.lock("pending", name)
-    record = dict(held.record, state="failed", attempts=1, last_error="exit code 1", run_at=timeutil.iso(retry_at))
-    spool.moves.move(held, State.FAILED, names.failed_name(retry_at, job_id), record, kind="fail").close()
-    return names.failed_name(retry_at, job_id)
 
 
 def keeping_of(spool, shared):
