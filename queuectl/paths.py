@@ -1,6 +1,8 @@
 """Where the spool is and what is in it; creation (0700) and the safety check of docs/contract.md "Safety"."""
+import errno
 import os
 import stat
+import time
 
 from .errors import SpoolError, UnsafeSpool, InvalidInput
 
@@ -44,10 +46,7 @@ class Layout:
         try:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
             for name in ALL_DIRS:
-                try:
-                    os.mkdir(os.path.join(self.root, name), 0o700)
-                except FileExistsError:
-                    pass
+                _mkdir_raced(os.path.join(self.root, name))
         except OSError as exc:
             raise SpoolError(f"cannot create the spool {self.root}: {exc.strerror}") from None
 
@@ -68,3 +67,21 @@ class Layout:
             if st.st_mode & 0o022:
                 raise UnsafeSpool(f"unsafe spool: {path} is writable by group or others "
                                   f"(mode {stat.S_IMODE(st.st_mode):04o}); run: chmod go-w {path}")
+
+
+def _mkdir_raced(path, tries=5):
+    """mkdir 0700 of a folder that another host may be making at the same instant: on
+    GlusterFS the loser of that race may get ESTALE instead of EEXIST, and the folder is
+    there then, or a moment later. Waits 0.5 s at most."""
+    for attempt in range(tries):
+        try:
+            os.mkdir(path, 0o700)
+            return
+        except FileExistsError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.ESTALE or attempt == tries - 1:
+                raise
+            if os.path.isdir(path):
+                return
+            time.sleep(0.05 * (attempt + 1))

@@ -1207,3 +1207,36 @@ def test_reading_with_the_size_known_reads_the_same_bytes(tmp_path, size, limit)
         finally:
             os.close(fd)
     assert reads[0] == reads[1] and len(reads[0]) == (size if limit is None else min(size, limit + 1))
+
+
+def test_a_folder_made_by_another_host_at_the_same_instant_is_not_an_error(tmp_path, monkeypatch):
+    """GlusterFS may answer the loser of two hosts' mkdir of one folder with ESTALE, not
+    EEXIST: the spool is made all the same, once the folder is there."""
+    import errno
+    from queuectl.paths import Layout
+    real_mkdir, raced = os.mkdir, []
+
+    def mkdir(path, mode=0o777):
+        if path.endswith("pending") and not raced:
+            raced.append(path)
+            real_mkdir(path, mode)  # the other host's
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real_mkdir(path, mode)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    layout = Layout(str(tmp_path / "spool"))
+    layout.create()
+    assert raced and layout.exists()
+
+
+def test_a_stale_handle_that_lasts_is_reported(tmp_path, monkeypatch):
+    import errno
+    from queuectl.paths import Layout
+    real_mkdir = os.mkdir
+
+    def mkdir(path, mode=0o777):
+        if path.endswith("pending"):
+            raise OSError(errno.ESTALE, "Stale file handle")
+        return real_mkdir(path, mode)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    with pytest.raises(SpoolError, match="Stale file handle"):
+        Layout(str(tmp_path / "spool")).create()
